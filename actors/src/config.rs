@@ -1,0 +1,273 @@
+//! Configuration of the pipeline's components. Every field's doc comment is its entry in the
+//! configuration reference (README); defaults come from the named functions below.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tessera_models::SessionConfig;
+use tessera_operators::decode::DecodeLimits;
+use tessera_operators::merge::MergeConfig;
+use tessera_operators::tiling::TilingConfig;
+
+use crate::error::ConfigError;
+
+/// The whole pipeline: Kafka, model, image limits, tiling, merging and the actor pools.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Kafka clients and topics.
+    pub kafka: KafkaConfig,
+    /// The model and its ONNX Runtime session.
+    pub model: ModelConfig,
+    /// Limits applied before and while decoding an image.
+    pub limits: DecodeLimits,
+    /// How frames are cut into tiles (SAHI).
+    pub tiling: TilingConfig,
+    /// How tile results are merged into frame results.
+    pub merge: MergeConfig,
+    /// Decode and preprocessing pool.
+    pub prepare: PrepareConfig,
+    /// Inference pool.
+    pub recognize: RecognizeConfig,
+    /// Flow control.
+    pub flow: FlowConfig,
+    /// Restart policy of the supervisor.
+    pub supervision: SupervisionConfig,
+}
+
+impl PipelineConfig {
+    /// Checks cross-field rules of every section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.tiling
+            .validate()
+            .map_err(|e| ConfigError::invalid("tiling", e.to_string()))?;
+        self.merge
+            .validate()
+            .map_err(|e| ConfigError::invalid("merge", e.to_string()))?;
+        self.model
+            .session
+            .validate()
+            .map_err(|e| ConfigError::invalid("model.session", e.to_string()))?;
+        if self.prepare.workers == 0 {
+            return Err(ConfigError::invalid("prepare.workers", "must be at least 1"));
+        }
+        if self.recognize.workers == 0 {
+            return Err(ConfigError::invalid("recognize.workers", "must be at least 1"));
+        }
+        if self.recognize.max_batch == 0 {
+            return Err(ConfigError::invalid("recognize.max_batch", "must be at least 1"));
+        }
+        if self.flow.max_in_flight_frames == 0 {
+            return Err(ConfigError::invalid(
+                "flow.max_in_flight_frames",
+                "must be at least 1",
+            ));
+        }
+        if self.supervision.max_restarts == 0 {
+            return Err(ConfigError::invalid(
+                "supervision.max_restarts",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Kafka clients (rdkafka, bundled librdkafka) and topics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Consumer group; replicas sharing it split the input partitions.
+    pub group_id: String,
+    /// Topics to consume frames from.
+    pub input_topics: Vec<String>,
+    /// Topic receiving one JSON result per frame.
+    pub results_topic: String,
+    /// Topic receiving frames that could not be processed, with error headers.
+    pub dlq_topic: String,
+    /// Where a group without committed offsets starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    /// Consumer session timeout.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How long the producer retries a message before reporting it failed.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// Extra librdkafka properties for both clients, e.g. `security.protocol`,
+    /// `sasl.mechanisms`, `ssl.ca.location`.
+    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the consumer only.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producer only.
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: default_brokers(),
+            group_id: "tessera".into(),
+            input_topics: vec!["frames".into()],
+            results_topic: "detections".into(),
+            dlq_topic: "frames.dlq".into(),
+            auto_offset_reset: "earliest".into(),
+            session_timeout: Duration::from_secs(30),
+            message_timeout: Duration::from_secs(60),
+            properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_brokers() -> String {
+    "localhost:9092".into()
+}
+
+impl KafkaConfig {
+    /// Checks topics and settings that Kafka would otherwise reject late.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::invalid("kafka.brokers", "must not be empty"));
+        }
+        if self.input_topics.is_empty() {
+            return Err(ConfigError::invalid(
+                "kafka.input_topics",
+                "name at least one topic",
+            ));
+        }
+        for output in [&self.results_topic, &self.dlq_topic] {
+            if self.input_topics.contains(output) {
+                return Err(ConfigError::invalid(
+                    "kafka",
+                    format!("topic {output:?} is both an input and an output"),
+                ));
+            }
+        }
+        if !matches!(self.auto_offset_reset.as_str(), "earliest" | "latest") {
+            return Err(ConfigError::invalid(
+                "kafka.auto_offset_reset",
+                "must be `earliest` or `latest`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which model runs, and how its ONNX Runtime sessions are built.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Path of the model manifest (`model.toml`).
+    pub manifest: PathBuf,
+    /// ONNX file; default: the manifest's `file` next to the manifest, else in `$TESSERA_ASSETS/models`.
+    pub onnx: Option<PathBuf>,
+    /// ONNX Runtime library (`libonnxruntime.so`); default: `$ORT_DYLIB_PATH`.
+    pub runtime_library: Option<PathBuf>,
+    /// Session options and execution providers.
+    pub session: SessionConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            manifest: PathBuf::from("models/manifests/yolox-nano/model.toml"),
+            onnx: None,
+            runtime_library: None,
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+/// The decode and preprocessing pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrepareConfig {
+    /// Frames decoded and tiled in parallel (each on a blocking thread).
+    pub workers: usize,
+}
+
+impl Default for PrepareConfig {
+    fn default() -> Self {
+        Self { workers: 1 }
+    }
+}
+
+/// The inference pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecognizeConfig {
+    /// Inference workers, each owning one ONNX Runtime session. With single-threaded
+    /// sessions, one worker per core fills the machine.
+    pub workers: usize,
+    /// Most tiles per model run, for models with a dynamic batch dimension.
+    pub max_batch: usize,
+}
+
+impl Default for RecognizeConfig {
+    fn default() -> Self {
+        Self {
+            workers: default_recognize_workers(),
+            max_batch: 8,
+        }
+    }
+}
+
+fn default_recognize_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Flow control: how much work may be in flight.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    /// Frames consumed but not yet acknowledged by Kafka; consumption waits at this bound.
+    pub max_in_flight_frames: usize,
+    /// At shutdown, how long frames in flight may take to finish before the process exits
+    /// anyway (unfinished frames are re-consumed after a restart). Keep it below the
+    /// orchestrator's grace period.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_frames: 16,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How the supervisor restarts failed actors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// Restarts allowed within `restart_window` before the pipeline shuts down with an error.
+    pub max_restarts: usize,
+    /// The window over which restarts are counted.
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+    /// Delay before the first restart; doubles per recent restart.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest delay before a restart.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 10,
+            restart_window: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The actor tree of tessera (ractor on tokio).
+//!
+//! ```text
+//! PipelineSupervisor
+//!  ├─ Ingest      Kafka consumer; in-flight credits; per-partition offset watermarks
+//!  ├─ Prepare     factory: decode -> tiles -> model tensors (blocking threads)
+//!  ├─ Recognize   factory: one ONNX Runtime session per worker (blocking threads)
+//!  ├─ Merge       tile results -> frame results, per-partition input order restored
+//!  └─ Publish     Kafka producer (results, dead letters); acks release offsets
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod frame;
+pub mod ingest;
+pub mod kafka;
+pub mod merge;
+pub mod names;
+pub mod ordering;
+pub mod prepare;
+pub mod publish;
+pub mod recognize;
+pub mod result;
+pub mod supervisor;
+pub mod watermark;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tessera_models::{Model, ModelSession, init_runtime};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+pub use config::PipelineConfig;
+pub use error::{ConfigError, PipelineError};
+pub use result::FrameResult;
+pub use supervisor::ShutdownReport;
+
+use names::ActorNames;
+use prepare::PreparePlan;
+use supervisor::{PipelineSupervisor, SupervisorArgs, SupervisorMsg};
+
+/// A running pipeline.
+#[derive(Debug)]
+pub struct PipelineHandle {
+    supervisor: ActorRef<SupervisorMsg>,
+    join: JoinHandle<()>,
+    exit: Arc<Mutex<Option<PipelineError>>>,
+    model: Arc<Model>,
+    execution_provider: String,
+}
+
+/// Loads the model, then starts the actor tree. `assets_dir` is where model files are found
+/// when the configuration names none (see [`Model::load`]).
+pub async fn start(
+    config: PipelineConfig,
+    instance: &str,
+    assets_dir: Option<&Path>,
+) -> Result<PipelineHandle, PipelineError> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let env = init_runtime(config.model.runtime_library.as_deref())?;
+    let model = Arc::new(Model::load(
+        &config.model.manifest,
+        config.model.onnx.as_deref(),
+        assets_dir,
+    )?);
+    // One probe session tells the batch dimension and the execution provider actually used,
+    // and fails the start early (with a clear error) if the model cannot run here.
+    let probe = {
+        let (env, model, session) = (env.clone(), model.clone(), config.model.session.clone());
+        tokio::task::spawn_blocking(move || ModelSession::load(&env, model, &session))
+            .await
+            .map_err(|e| PipelineError::Actor(e.to_string()))??
+    };
+    let batch_dim = probe.batch_dim();
+    let execution_provider = probe.execution_provider().to_owned();
+    drop(probe);
+    tracing::info!(
+        model = %model.manifest.name,
+        version = %model.manifest.version,
+        provider = %execution_provider,
+        batch = ?batch_dim,
+        "Model loaded"
+    );
+
+    let (width, height) = (model.manifest.input.width, model.manifest.input.height);
+    let plan = Arc::new(PreparePlan {
+        limits: config.limits.clone(),
+        grid: config.tiling.grid(width, height),
+        preprocess: model.preprocess_spec(),
+        batch_dim,
+        max_batch: config.recognize.max_batch,
+    });
+    let names = ActorNames::new(instance);
+    let exit = Arc::new(Mutex::new(None));
+    let args = SupervisorArgs {
+        credits: Arc::new(Semaphore::new(config.flow.max_in_flight_frames)),
+        config,
+        env,
+        model: model.clone(),
+        plan,
+        names: names.clone(),
+        exit: exit.clone(),
+    };
+    let (supervisor, join) = Actor::spawn(Some(names.supervisor()), PipelineSupervisor, args)
+        .await
+        .map_err(|e| PipelineError::Actor(e.to_string()))?;
+    Ok(PipelineHandle {
+        supervisor,
+        join,
+        exit,
+        model,
+        execution_provider,
+    })
+}
+
+impl PipelineHandle {
+    /// The loaded model.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The execution provider the sessions run on.
+    pub fn execution_provider(&self) -> &str {
+        &self.execution_provider
+    }
+
+    /// Graceful shutdown: stop consuming, wait up to `drain` for frames in flight, flush,
+    /// commit, stop every actor.
+    pub async fn shutdown(self, drain: Duration) -> Result<ShutdownReport, PipelineError> {
+        let report = self
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::Shutdown { drain, reply },
+                Some(drain + Duration::from_secs(60)),
+            )
+            .await;
+        let _ = self.join.await;
+        if let Some(error) = take(&self.exit) {
+            return Err(error);
+        }
+        match report {
+            Ok(ractor::rpc::CallResult::Success(report)) => Ok(report),
+            Ok(other) => Err(PipelineError::Actor(format!("shutdown: {other:?}"))),
+            Err(error) => Err(PipelineError::Actor(format!("shutdown: {error}"))),
+        }
+    }
+
+    /// Waits until the pipeline stops on its own (it only does so on a restart storm).
+    pub async fn stopped(&mut self) -> Result<(), PipelineError> {
+        (&mut self.join)
+            .await
+            .map_err(|e| PipelineError::Actor(e.to_string()))?;
+        match take(&self.exit) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+fn take(exit: &Mutex<Option<PipelineError>>) -> Option<PipelineError> {
+    exit.lock().ok().and_then(|mut e| e.take())
+}

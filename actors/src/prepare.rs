@@ -1,0 +1,206 @@
+//! Prepare pool: decode (with limits) -> tile grid -> preprocess into model tensors.
+//! A ractor factory; each worker does the CPU-heavy part on a blocking thread.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
+use ractor::{ActorProcessingErr, ActorRef};
+use tessera_models::BatchDim;
+use tessera_operators::decode::{DecodeLimits, decode_image};
+use tessera_operators::preprocess::{InputTransform, Preprocessor};
+use tessera_operators::tiling::TileGrid;
+
+use crate::frame::Frame;
+use crate::merge::{MergeMsg, PreparedFrame};
+use crate::names::{ActorNames, lookup_patiently};
+use crate::recognize::{RecognizeMsg, TileBatch};
+
+/// Messages of the prepare factory.
+pub type PrepareMsg = FactoryMessage<(), Frame>;
+/// Reference to the prepare factory.
+pub type PrepareRef = FactoryRef<(), Frame>;
+
+/// How frames are prepared; shared by all prepare workers.
+#[derive(Debug, Clone)]
+pub struct PreparePlan {
+    pub limits: DecodeLimits,
+    pub grid: TileGrid,
+    pub preprocess: tessera_operators::preprocess::PreprocessSpec,
+    /// The model's batch dimension decides how tiles are grouped into model runs.
+    pub batch_dim: BatchDim,
+    /// Most tiles per run for a dynamic batch dimension.
+    pub max_batch: usize,
+}
+
+/// One prepare worker.
+#[derive(Debug)]
+pub struct PrepareWorker {
+    pub plan: Arc<PreparePlan>,
+    pub names: ActorNames,
+}
+
+/// State of a prepare worker: its preprocessor (buffers reused across frames).
+pub struct PrepareState {
+    /// Taken while a frame is being prepared on a blocking thread.
+    preprocessor: Option<Preprocessor>,
+}
+
+impl std::fmt::Debug for PrepareState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrepareState").finish_non_exhaustive()
+    }
+}
+
+/// Why a frame could not be prepared (it goes to the dead-letter topic).
+#[derive(Debug, Clone)]
+pub struct PrepareFailure {
+    /// Stable error kind (DLQ header and metric label).
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The outcome of preparing one frame.
+struct Prepared {
+    width: u32,
+    height: u32,
+    transforms: Vec<InputTransform>,
+    batches: Vec<(Vec<usize>, Vec<f32>, usize)>,
+    decode: Duration,
+    preprocess: Duration,
+}
+
+impl Worker for PrepareWorker {
+    type Key = ();
+    type Message = Frame;
+    type Arguments = ();
+    type State = PrepareState;
+
+    async fn pre_start(
+        &self,
+        _wid: WorkerId,
+        _factory: &ActorRef<PrepareMsg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(PrepareState {
+            preprocessor: Some(Preprocessor::new(self.plan.preprocess.clone())),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _wid: WorkerId,
+        _factory: &ActorRef<PrepareMsg>,
+        Job { key, msg: frame, .. }: Job<(), Frame>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut preprocessor = state
+            .preprocessor
+            .take()
+            .unwrap_or_else(|| Preprocessor::new(self.plan.preprocess.clone()));
+        let plan = self.plan.clone();
+        let payload = frame.payload.clone();
+        let (preprocessor, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = prepare_frame(&payload, &plan, &mut preprocessor);
+            (preprocessor, outcome)
+        })
+        .await?;
+        state.preprocessor = Some(preprocessor);
+
+        let merge = lookup_patiently::<MergeMsg>(&self.names.merge(), Duration::from_secs(30))
+            .await
+            .ok_or("merge actor unavailable")?;
+        match outcome {
+            Err(failure) => {
+                merge.cast(MergeMsg::Failed {
+                    meta: frame.meta,
+                    payload: frame.payload,
+                    failure,
+                })?;
+            }
+            Ok(prepared) => {
+                let frame_key = frame.meta.key.clone();
+                merge.cast(MergeMsg::Expect(Box::new(PreparedFrame {
+                    meta: frame.meta.clone(),
+                    payload: frame.payload.clone(),
+                    width: prepared.width,
+                    height: prepared.height,
+                    transforms: prepared.transforms,
+                    decode: prepared.decode,
+                    preprocess: prepared.preprocess,
+                })))?;
+                let recognize = lookup_patiently::<RecognizeMsg>(
+                    &self.names.recognize(),
+                    Duration::from_secs(30),
+                )
+                .await
+                .ok_or("recognize pool unavailable")?;
+                for (tiles, tensor, batch) in prepared.batches {
+                    recognize
+                        .dispatch(
+                            (),
+                            TileBatch {
+                                frame: frame_key.clone(),
+                                tiles,
+                                tensor,
+                                batch,
+                            },
+                        )
+                        .map_err(|e| format!("dispatch to recognize pool: {e}"))?;
+                }
+            }
+        }
+        Ok(key)
+    }
+}
+
+/// Decodes, tiles and preprocesses one frame. Pure CPU work; runs on a blocking thread.
+fn prepare_frame(
+    payload: &[u8],
+    plan: &PreparePlan,
+    preprocessor: &mut Preprocessor,
+) -> Result<Prepared, PrepareFailure> {
+    let started = Instant::now();
+    let image = decode_image(payload, &plan.limits).map_err(|e| PrepareFailure {
+        kind: e.kind(),
+        message: e.to_string(),
+    })?;
+    let decode = started.elapsed();
+
+    let started = Instant::now();
+    let tiles = plan.grid.tiles(image.width(), image.height());
+    let tensor_len = preprocessor.tensor_len();
+    let per_run = match plan.batch_dim {
+        BatchDim::Fixed(n) => n.max(1),
+        BatchDim::Dynamic => plan.max_batch.max(1),
+    };
+    let mut transforms = Vec::with_capacity(tiles.len());
+    let mut batches = Vec::with_capacity(tiles.len().div_ceil(per_run));
+    for chunk in tiles.chunks(per_run) {
+        // A fixed batch dimension must be filled; unused slots stay zero and are ignored.
+        let batch = match plan.batch_dim {
+            BatchDim::Fixed(n) => n.max(1),
+            BatchDim::Dynamic => chunk.len(),
+        };
+        let mut tensor = vec![0.0f32; batch * tensor_len];
+        for (slot, tile) in chunk.iter().enumerate() {
+            let out = &mut tensor[slot * tensor_len..(slot + 1) * tensor_len];
+            let transform = preprocessor
+                .prepare_into(&image, tile.rect, out)
+                .map_err(|e| PrepareFailure {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                })?;
+            transforms.push(transform);
+        }
+        batches.push((chunk.iter().map(|t| t.index).collect(), tensor, batch));
+    }
+    Ok(Prepared {
+        width: image.width(),
+        height: image.height(),
+        transforms,
+        batches,
+        decode,
+        preprocess: started.elapsed(),
+    })
+}

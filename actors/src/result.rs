@@ -1,0 +1,125 @@
+//! The result document published per frame (results topic, `"schema": 1`).
+//!
+//! Documented in the README ("Data contract"). Additive changes keep the schema number;
+//! renaming or removing a field bumps it.
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version written into every result.
+pub const RESULT_SCHEMA_VERSION: u32 = 1;
+
+/// One frame's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameResult {
+    /// Schema version of this document.
+    pub schema: u32,
+    /// Camera id: the input record's key (UTF-8).
+    pub camera: String,
+    /// Where the frame came from.
+    pub source: Source,
+    /// The `tessera-frame-id` header, else `topic/partition/offset`.
+    pub frame_id: String,
+    /// Timestamps in milliseconds since the Unix epoch.
+    pub timestamps: Timestamps,
+    /// Decoded image size (after EXIF orientation), in pixels.
+    pub image: ImageSize,
+    /// The model that produced the result.
+    pub model: ModelRef,
+    /// Version of the trainable head in use, if any.
+    pub head_version: Option<String>,
+    /// Number of tiles run through the model (including the full-frame pass).
+    pub tile_count: usize,
+    /// `ok`, or `skipped` when the lag policy dropped the frame unprocessed.
+    pub status: FrameStatus,
+    /// Detections in frame pixels, merged across tiles, best first.
+    pub detections: Vec<DetectionOut>,
+    /// Classifications, best first.
+    pub classifications: Vec<ClassificationOut>,
+    /// Per-stage latencies in milliseconds.
+    pub latency_ms: Latencies,
+}
+
+/// Kafka coordinates of the input record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Timestamps of a frame's life, in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamps {
+    /// Capture time: the `tessera-ts` header, else the Kafka timestamp.
+    pub capture_ms: Option<i64>,
+    /// The Kafka record timestamp.
+    pub kafka_ms: Option<i64>,
+    /// When tessera consumed the record.
+    pub received_ms: i64,
+    /// When tessera finished the result (just before producing it).
+    pub completed_ms: i64,
+}
+
+/// Image width and height in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Model name and version from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
+
+/// Result status of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameStatus {
+    Ok,
+    Skipped,
+}
+
+/// One detection in frame pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectionOut {
+    pub label: String,
+    pub class_id: u32,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: BoxOut,
+}
+
+/// Axis-aligned box, corners in frame pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BoxOut {
+    pub x1: f32,
+    pub y1: f32,
+    pub x2: f32,
+    pub y2: f32,
+}
+
+/// One classification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassificationOut {
+    pub label: String,
+    pub class_id: u32,
+    pub score: f32,
+}
+
+/// Stage latencies in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latencies {
+    /// Decoding the image.
+    pub decode: f64,
+    /// Cutting tiles and preprocessing them into model tensors.
+    pub preprocess: f64,
+    /// Sum of the model run times of this frame's tile batches.
+    pub inference: f64,
+    /// Mapping and merging the tile results.
+    pub merge: f64,
+    /// From consumption to the result being complete (queueing included).
+    pub total: f64,
+}

@@ -1,0 +1,348 @@
+//! One ONNX Runtime session of a model, with its output adapter: tensors in, detections or
+//! classifications out.
+
+use std::sync::Arc;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+use tessera_operators::adapters::{classifier, yolov8, yolox};
+use tessera_operators::{
+    AdapterKind, Classification, Detection, MatchMetric, MergeConfig, MergeStrategy, merge,
+};
+
+use crate::error::ModelError;
+use crate::manifest::Model;
+use crate::providers::{SessionConfig, build_session};
+
+/// The batch dimension of a model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchDim {
+    /// The model takes exactly this many images per run.
+    Fixed(usize),
+    /// The model takes any number of images per run.
+    Dynamic,
+}
+
+/// The decoded result of one batch item (one tile).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TileOutput {
+    /// Detections in model-input pixels (detectors only).
+    pub detections: Vec<Detection>,
+    /// Best classes, best first (classifiers only).
+    pub classifications: Vec<Classification>,
+}
+
+/// A loaded model ready to run. `run` takes `&mut self` (ONNX Runtime sessions are not shared
+/// between concurrent runs here): give each recognize worker its own session.
+#[derive(Debug)]
+pub struct ModelSession {
+    /// The ONNX Runtime session.
+    session: Session,
+    /// Manifest, labels and file of the model.
+    model: Arc<Model>,
+    /// Batch dimension read from the graph's input.
+    batch_dim: BatchDim,
+    /// Short name of the execution provider that took the session (`cpu`, `cuda`, ...).
+    execution_provider: &'static str,
+    /// Elements of one input image: `3 * width * height`.
+    tensor_len: usize,
+    /// Per-tile NMS applied to raw detections, from the manifest's `thresholds.nms_iou`.
+    tile_nms: Option<MergeConfig>,
+}
+
+impl ModelSession {
+    /// Creates a session for `model` and checks that the graph matches the manifest (input and
+    /// output names, element types, input size, class count).
+    pub fn load(
+        env: &Environment,
+        model: Arc<Model>,
+        config: &SessionConfig,
+    ) -> Result<Self, ModelError> {
+        let path = model.onnx_path.clone();
+        let (session, execution_provider) = build_session(env, &path, config)?;
+        let load_err = |message: String| ModelError::Load {
+            path: path.clone(),
+            message,
+        };
+        let m = &model.manifest;
+
+        let input = session
+            .inputs()
+            .iter()
+            .find(|o| o.name() == m.input.name)
+            .ok_or_else(|| {
+                load_err(format!(
+                    "the graph has no input `{}` (inputs: {})",
+                    m.input.name,
+                    names(session.inputs().iter().map(|o| o.name()))
+                ))
+            })?;
+        let (ty, shape) = tensor_type(input.dtype())
+            .ok_or_else(|| load_err(format!("input `{}` is not a tensor", m.input.name)))?;
+        if ty != TensorElementType::Float32 {
+            return Err(load_err(format!(
+                "input `{}` is {ty}, only f32 inputs are supported",
+                m.input.name
+            )));
+        }
+        let expected = [-1, 3, i64::from(m.input.height), i64::from(m.input.width)];
+        let matches = shape.len() == 4
+            && shape
+                .iter()
+                .zip(expected)
+                .skip(1)
+                .all(|(&dim, want)| dim < 0 || dim == want);
+        if !matches {
+            return Err(load_err(format!(
+                "input `{}` has shape {shape:?}, the manifest says [N, 3, {}, {}]",
+                m.input.name, m.input.height, m.input.width
+            )));
+        }
+        let batch_dim = match usize::try_from(shape[0]) {
+            Ok(n) if n > 0 => BatchDim::Fixed(n),
+            _ => BatchDim::Dynamic,
+        };
+
+        let output = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == m.output.name)
+            .ok_or_else(|| {
+                load_err(format!(
+                    "the graph has no output `{}` (outputs: {})",
+                    m.output.name,
+                    names(session.outputs().iter().map(|o| o.name()))
+                ))
+            })?;
+        let (ty, out_shape) = tensor_type(output.dtype())
+            .ok_or_else(|| load_err(format!("output `{}` is not a tensor", m.output.name)))?;
+        if ty != TensorElementType::Float32 {
+            return Err(load_err(format!(
+                "output `{}` is {ty}, only f32 outputs are supported",
+                m.output.name
+            )));
+        }
+        check_output_shape(&model, &out_shape).map_err(&load_err)?;
+
+        let tile_nms = m.thresholds.nms_iou.map(|threshold| MergeConfig {
+            strategy: MergeStrategy::Nms,
+            metric: MatchMetric::Iou,
+            threshold,
+            class_agnostic: false,
+        });
+        let tensor_len = 3 * m.input.width as usize * m.input.height as usize;
+        tracing::info!(
+            model = %m.name,
+            provider = execution_provider,
+            batch = ?batch_dim,
+            "Model session ready."
+        );
+        Ok(Self {
+            session,
+            model,
+            batch_dim,
+            execution_provider,
+            tensor_len,
+            tile_nms,
+        })
+    }
+
+    /// The model this session runs.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The batch dimension of the model's input.
+    pub fn batch_dim(&self) -> BatchDim {
+        self.batch_dim
+    }
+
+    /// Short name of the execution provider that took the session (`cpu`, `cuda`, ...).
+    pub fn execution_provider(&self) -> &str {
+        self.execution_provider
+    }
+
+    /// Elements of one input image (`3 * width * height`).
+    pub fn tensor_len(&self) -> usize {
+        self.tensor_len
+    }
+
+    /// Runs `batch` preprocessed images (`input` holds `batch * tensor_len()` values, NCHW) and
+    /// decodes each with the manifest's adapter and thresholds. The input is passed to ONNX
+    /// Runtime without a copy. A model with a fixed batch of `n` accepts any multiple of `n`
+    /// (it is run in chunks of `n`).
+    pub fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<TileOutput>, ModelError> {
+        if batch == 0 {
+            return Ok(Vec::new());
+        }
+        if batch.checked_mul(self.tensor_len) != Some(input.len()) {
+            return Err(ModelError::Shape(format!(
+                "input has {} values, expected {batch} x {}",
+                input.len(),
+                self.tensor_len
+            )));
+        }
+        let chunk = match self.batch_dim {
+            BatchDim::Dynamic => batch,
+            BatchDim::Fixed(n) if batch % n == 0 => n,
+            BatchDim::Fixed(n) => {
+                return Err(ModelError::Shape(format!(
+                    "the model takes batches of exactly {n}, got {batch}"
+                )));
+            }
+        };
+        let mut results = Vec::with_capacity(batch);
+        for part in input.chunks_exact(chunk * self.tensor_len) {
+            self.run_chunk(part, chunk, &mut results)?;
+        }
+        Ok(results)
+    }
+
+    fn run_chunk(
+        &mut self,
+        input: &[f32],
+        batch: usize,
+        results: &mut Vec<TileOutput>,
+    ) -> Result<(), ModelError> {
+        let m = &self.model.manifest;
+        let (w, h) = (m.input.width as usize, m.input.height as usize);
+        let tensor = TensorRef::from_array_view(([batch, 3, h, w], input))
+            .map_err(|e| ModelError::Shape(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![m.input.name.as_str() => tensor])
+            .map_err(|e| ModelError::Inference(e.to_string()))?;
+        let value = outputs.get(m.output.name.as_str()).ok_or_else(|| {
+            ModelError::Inference(format!("output `{}` missing from the run", m.output.name))
+        })?;
+        let (shape, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| ModelError::Inference(e.to_string()))?;
+        if shape.first().copied() != i64::try_from(batch).ok() || data.len() % batch != 0 {
+            return Err(ModelError::Shape(format!(
+                "output `{}` has shape {shape:?} for a batch of {batch}",
+                m.output.name
+            )));
+        }
+        let per_item = data.len() / batch;
+        for item in data.chunks_exact(per_item) {
+            results.push(decode(&self.model, self.tile_nms.as_ref(), item)?);
+        }
+        Ok(())
+    }
+}
+
+/// Decodes one batch item with the model's adapter.
+fn decode(
+    model: &Model,
+    tile_nms: Option<&MergeConfig>,
+    item: &[f32],
+) -> Result<TileOutput, ModelError> {
+    let m = &model.manifest;
+    let nc = model.num_classes();
+    let mut out = TileOutput::default();
+    match m.output.adapter {
+        AdapterKind::Yolox => {
+            if item.len() != yolox::num_rows(m.input.width, m.input.height) * (5 + nc) {
+                return Err(ModelError::Shape(format!(
+                    "YOLOX output has {} values per image, expected {} rows x {}",
+                    item.len(),
+                    yolox::num_rows(m.input.width, m.input.height),
+                    5 + nc
+                )));
+            }
+            yolox::decode(
+                item,
+                nc,
+                m.input.width,
+                m.input.height,
+                m.thresholds.score,
+                &mut out.detections,
+            );
+        }
+        AdapterKind::Yolov8 => {
+            if item.len() % (4 + nc) != 0 {
+                return Err(ModelError::Shape(format!(
+                    "YOLOv8 output has {} values per image, not a multiple of {}",
+                    item.len(),
+                    4 + nc
+                )));
+            }
+            let anchors = item.len() / (4 + nc);
+            yolov8::decode(item, nc, anchors, m.thresholds.score, &mut out.detections);
+        }
+        AdapterKind::Classifier => {
+            if item.len() != nc {
+                return Err(ModelError::Shape(format!(
+                    "classifier output has {} values per image, the model has {nc} labels",
+                    item.len()
+                )));
+            }
+            out.classifications = classifier::top_k(item, m.thresholds.top_k, m.output.softmax);
+        }
+    }
+    if let Some(config) = tile_nms
+        && out.detections.len() > 1
+    {
+        out.detections = merge(&out.detections, config);
+    }
+    Ok(out)
+}
+
+/// Checks the static dimensions of the decoded output against the manifest and labels.
+fn check_output_shape(model: &Model, shape: &[i64]) -> Result<(), String> {
+    let m = &model.manifest;
+    let nc = i64::try_from(model.num_classes()).map_err(|e| e.to_string())?;
+    let known = |i: usize| shape.get(i).copied().filter(|d| *d >= 0);
+    let fail = |what: String| {
+        Err(format!(
+            "output `{}` has shape {shape:?}: {what} (the label file has {nc} classes)",
+            m.output.name
+        ))
+    };
+    match m.output.adapter {
+        AdapterKind::Yolox => {
+            if shape.len() != 3 {
+                return fail("expected [N, rows, 5 + classes]".into());
+            }
+            let rows = i64::try_from(yolox::num_rows(m.input.width, m.input.height))
+                .map_err(|e| e.to_string())?;
+            if known(1).is_some_and(|d| d != rows) {
+                return fail(format!("expected {rows} rows for strides 8, 16, 32"));
+            }
+            if known(2).is_some_and(|d| d != 5 + nc) {
+                return fail(format!("expected {} columns", 5 + nc));
+            }
+        }
+        AdapterKind::Yolov8 => {
+            if shape.len() != 3 {
+                return fail("expected [N, 4 + classes, anchors]".into());
+            }
+            if known(1).is_some_and(|d| d != 4 + nc) {
+                return fail(format!("expected {} channels", 4 + nc));
+            }
+        }
+        AdapterKind::Classifier => {
+            if shape.len() != 2 {
+                return fail("expected [N, classes]".into());
+            }
+            if known(1).is_some_and(|d| d != nc) {
+                return fail(format!("expected {nc} classes"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Element type and shape of a tensor type, `None` for maps and sequences.
+pub(crate) fn tensor_type(dtype: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
+    match dtype {
+        ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.iter().copied().collect())),
+        _ => None,
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    it.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}

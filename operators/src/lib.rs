@@ -1,0 +1,26 @@
+//! Pure, synchronous, deterministic building blocks of tessera: decode, tile, preprocess,
+//! output adapters, merge and annotate. No async, no I/O, no global state.
+//!
+//! The per-frame path is `decode::decode_image` -> `tiling::TileGrid::tiles` ->
+//! `preprocess::Preprocessor::prepare_into` (per tile) -> model -> `adapters` (per tile) ->
+//! `preprocess::InputTransform::to_frame` + `geometry::BBox::clamp_to` -> `merge::merge`.
+
+pub mod adapters;
+pub mod annotate;
+pub mod decode;
+pub mod detection;
+pub mod geometry;
+pub mod merge;
+pub mod preprocess;
+pub mod tiling;
+
+pub use adapters::AdapterKind;
+pub use annotate::draw_detections;
+pub use decode::{DecodeError, DecodeLimits, decode_image};
+pub use detection::{Classification, Detection};
+pub use geometry::{BBox, PixelRect};
+pub use merge::{MatchMetric, MergeConfig, MergeConfigError, MergeStrategy, merge};
+pub use preprocess::{
+    ChannelOrder, InputTransform, PreprocessError, PreprocessSpec, Preprocessor, ResizeMode,
+};
+pub use tiling::{Tile, TileGrid, TilingConfig, TilingError};

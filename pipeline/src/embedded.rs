@@ -1,0 +1,213 @@
+//! The embedded Kafka-protocol broker (librdkafka's mock cluster) and the client helpers the
+//! demo, the integration tests and the benchmarks share: publish frames as a camera would,
+//! and read back what tessera published.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use tessera_actors::FrameResult;
+use tessera_actors::frame::{
+    HEADER_CAPTURE_TS, HEADER_CONTENT_TYPE, HEADER_ERROR, HEADER_ERROR_KIND, HEADER_FRAME_ID,
+};
+
+/// A Kafka-protocol broker running inside this process.
+pub struct EmbeddedKafka {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl std::fmt::Debug for EmbeddedKafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedKafka")
+            .field("bootstrap_servers", &self.bootstrap_servers())
+            .finish()
+    }
+}
+
+impl EmbeddedKafka {
+    /// Starts a mock cluster of `brokers` brokers.
+    pub fn start(brokers: i32) -> anyhow::Result<Self> {
+        let cluster = MockCluster::new(brokers)?;
+        Ok(Self { cluster })
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Creates a topic (the mock broker does not support the CreateTopics admin API).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        self.cluster.create_topic(name, partitions, 1)?;
+        Ok(())
+    }
+
+    /// The mock cluster, for fault injection.
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
+}
+
+/// A frame as a camera publishes it.
+#[derive(Debug, Clone)]
+pub struct CameraFrame {
+    /// Record key: the camera id.
+    pub camera: Vec<u8>,
+    /// `tessera-frame-id` header.
+    pub frame_id: String,
+    /// Encoded image bytes.
+    pub payload: Vec<u8>,
+    /// `content-type` header, if any.
+    pub content_type: Option<String>,
+    /// `tessera-ts` header (capture time, ms since the epoch).
+    pub capture_ms: i64,
+}
+
+/// Where a published frame landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Publishes frames in order, waiting for each to be acknowledged so that the input order
+/// per camera is exactly the order given.
+pub async fn publish_frames(
+    brokers: &str,
+    topic: &str,
+    frames: &[CameraFrame],
+) -> anyhow::Result<Vec<Landed>> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "67108864")
+        .create()?;
+    let mut landed = Vec::with_capacity(frames.len());
+    for frame in frames {
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: HEADER_FRAME_ID,
+                value: Some(frame.frame_id.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_CAPTURE_TS,
+                value: Some(frame.capture_ms.to_string().as_str()),
+            });
+        if let Some(content_type) = &frame.content_type {
+            headers = headers.insert(Header {
+                key: HEADER_CONTENT_TYPE,
+                value: Some(content_type.as_str()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(&frame.camera)
+            .payload(&frame.payload)
+            .headers(headers);
+        let delivered = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("publishing frame {}: {e}", frame.frame_id))?;
+        landed.push(Landed {
+            partition: delivered.partition,
+            offset: delivered.offset,
+        });
+    }
+    Ok(landed)
+}
+
+/// A record read back from the results or dead-letter topic.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Result {
+        key: Option<Vec<u8>>,
+        partition: i32,
+        result: Box<FrameResult>,
+    },
+    DeadLetter {
+        key: Option<Vec<u8>>,
+        frame_id: Option<String>,
+        kind: String,
+        error: String,
+        payload_len: usize,
+    },
+}
+
+impl Output {
+    /// The frame id the output refers to.
+    pub fn frame_id(&self) -> Option<&str> {
+        match self {
+            Output::Result { result, .. } => Some(&result.frame_id),
+            Output::DeadLetter { frame_id, .. } => frame_id.as_deref(),
+        }
+    }
+}
+
+/// Reads the results and dead-letter topics from the beginning until `done` says enough was
+/// read or `timeout` passes. `on_output` sees each output as it arrives (progress display).
+pub async fn read_outputs(
+    brokers: &str,
+    results_topic: &str,
+    dlq_topic: &str,
+    timeout: Duration,
+    mut on_output: impl FnMut(&Output),
+    mut done: impl FnMut(&[Output]) -> bool,
+) -> anyhow::Result<Vec<Output>> {
+    let group = format!("tessera-reader-{}", std::process::id());
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()?;
+    consumer.subscribe(&[results_topic, dlq_topic])?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut outputs = Vec::new();
+    while !done(&outputs) {
+        let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "Reader error");
+                continue;
+            }
+            Ok(Ok(message)) => message,
+        };
+        let key = message.key().map(<[u8]>::to_vec);
+        let output = if message.topic() == results_topic {
+            let result: FrameResult = serde_json::from_slice(message.payload().unwrap_or_default())?;
+            Output::Result {
+                key,
+                partition: message.partition(),
+                result: Box::new(result),
+            }
+        } else {
+            let headers: HashMap<String, String> = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Output::DeadLetter {
+                key,
+                frame_id: headers.get(HEADER_FRAME_ID).cloned(),
+                kind: headers.get(HEADER_ERROR_KIND).cloned().unwrap_or_default(),
+                error: headers.get(HEADER_ERROR).cloned().unwrap_or_default(),
+                payload_len: message.payload().map_or(0, <[u8]>::len),
+            }
+        };
+        on_output(&output);
+        outputs.push(output);
+    }
+    Ok(outputs)
+}

@@ -1,0 +1,7 @@
+//! The `tessera` binary's library: layered configuration, the embedded broker and its client
+//! helpers, assets, and the demo. `main.rs` is the CLI over these.
+
+pub mod assets;
+pub mod config;
+pub mod demo;
+pub mod embedded;

@@ -1,0 +1,208 @@
+//! The `tessera` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tessera::{assets, config, demo};
+
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about = "Online image recognition on Kafka streams: tiled ONNX Runtime inference, merged results out.")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "TESSERA_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline against external Kafka brokers until SIGTERM/SIGINT.
+    Run {
+        /// Configuration file (TOML). `TESSERA__SECTION__KEY` variables and --set override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override one setting, e.g. `--set kafka.brokers=broker:9092` (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Assets folder for model files the configuration does not locate.
+        #[arg(long, env = "TESSERA_ASSETS")]
+        assets: Option<PathBuf>,
+    },
+    /// Run the whole pipeline on an embedded Kafka broker with the real YOLOX-Nano model.
+    Demo {
+        /// Assets folder (default `$TESSERA_ASSETS`, `../shared/assets`, else downloaded).
+        #[arg(long)]
+        assets: Option<PathBuf>,
+        /// Where annotated frames are written.
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        /// How many times each camera sends each image.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// How long to wait for every result.
+        #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Model utilities.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Print the configuration: the defaults, or the layered result for a file.
+    Config {
+        /// Configuration file to layer over the defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override one setting (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Print an ONNX file's inputs and outputs.
+    Inspect {
+        /// The ONNX file.
+        file: PathBuf,
+        /// ONNX Runtime library (default `$ORT_DYLIB_PATH`).
+        #[arg(long)]
+        runtime_library: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            overrides,
+            assets: assets_dir,
+        } => {
+            let config = config::load(config.as_deref(), &overrides)?;
+            let assets_dir = assets_dir.or_else(assets::local_assets_dir);
+            run_until_signal(config, assets_dir).await
+        }
+        Command::Demo {
+            assets,
+            out,
+            rounds,
+            timeout,
+        } => {
+            let ok = demo::run(demo::DemoOptions {
+                assets,
+                out,
+                rounds,
+                timeout,
+            })
+            .await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Models {
+            command:
+                ModelsCommand::Inspect {
+                    file,
+                    runtime_library,
+                },
+        } => {
+            let env = tessera_models::init_runtime(runtime_library.as_deref())?;
+            let info = tessera_models::inspect(&env, &file)?;
+            println!("{}", file.display());
+            println!("{info}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { config, overrides } => {
+            let config = config::load(config.as_deref(), &overrides)?;
+            println!("{}", toml::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs until SIGTERM/SIGINT (graceful: drain, flush, commit; a second signal exits at once)
+/// or until the pipeline stops on its own (restart storm: non-zero exit).
+async fn run_until_signal(
+    config: tessera_actors::PipelineConfig,
+    assets_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let drain = config.flow.drain_timeout;
+    let mut pipeline = tessera_actors::start(config, "main", assets_dir.as_deref()).await?;
+    tokio::select! {
+        stopped = pipeline.stopped() => {
+            stopped?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        () = shutdown_signal() => {}
+    }
+    tracing::info!(?drain, "Shutdown requested; draining (a second signal exits at once)");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        eprintln!("Second signal: exiting without draining");
+        std::process::exit(130);
+    });
+    let report = pipeline.shutdown(drain).await?;
+    tracing::info!(abandoned = report.abandoned_frames, "Shutdown complete");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,ort=warn,librdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the ONNX Runtime CPU library from the PyPI wheel into a project-local folder.
+# tessera loads it at run time (ort's load-dynamic), so nothing is installed system-wide.
+# Usage: scripts/install-onnxruntime.sh [DEST]   (default .tessera/onnxruntime)
+set -euo pipefail
+version="1.31.1"
+dest="${1:-.tessera/onnxruntime}"
+lib="$dest/lib/libonnxruntime.so.$version"
+if [ -f "$lib" ]; then
+  exit 0
+fi
+case "$(uname -s)-$(uname -m)" in
+  Linux-x86_64|Linux-aarch64) ;;
+  *) echo "error: this script installs the Linux wheel; on $(uname -s)-$(uname -m) set ORT_DYLIB_PATH to an ONNX Runtime $version library" >&2; exit 1 ;;
+esac
+python=$(command -v python3 || command -v python || true)
+if [ -z "$python" ]; then
+  echo "error: python3 with pip is needed to fetch the onnxruntime==$version wheel from PyPI" >&2
+  exit 1
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo "Installing ONNX Runtime $version (PyPI wheel onnxruntime==$version) into $dest"
+# The wheel's native library does not depend on the Python version, so any CPython tag will do.
+"$python" -m pip download --quiet --no-deps --only-binary=:all: \
+  --python-version 3.11 --platform "manylinux_2_28_$(uname -m)" \
+  "onnxruntime==$version" -d "$tmp"
+wheel=$(ls "$tmp"/onnxruntime-*.whl)
+mkdir -p "$dest/lib"
+"$python" - "$wheel" "$dest/lib" <<'PY'
+import sys, zipfile, os
+wheel, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        base = os.path.basename(name)
+        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
+            with z.open(name) as src, open(os.path.join(out, base), "wb") as dst:
+                dst.write(src.read())
+PY
+test -f "$lib" || { echo "error: $lib not found in the wheel" >&2; exit 1; }
+echo "ONNX Runtime installed: $lib"
