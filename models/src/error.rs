@@ -124,7 +124,10 @@ mod tests {
     #[test]
     fn classification() {
         assert!(ModelError::Inference("x".into()).is_retryable());
-        assert_eq!(ModelError::Shape("x".into()).origin(), ErrorOrigin::Internal);
+        assert_eq!(
+            ModelError::Shape("x".into()).origin(),
+            ErrorOrigin::Internal
+        );
         assert_eq!(
             ModelError::Manifest {
                 path: "m.toml".into(),

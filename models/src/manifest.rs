@@ -191,10 +191,12 @@ impl ModelManifest {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        manifest.validate().map_err(|message| ModelError::Manifest {
-            path: path.to_path_buf(),
-            message,
-        })?;
+        manifest
+            .validate()
+            .map_err(|message| ModelError::Manifest {
+                path: path.to_path_buf(),
+                message,
+            })?;
         Ok(manifest)
     }
 
@@ -229,7 +231,10 @@ impl ModelManifest {
             return Err("`output.name` is empty".into());
         }
         let adapter_ok = match self.task {
-            Task::Detect => matches!(self.output.adapter, AdapterKind::Yolox | AdapterKind::Yolov8),
+            Task::Detect => matches!(
+                self.output.adapter,
+                AdapterKind::Yolox | AdapterKind::Yolov8
+            ),
             Task::Classify | Task::Embed => self.output.adapter == AdapterKind::Classifier,
         };
         if !adapter_ok {
@@ -505,7 +510,10 @@ mod tests {
             MINIMAL.replace("[labels]", "[thresholds]\nscore = 1.5\n[labels]"),
             MINIMAL.replace("[labels]", "[thresholds]\ntop_k = 0\n[labels]"),
             MINIMAL.replace("[labels]", "[thresholds]\nnms_iou = -0.1\n[labels]"),
-            MINIMAL.replace("resize = \"stretch\"", "resize = \"stretch\"\nstd = [1.0, 0.0, 1.0]"),
+            MINIMAL.replace(
+                "resize = \"stretch\"",
+                "resize = \"stretch\"\nstd = [1.0, 0.0, 1.0]",
+            ),
             MINIMAL.replace("task = \"classify\"", "task = \"embed\""),
         ];
         for text in cases {
@@ -518,7 +526,10 @@ mod tests {
 
     #[test]
     fn labels_with_a_hole_are_rejected() -> TestResult {
-        assert_eq!(parse_labels("a\r\nb\r\n\n\n", Path::new("l"))?, vec!["a", "b"]);
+        assert_eq!(
+            parse_labels("a\r\nb\r\n\n\n", Path::new("l"))?,
+            vec!["a", "b"]
+        );
         assert!(parse_labels("a\n\nb\n", Path::new("l")).is_err());
         assert!(parse_labels("\n\n", Path::new("l")).is_err());
         Ok(())

@@ -198,7 +198,9 @@ impl SessionConfig {
                 )));
             }
             let empty = match p {
-                ExecutionProviderConfig::OpenVino { device_type: Some(s) }
+                ExecutionProviderConfig::OpenVino {
+                    device_type: Some(s),
+                }
                 | ExecutionProviderConfig::Qnn {
                     backend_path: Some(s),
                 } => s.trim().is_empty(),
@@ -372,10 +374,8 @@ mod tests {
             toml::from_str::<SessionConfig>("[[execution_providers]]\nkind = \"tpu\"").is_err()
         );
         assert!(
-            toml::from_str::<SessionConfig>(
-                "[[execution_providers]]\nkind = \"cuda\"\ndevice = 1"
-            )
-            .is_err()
+            toml::from_str::<SessionConfig>("[[execution_providers]]\nkind = \"cuda\"\ndevice = 1")
+                .is_err()
         );
     }
 

@@ -185,7 +185,7 @@ impl ModelSession {
         }
         let chunk = match self.batch_dim {
             BatchDim::Dynamic => batch,
-            BatchDim::Fixed(n) if batch % n == 0 => n,
+            BatchDim::Fixed(n) if batch.is_multiple_of(n) => n,
             BatchDim::Fixed(n) => {
                 return Err(ModelError::Shape(format!(
                     "the model takes batches of exactly {n}, got {batch}"
@@ -219,7 +219,8 @@ impl ModelSession {
         let (shape, data) = value
             .try_extract_tensor::<f32>()
             .map_err(|e| ModelError::Inference(e.to_string()))?;
-        if shape.first().copied() != i64::try_from(batch).ok() || data.len() % batch != 0 {
+        if shape.first().copied() != i64::try_from(batch).ok() || !data.len().is_multiple_of(batch)
+        {
             return Err(ModelError::Shape(format!(
                 "output `{}` has shape {shape:?} for a batch of {batch}",
                 m.output.name
@@ -262,7 +263,7 @@ fn decode(
             );
         }
         AdapterKind::Yolov8 => {
-            if item.len() % (4 + nc) != 0 {
+            if !item.len().is_multiple_of(4 + nc) {
                 return Err(ModelError::Shape(format!(
                     "YOLOv8 output has {} values per image, not a multiple of {}",
                     item.len(),
@@ -345,4 +346,118 @@ pub(crate) fn tensor_type(dtype: &ValueType) -> Option<(TensorElementType, Vec<i
 
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     it.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ExecutionProviderConfig;
+    use crate::test_support::{env, tiny};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn classifier_with_dynamic_batch() -> TestResult {
+        let env = env();
+        let mut s = ModelSession::load(&env, tiny("tiny_classifier"), &SessionConfig::default())?;
+        assert_eq!(s.batch_dim(), BatchDim::Dynamic);
+        assert_eq!(s.execution_provider(), "cpu");
+        assert_eq!(s.tensor_len(), 3 * 8 * 8);
+        // Item 0: green channel bright -> class 1; item 1: all zero -> class 3 (bias 0.5).
+        let mut input = vec![0.0f32; 2 * 192];
+        input[64..128].fill(1.0);
+        let out = s.run(&input, 2)?;
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0].classifications.len(),
+            2,
+            "top_k = 2 from the manifest"
+        );
+        assert_eq!(out[0].classifications[0].class_id, 1);
+        assert_eq!(out[1].classifications[0].class_id, 3);
+        assert!(out[0].detections.is_empty());
+        // Softmax is on: probabilities of logits [0, 1, 0, -0.5].
+        let p = out[0].classifications[0].score;
+        let expected = 1f32.exp() / (1.0 + 1f32.exp() + 1.0 + (-0.5f32).exp());
+        assert!((p - expected).abs() < 1e-5, "{p} vs {expected}");
+        // Any batch size works with a dynamic batch.
+        assert_eq!(s.run(&input[..192], 1)?.len(), 1);
+        assert!(s.run(&[], 0)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn detector_with_fixed_batch_runs_in_chunks() -> TestResult {
+        let env = env();
+        let mut s = ModelSession::load(&env, tiny("tiny_detector"), &SessionConfig::default())?;
+        assert_eq!(s.batch_dim(), BatchDim::Fixed(1));
+        let len = s.tensor_len();
+        let mut input = vec![0.9f32; 2 * len];
+        input[len..].fill(0.0);
+        let out = s.run(&input, 2)?;
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].detections.len(), 1);
+        let d = out[0].detections[0];
+        assert_eq!(d.class_id, 1);
+        assert!((d.score - 0.72).abs() < 1e-5, "{}", d.score);
+        let b = d.bbox;
+        assert_eq!((b.x1, b.y1, b.x2, b.y2), (8.0, 8.0, 16.0, 16.0));
+        assert!(
+            out[1].detections.is_empty(),
+            "objectness 0 for a black input"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_input_length_is_a_shape_error() -> TestResult {
+        let env = env();
+        let mut s = ModelSession::load(&env, tiny("tiny_classifier"), &SessionConfig::default())?;
+        let err = s.run(&[0.0; 10], 1).expect_err("too short");
+        assert_eq!(err.kind(), "shape_mismatch");
+        Ok(())
+    }
+
+    #[test]
+    fn unavailable_providers_fall_back_to_cpu() -> TestResult {
+        let env = env();
+        let config = SessionConfig {
+            execution_providers: vec![
+                ExecutionProviderConfig::TensorRt { device_id: 0 },
+                ExecutionProviderConfig::Cuda { device_id: 0 },
+                ExecutionProviderConfig::OpenVino { device_type: None },
+                ExecutionProviderConfig::CoreMl,
+                ExecutionProviderConfig::Cpu,
+            ],
+            ..SessionConfig::default()
+        };
+        let mut s = ModelSession::load(&env, tiny("tiny_classifier"), &config)?;
+        // The CPU build of ONNX Runtime has none of the accelerators.
+        assert_eq!(s.execution_provider(), "cpu");
+        assert_eq!(s.run(&[0.0; 192], 1)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn graph_must_match_the_manifest() -> TestResult {
+        let env = env();
+        let mut model = (*tiny("tiny_classifier")).clone();
+        model.manifest.input.name = "images".into();
+        let err = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())
+            .expect_err("wrong input name");
+        assert!(err.to_string().contains("`input`"), "{err}");
+
+        let mut model = (*tiny("tiny_classifier")).clone();
+        model.labels.push("extra".into());
+        let err = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())
+            .expect_err("5 labels for 4 outputs");
+        assert!(err.to_string().contains("5 classes"), "{err}");
+
+        let mut model = (*tiny("tiny_detector")).clone();
+        model.manifest.input.width = 64;
+        let err = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())
+            .expect_err("wrong input size");
+        assert_eq!(err.kind(), "model_load");
+        Ok(())
+    }
 }

@@ -142,3 +142,85 @@ fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, color: Rgb<u8>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::BBox;
+
+    fn det(class_id: u32, x1: f32, y1: f32, x2: f32, y2: f32) -> Detection {
+        Detection {
+            class_id,
+            score: 0.87,
+            bbox: BBox::new(x1, y1, x2, y2),
+        }
+    }
+
+    const BG: Rgb<u8> = Rgb([1, 2, 3]);
+
+    #[test]
+    fn draws_outline_and_label() {
+        let mut image = RgbImage::from_pixel(100, 80, BG);
+        draw_detections(&mut image, &[det(0, 20.0, 30.0, 60.0, 70.0)], |_| "dog".into());
+        let color = class_color(0);
+        // Outline, 2 px thick, on all four sides.
+        for (x, y) in [(20, 50), (21, 50), (59, 50), (58, 50), (40, 30), (40, 31), (40, 69)] {
+            assert_eq!(*image.get_pixel(x, y), color, "({x}, {y})");
+        }
+        assert_eq!(*image.get_pixel(22, 50), BG);
+        assert_eq!(*image.get_pixel(40, 50), BG);
+        // Label above the box: 12 px high, background in the class colour with text pixels.
+        let label_text = "dog 0.87";
+        let label_w = 8 * label_text.len() as u32 + 4;
+        let mut text_pixels = 0;
+        for y in 18..30 {
+            for x in 20..20 + label_w {
+                let p = *image.get_pixel(x, y);
+                if p == text_color(color) {
+                    text_pixels += 1;
+                } else {
+                    assert_eq!(p, color, "({x}, {y})");
+                }
+            }
+        }
+        assert!(text_pixels > 20, "{text_pixels}");
+        assert_eq!(*image.get_pixel(20, 17), BG);
+    }
+
+    #[test]
+    fn label_goes_inside_when_no_room_above() {
+        let mut image = RgbImage::from_pixel(100, 80, BG);
+        draw_detections(&mut image, &[det(3, 10.0, 2.0, 90.0, 70.0)], |_| String::new());
+        assert_eq!(*image.get_pixel(14, 10), class_color(3));
+        assert_eq!(*image.get_pixel(14, 1), BG);
+    }
+
+    #[test]
+    fn never_panics_on_odd_boxes() {
+        let mut image = RgbImage::from_pixel(32, 16, BG);
+        let odd = [
+            det(0, -100.0, -100.0, 500.0, 500.0),
+            det(1, 31.0, 15.0, 40.0, 40.0),
+            det(2, 50.0, 50.0, 60.0, 60.0),
+            det(3, 10.0, 10.0, 5.0, 5.0),
+            det(4, f32::NAN, 0.0, 1.0, 1.0),
+            det(5, f32::NEG_INFINITY, 0.0, f32::INFINITY, 1.0),
+            det(6, -1.0e30, -1.0e30, 1.0e30, 1.0e30),
+            det(u32::MAX, 0.0, 0.0, 0.0, 0.0),
+        ];
+        draw_detections(&mut image, &odd, |c| format!("class {c} é 日本"));
+        let mut empty = RgbImage::new(0, 0);
+        draw_detections(&mut empty, &odd, |_| "x".into());
+        let mut single = RgbImage::new(1, 1);
+        draw_detections(&mut single, &odd, |_| "x".into());
+        assert_eq!(*single.get_pixel(0, 0), class_color(0));
+    }
+
+    #[test]
+    fn colours_are_stable_per_class() {
+        assert_eq!(class_color(0), class_color(20));
+        assert_ne!(class_color(0), class_color(1));
+        assert_eq!(text_color(Rgb([255, 255, 255])), Rgb([0, 0, 0]));
+        assert_eq!(text_color(Rgb([0, 0, 0])), Rgb([255, 255, 255]));
+    }
+}

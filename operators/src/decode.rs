@@ -211,11 +211,11 @@ fn decode_checked(
         )));
     }
 
-    // Peak memory: the decoded pixels plus the RGB copy (when converting), or two RGB buffers
-    // (when rotating); the decoder's own working memory is checked by the decoder.
+    // Peak memory, conservatively: the decoded pixels next to their RGB copy (when converting)
+    // or two RGB buffers (when rotating). The decoder's own working memory is checked by the
+    // decoder under the limits set below.
     let rgb_bytes = u64::from(width) * u64::from(height) * 3;
-    let decoded_bytes = decoder.total_bytes();
-    let peak = decoded_bytes.saturating_add(rgb_bytes);
+    let peak = decoder.total_bytes().max(rgb_bytes).saturating_add(rgb_bytes);
     if peak > limits.max_alloc_bytes {
         return Err(DecodeError::LimitExceeded(format!(
             "decoding {width}x{height} needs about {peak} bytes, the limit is {} bytes",
@@ -248,5 +248,411 @@ fn map_image_error(err: ImageError) -> DecodeError {
         ImageError::IoError(e) => DecodeError::Corrupt(e.to_string()),
         ImageError::Parameter(e) => DecodeError::Corrupt(e.to_string()),
         ImageError::Encoding(e) => DecodeError::Corrupt(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayAlphaImage, GrayImage, ImageBuffer, Luma, LumaA, Rgb, Rgba, RgbaImage};
+    use proptest::prelude::*;
+
+    fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut bytes = Cursor::new(Vec::new());
+        image.write_to(&mut bytes, format).expect("encodes");
+        bytes.into_inner()
+    }
+
+    fn decode_default(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+        decode_image(bytes, &DecodeLimits::default())
+    }
+
+    /// A PNG chunk with its CRC.
+    fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut chunk = Vec::new();
+        chunk.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        chunk.extend_from_slice(kind);
+        chunk.extend_from_slice(data);
+        let mut crc = 0xFFFF_FFFFu32;
+        for &byte in kind.iter().chain(data) {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        chunk.extend_from_slice(&(!crc).to_be_bytes());
+        chunk
+    }
+
+    /// A PNG whose IHDR claims `width x height` RGB8, with a tiny (invalid) IDAT.
+    fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(png_chunk(b"IHDR", &ihdr));
+        png.extend(png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+        png.extend(png_chunk(b"IEND", &[]));
+        png
+    }
+
+    /// A hand-built baseline JPEG of `width x height` with `components` components (4 = CMYK,
+    /// with an Adobe APP14 marker), every block flat (DC 0, i.e. mid-grey before colour
+    /// conversion). Huffman tables have one 1-bit code each: DC category 0 and AC end-of-block.
+    fn flat_jpeg(width: u16, height: u16, components: u8) -> Vec<u8> {
+        let mut j = vec![0xFF, 0xD8];
+        if components == 4 {
+            // APP14 "Adobe", version 100, flags 0, 0, transform 0 (CMYK).
+            j.extend_from_slice(&[0xFF, 0xEE, 0x00, 0x0E]);
+            j.extend_from_slice(b"Adobe");
+            j.extend_from_slice(&[0x00, 0x64, 0x00, 0x00, 0x00, 0x00, 0x00]);
+        }
+        // DQT: table 0, all ones.
+        j.extend_from_slice(&[0xFF, 0xDB, 0x00, 0x43, 0x00]);
+        j.extend_from_slice(&[1; 64]);
+        // SOF0.
+        let len = 8 + 3 * u16::from(components);
+        j.extend_from_slice(&[0xFF, 0xC0]);
+        j.extend_from_slice(&len.to_be_bytes());
+        j.push(8);
+        j.extend_from_slice(&height.to_be_bytes());
+        j.extend_from_slice(&width.to_be_bytes());
+        j.push(components);
+        for id in 1..=components {
+            j.extend_from_slice(&[id, 0x11, 0x00]);
+        }
+        // DHT: DC table 0 and AC table 0, one code of length 1 for symbol 0.
+        for class in [0x00, 0x10] {
+            j.extend_from_slice(&[0xFF, 0xC4, 0x00, 0x14, class, 1]);
+            j.extend_from_slice(&[0; 15]);
+            j.push(0);
+        }
+        // SOS.
+        let len = 6 + 2 * u16::from(components);
+        j.extend_from_slice(&[0xFF, 0xDA]);
+        j.extend_from_slice(&len.to_be_bytes());
+        j.push(components);
+        for id in 1..=components {
+            j.extend_from_slice(&[id, 0x00]);
+        }
+        j.extend_from_slice(&[0x00, 0x3F, 0x00]);
+        // Two zero bits per block (DC "0", EOB "0"); capped, so huge headers stay small payloads
+        // (their scan is then truncated, which only matters if they were decoded).
+        let blocks = usize::from(width.div_ceil(8)) * usize::from(height.div_ceil(8));
+        let bits = blocks * usize::from(components) * 2;
+        j.extend(std::iter::repeat_n(0u8, bits.div_ceil(8).min(4096)));
+        j.extend_from_slice(&[0xFF, 0xD9]);
+        j
+    }
+
+    /// Inserts an APP1 Exif segment (big-endian TIFF, one IFD entry: Orientation) after SOI.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = Vec::new();
+        tiff.extend_from_slice(b"MM\x00\x2a\x00\x00\x00\x08"); // header, IFD at offset 8
+        tiff.extend_from_slice(&[0x00, 0x01]); // one entry
+        tiff.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01]); // SHORT x1
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0x00, 0x00]);
+        tiff.extend_from_slice(&[0x00, 0x00, 0x00, 0x00]); // no next IFD
+        let mut payload = b"Exif\x00\x00".to_vec();
+        payload.extend(tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+        out.extend(payload);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    fn assert_close(a: Rgb<u8>, b: [u8; 3], tol: u8) {
+        for c in 0..3 {
+            assert!(a.0[c].abs_diff(b[c]) <= tol, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn png_colour_types_become_rgb8() {
+        let cases: Vec<(DynamicImage, [u8; 3])> = vec![
+            (GrayImage::from_pixel(3, 2, Luma([77])).into(), [77, 77, 77]),
+            (
+                GrayAlphaImage::from_pixel(3, 2, LumaA([90, 128])).into(),
+                [90, 90, 90],
+            ),
+            (RgbImage::from_pixel(3, 2, Rgb([1, 2, 3])).into(), [1, 2, 3]),
+            (
+                RgbaImage::from_pixel(3, 2, Rgba([10, 20, 30, 0])).into(),
+                [10, 20, 30],
+            ),
+            (
+                ImageBuffer::<Luma<u16>, _>::from_pixel(3, 2, Luma([0xFFFF])).into(),
+                [255, 255, 255],
+            ),
+            (
+                ImageBuffer::<Rgb<u16>, _>::from_pixel(3, 2, Rgb([0x8080, 0x0000, 0xFFFF]))
+                    .into(),
+                [128, 0, 255],
+            ),
+            (
+                ImageBuffer::<Rgba<u16>, _>::from_pixel(3, 2, Rgba([0x4040, 0x8080, 0xC0C0, 1]))
+                    .into(),
+                [64, 128, 192],
+            ),
+        ];
+        for (image, want) in cases {
+            let bytes = encode(&image, ImageFormat::Png);
+            let rgb = decode_default(&bytes).expect("decodes");
+            assert_eq!(rgb.dimensions(), (3, 2), "{:?}", image.color());
+            assert!(rgb.pixels().all(|p| p.0 == want), "{:?}", image.color());
+        }
+    }
+
+    #[test]
+    fn jpeg_bmp_webp_decode() {
+        let rgb: DynamicImage = RgbImage::from_pixel(16, 8, Rgb([200, 100, 50])).into();
+        let gray: DynamicImage = GrayImage::from_pixel(16, 8, Luma([60])).into();
+        for (image, format, want, tol) in [
+            (&rgb, ImageFormat::Jpeg, [200, 100, 50], 4),
+            (&gray, ImageFormat::Jpeg, [60, 60, 60], 2),
+            (&rgb, ImageFormat::Bmp, [200, 100, 50], 0),
+            (&rgb, ImageFormat::WebP, [200, 100, 50], 0),
+        ] {
+            let bytes = encode(image, format);
+            let out = decode_default(&bytes).expect("decodes");
+            assert_eq!(out.dimensions(), (16, 8), "{format:?}");
+            assert_close(*out.get_pixel(5, 5), want, tol);
+        }
+    }
+
+    #[test]
+    fn cmyk_jpeg_becomes_rgb8() {
+        let bytes = flat_jpeg(16, 8, 4);
+        let out = decode_default(&bytes).expect("decodes");
+        assert_eq!(out.dimensions(), (16, 8));
+        let first = *out.get_pixel(0, 0);
+        // C = M = Y = K = 128 through the (inverted, Adobe) CMYK conversion: about 128 * 128 / 255,
+        // unlike the 128 grey of the same data read as YCbCr below.
+        assert_close(first, [64, 64, 64], 2);
+        assert!(out.pixels().all(|p| *p == first));
+        // The same structure with 3 components is a YCbCr mid-grey image.
+        let out = decode_default(&flat_jpeg(16, 8, 3)).expect("decodes");
+        assert_close(*out.get_pixel(3, 3), [128, 128, 128], 1);
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // Left half red, right half blue; 8x8-aligned halves keep JPEG blocks flat.
+        let image = RgbImage::from_fn(16, 8, |x, _| {
+            if x < 8 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) }
+        });
+        let jpeg = encode(&image.into(), ImageFormat::Jpeg);
+        let plain = decode_default(&jpeg).expect("decodes");
+        assert_eq!(plain.dimensions(), (16, 8));
+
+        // Orientation 6: rotate 90 degrees clockwise to display; the left column becomes the top row.
+        let rotated = decode_default(&with_exif_orientation(&jpeg, 6)).expect("decodes");
+        assert_eq!(rotated.dimensions(), (8, 16));
+        assert_close(*rotated.get_pixel(4, 3), [255, 0, 0], 24);
+        assert_close(*rotated.get_pixel(4, 12), [0, 0, 255], 24);
+
+        // Orientation 3: rotate 180 degrees; red ends up on the right.
+        let flipped = decode_default(&with_exif_orientation(&jpeg, 3)).expect("decodes");
+        assert_eq!(flipped.dimensions(), (16, 8));
+        assert_close(*flipped.get_pixel(12, 4), [255, 0, 0], 24);
+
+        // An invalid orientation value is ignored.
+        let bogus = decode_default(&with_exif_orientation(&jpeg, 42)).expect("decodes");
+        assert_eq!(bogus.dimensions(), (16, 8));
+    }
+
+    #[test]
+    fn one_pixel_images() {
+        let image: DynamicImage = RgbImage::from_pixel(1, 1, Rgb([9, 8, 7])).into();
+        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Bmp, ImageFormat::WebP] {
+            let out = decode_default(&encode(&image, format)).expect("decodes");
+            assert_eq!(out.dimensions(), (1, 1), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn empty_and_oversized_payloads() {
+        assert!(matches!(decode_default(&[]), Err(DecodeError::EmptyPayload)));
+        let limits = DecodeLimits {
+            max_bytes: 100,
+            ..DecodeLimits::default()
+        };
+        let err = decode_image(&[0xFF; 101], &limits).err();
+        assert!(matches!(
+            err,
+            Some(DecodeError::PayloadTooLarge { len: 101, max: 100 })
+        ));
+        assert_eq!(err.map(|e| e.kind()), Some("payload_too_large"));
+    }
+
+    #[test]
+    fn unsupported_formats_are_named() {
+        for (bytes, name) in [
+            (&b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"[..], "gif"),
+            (&b"II*\x00\x08\x00\x00\x00"[..], "tiff"),
+            (&b"MM\x00*\x00\x00\x00\x08"[..], "tiff"),
+            (&b"hello world"[..], "unknown"),
+            (&b"\x00"[..], "unknown"),
+        ] {
+            match decode_default(bytes) {
+                Err(DecodeError::UnsupportedFormat(got)) => assert_eq!(got, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            DecodeError::UnsupportedFormat(String::new()).kind(),
+            "unsupported_format"
+        );
+    }
+
+    #[test]
+    fn huge_headers_are_rejected_before_decoding() {
+        let err = decode_default(&png_claiming(60_000, 60_000)).err();
+        assert!(
+            matches!(
+                err,
+                Some(DecodeError::DimensionsTooLarge {
+                    width: 60_000,
+                    height: 60_000,
+                    max_width: 8192,
+                    max_height: 8192
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.map(|e| e.kind()), Some("dimensions_too_large"));
+
+        let err = decode_default(&flat_jpeg(60_000, 60_000, 3)).err();
+        assert!(
+            matches!(
+                err,
+                Some(DecodeError::DimensionsTooLarge {
+                    width: 60_000,
+                    height: 60_000,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        // One axis over the limit is enough.
+        let err = decode_default(&png_claiming(8193, 1)).err();
+        assert!(matches!(err, Some(DecodeError::DimensionsTooLarge { .. })));
+    }
+
+    #[test]
+    fn decompression_bomb_hits_the_allocation_limit() {
+        // 2048x2048 zero pixels compress to a few KiB but need 4 MiB + 12 MiB (RGB) to decode.
+        let bomb: DynamicImage = GrayImage::new(2048, 2048).into();
+        let bytes = encode(&bomb, ImageFormat::Png);
+        assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
+        let limits = DecodeLimits {
+            max_alloc_bytes: 8 * 1024 * 1024,
+            ..DecodeLimits::default()
+        };
+        let err = decode_image(&bytes, &limits).err();
+        assert!(matches!(err, Some(DecodeError::LimitExceeded(_))), "{err:?}");
+        assert_eq!(err.map(|e| e.kind()), Some("allocation_limit"));
+        // Within the default limits it decodes.
+        assert_eq!(
+            decode_default(&bytes).map(|i| i.dimensions()).ok(),
+            Some((2048, 2048))
+        );
+    }
+
+    #[test]
+    fn truncated_and_corrupt_payloads() {
+        let image: DynamicImage = RgbImage::from_fn(64, 64, |x, y| {
+            Rgb([x as u8 * 4, y as u8 * 4, (x ^ y) as u8])
+        })
+        .into();
+        let png = encode(&image, ImageFormat::Png);
+        let err = decode_default(&png[..png.len() / 2]).err();
+        assert!(matches!(err, Some(DecodeError::Corrupt(_))), "{err:?}");
+        assert_eq!(err.map(|e| e.kind()), Some("corrupt_image"));
+
+        let jpeg = encode(&image, ImageFormat::Jpeg);
+        for cut in [3, 20, jpeg.len() / 2] {
+            // Must not panic; a JPEG cut inside the scan may decode partially.
+            let _ = decode_default(&jpeg[..cut]);
+        }
+        assert!(decode_default(&jpeg[..20]).is_err());
+        assert!(matches!(
+            decode_default(&png[..8]),
+            Err(DecodeError::Corrupt(_))
+        ));
+        assert!(decode_default(b"BM").is_err());
+        assert!(decode_default(b"RIFF\x00\x00\x00\x00WEBPVP8 ").is_err());
+    }
+
+    #[test]
+    fn limits_validate_and_deserialize() {
+        assert_eq!(DecodeLimits::default().validate(), Ok(()));
+        let bad = DecodeLimits {
+            max_width: 0,
+            ..DecodeLimits::default()
+        };
+        assert_eq!(
+            bad.validate(),
+            Err(DecodeLimitsError { field: "max_width" })
+        );
+        let parsed: DecodeLimits = serde_json::from_str(r#"{"max_width": 640}"#).expect("valid");
+        assert_eq!(parsed.max_width, 640);
+        assert_eq!(parsed.max_bytes, 32 * 1024 * 1024);
+        assert!(serde_json::from_str::<DecodeLimits>(r#"{"max_pixels": 1}"#).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            prefix in prop_oneof![
+                Just(Vec::new()),
+                Just(vec![0xFF, 0xD8, 0xFF]),
+                Just(b"\x89PNG\r\n\x1a\n".to_vec()),
+                Just(b"RIFF\x20\x00\x00\x00WEBP".to_vec()),
+                Just(b"BM".to_vec()),
+            ],
+            body in prop::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut bytes = prefix;
+            bytes.extend(body);
+            let limits = DecodeLimits {
+                max_alloc_bytes: 16 * 1024 * 1024,
+                ..DecodeLimits::default()
+            };
+            if let Ok(image) = decode_image(&bytes, &limits) {
+                prop_assert!(image.width() <= limits.max_width);
+                prop_assert!(image.height() <= limits.max_height);
+            }
+        }
+
+        #[test]
+        fn mutated_images_never_panic(
+            index in any::<prop::sample::Index>(),
+            value: u8,
+            format in prop_oneof![
+                Just(ImageFormat::Png),
+                Just(ImageFormat::Jpeg),
+                Just(ImageFormat::Bmp),
+                Just(ImageFormat::WebP),
+            ],
+        ) {
+            let image: DynamicImage = RgbImage::from_fn(24, 16, |x, y| {
+                Rgb([x as u8 * 10, y as u8 * 10, 99])
+            })
+            .into();
+            let mut bytes = encode(&image, format);
+            let i = index.index(bytes.len());
+            bytes[i] = value;
+            let _ = decode_default(&bytes);
+        }
     }
 }

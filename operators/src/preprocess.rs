@@ -373,3 +373,261 @@ impl Preprocessor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+    use proptest::prelude::*;
+
+    fn spec(width: u32, height: u32, resize: ResizeMode) -> PreprocessSpec {
+        PreprocessSpec {
+            width,
+            height,
+            resize,
+            pad_value: 114,
+            channel_order: ChannelOrder::Rgb,
+            scale: 1.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
+    }
+
+    /// A frame whose pixel (x, y) is (x, y, 7).
+    fn gradient(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| Rgb([x as u8, y as u8, 7]))
+    }
+
+    fn at(out: &[f32], w: usize, h: usize, c: usize, x: usize, y: usize) -> f32 {
+        out[c * w * h + y * w + x]
+    }
+
+    #[test]
+    fn same_size_stretch_is_an_exact_copy() {
+        let frame = gradient(4, 3);
+        let mut p = Preprocessor::new(spec(4, 3, ResizeMode::Stretch));
+        let mut out = vec![f32::NAN; p.tensor_len()];
+        let t = p
+            .prepare_into(&frame, PixelRect::new(0, 0, 4, 3), &mut out)
+            .expect("prepared");
+        assert_eq!(t, InputTransform::IDENTITY);
+        for y in 0..3 {
+            for x in 0..4 {
+                assert_eq!(at(&out, 4, 3, 0, x, y), x as f32);
+                assert_eq!(at(&out, 4, 3, 1, x, y), y as f32);
+                assert_eq!(at(&out, 4, 3, 2, x, y), 7.0);
+            }
+        }
+    }
+
+    #[test]
+    fn crop_is_taken_from_the_rect() {
+        let frame = gradient(20, 10);
+        let mut p = Preprocessor::new(spec(4, 3, ResizeMode::Letterbox));
+        let mut out = vec![0.0; p.tensor_len()];
+        let t = p
+            .prepare_into(&frame, PixelRect::new(5, 6, 4, 3), &mut out)
+            .expect("prepared");
+        assert_eq!((t.origin_x, t.origin_y, t.scale_x, t.scale_y), (5.0, 6.0, 1.0, 1.0));
+        assert_eq!(at(&out, 4, 3, 0, 0, 0), 5.0);
+        assert_eq!(at(&out, 4, 3, 1, 0, 0), 6.0);
+        assert_eq!(at(&out, 4, 3, 0, 3, 2), 8.0);
+        assert_eq!(at(&out, 4, 3, 1, 3, 2), 8.0);
+    }
+
+    #[test]
+    fn bgr_and_normalisation() {
+        let frame = RgbImage::from_pixel(2, 2, Rgb([10, 20, 30]));
+        let mut s = spec(2, 2, ResizeMode::Stretch);
+        s.channel_order = ChannelOrder::Bgr;
+        s.scale = 0.5;
+        s.mean = [1.0, 2.0, 3.0];
+        s.std = [2.0, 4.0, 0.5];
+        let mut p = Preprocessor::new(s);
+        let mut out = vec![0.0; p.tensor_len()];
+        p.prepare_into(&frame, PixelRect::new(0, 0, 2, 2), &mut out)
+            .expect("prepared");
+        // Channel 0 is blue: (30 * 0.5 - 1) / 2 = 7.
+        assert_eq!(&out[0..4], &[7.0; 4]);
+        // Channel 1 is green: (20 * 0.5 - 2) / 4 = 2.
+        assert_eq!(&out[4..8], &[2.0; 4]);
+        // Channel 2 is red: (10 * 0.5 - 3) / 0.5 = 4.
+        assert_eq!(&out[8..12], &[4.0; 4]);
+    }
+
+    #[test]
+    fn letterbox_pads_bottom_right() {
+        let frame = RgbImage::from_pixel(8, 4, Rgb([200, 200, 200]));
+        let mut p = Preprocessor::new(spec(4, 4, ResizeMode::Letterbox));
+        let mut out = vec![0.0; p.tensor_len()];
+        let t = p
+            .prepare_into(&frame, PixelRect::new(0, 0, 8, 4), &mut out)
+            .expect("prepared");
+        assert_eq!((t.scale_x, t.scale_y, t.pad_x, t.pad_y), (0.5, 0.5, 0.0, 0.0));
+        for c in 0..3 {
+            for y in 0..4 {
+                for x in 0..4 {
+                    let want = if y < 2 { 200.0 } else { 114.0 };
+                    assert_eq!(at(&out, 4, 4, c, x, y), want, "c{c} x{x} y{y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn letterbox_center_pads_both_sides() {
+        let frame = RgbImage::from_pixel(2, 8, Rgb([50, 60, 70]));
+        let mut p = Preprocessor::new(spec(5, 4, ResizeMode::LetterboxCenter));
+        let mut out = vec![0.0; p.tensor_len()];
+        let t = p
+            .prepare_into(&frame, PixelRect::new(0, 0, 2, 8), &mut out)
+            .expect("prepared");
+        // Scaled by 0.5 to 1x4, centred: (5 - 1) / 2 = 2 columns of padding on the left.
+        assert_eq!((t.scale_x, t.scale_y, t.pad_x, t.pad_y), (0.5, 0.5, 2.0, 0.0));
+        for y in 0..4 {
+            for x in 0..5 {
+                let want = if x == 2 { 50.0 } else { 114.0 };
+                assert_eq!(at(&out, 5, 4, 0, x, y), want, "x{x} y{y}");
+            }
+        }
+        let model = BBox::new(2.0, 0.0, 3.0, 4.0);
+        assert_eq!(t.to_frame(&model), BBox::new(0.0, 0.0, 2.0, 8.0));
+    }
+
+    #[test]
+    fn upscaling_stretch_keeps_a_uniform_colour() {
+        let frame = RgbImage::from_pixel(3, 2, Rgb([9, 99, 199]));
+        let mut p = Preprocessor::new(spec(16, 16, ResizeMode::Stretch));
+        let mut out = vec![0.0; p.tensor_len()];
+        let t = p
+            .prepare_into(&frame, PixelRect::new(0, 0, 3, 2), &mut out)
+            .expect("prepared");
+        assert_eq!((t.scale_x, t.scale_y), (16.0 / 3.0, 8.0));
+        assert!(out[..256].iter().all(|&v| v == 9.0));
+        assert!(out[256..512].iter().all(|&v| v == 99.0));
+        assert!(out[512..].iter().all(|&v| v == 199.0));
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        let frame = gradient(10, 10);
+        let mut p = Preprocessor::new(spec(4, 4, ResizeMode::Stretch));
+        let mut short = vec![0.0; 47];
+        let err = p.prepare_into(&frame, PixelRect::new(0, 0, 4, 4), &mut short);
+        assert_eq!(
+            err,
+            Err(PreprocessError::OutputLength {
+                len: 47,
+                expected: 48
+            })
+        );
+        let mut out = vec![0.0; 48];
+        for rect in [
+            PixelRect::new(8, 0, 4, 4),
+            PixelRect::new(0, 0, 0, 4),
+            PixelRect::new(u32::MAX, u32::MAX, 2, 2),
+        ] {
+            let err = p.prepare_into(&frame, rect, &mut out).err();
+            assert_eq!(err.map(|e| e.kind()), Some("tile_out_of_bounds"));
+        }
+        let empty = RgbImage::new(0, 0);
+        assert!(p.prepare_into(&empty, PixelRect::new(0, 0, 1, 1), &mut out).is_err());
+
+        let mut bad = spec(4, 4, ResizeMode::Stretch);
+        bad.std = [1.0, 0.0, 1.0];
+        let mut p = Preprocessor::new(bad);
+        let err = p.prepare_into(&frame, PixelRect::new(0, 0, 4, 4), &mut out).err();
+        assert_eq!(err.map(|e| e.kind()), Some("invalid_preprocess_spec"));
+        let mut p = Preprocessor::new(spec(0, 4, ResizeMode::Stretch));
+        assert_eq!(p.tensor_len(), 0);
+        let err = p.prepare_into(&frame, PixelRect::new(0, 0, 4, 4), &mut []).err();
+        assert_eq!(err.map(|e| e.kind()), Some("invalid_preprocess_spec"));
+    }
+
+    #[test]
+    fn buffers_are_reused_after_warm_up() {
+        let frame = gradient(200, 100);
+        let mut p = Preprocessor::new(spec(64, 64, ResizeMode::Letterbox));
+        let mut out = vec![0.0; p.tensor_len()];
+        p.prepare_into(&frame, PixelRect::new(0, 0, 200, 100), &mut out)
+            .expect("prepared");
+        let (ptr, cap) = (p.resized.as_ptr(), p.resized.capacity());
+        for rect in [
+            PixelRect::new(0, 0, 64, 64),
+            PixelRect::new(10, 10, 30, 90),
+            PixelRect::new(0, 0, 200, 100),
+        ] {
+            p.prepare_into(&frame, rect, &mut out).expect("prepared");
+            assert_eq!((p.resized.as_ptr(), p.resized.capacity()), (ptr, cap));
+        }
+    }
+
+    fn rect_strategy() -> impl Strategy<Value = (u32, u32, PixelRect)> {
+        (1u32..2000, 1u32..2000)
+            .prop_flat_map(|(fw, fh)| (Just(fw), Just(fh), 0..fw, 0..fh))
+            .prop_flat_map(|(fw, fh, x, y)| {
+                (Just(fw), Just(fh), Just(x), Just(y), 1..=fw - x, 1..=fh - y)
+            })
+            .prop_map(|(fw, fh, x, y, w, h)| (fw, fh, PixelRect::new(x, y, w, h)))
+    }
+
+    fn mode_strategy() -> impl Strategy<Value = ResizeMode> {
+        prop_oneof![
+            Just(ResizeMode::Letterbox),
+            Just(ResizeMode::LetterboxCenter),
+            Just(ResizeMode::Stretch)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn transform_round_trips(
+            (_fw, _fh, rect) in rect_strategy(),
+            mode in mode_strategy(),
+            mw in 1u32..1024,
+            mh in 1u32..1024,
+            fx in 0.0f32..1.0,
+            fy in 0.0f32..1.0,
+        ) {
+            let p = Preprocessor::new(spec(mw, mh, mode));
+            let t = p.transform_for(rect);
+            // The tile maps inside the model input.
+            let m = t.to_model(&rect.to_bbox());
+            let eps = 1e-3 * (mw.max(mh) as f32);
+            prop_assert!(m.x1 >= -eps && m.y1 >= -eps, "{:?}", m);
+            prop_assert!(m.x2 <= mw as f32 + eps && m.y2 <= mh as f32 + eps, "{:?}", m);
+            // frame -> model -> frame is the identity (up to f32 rounding).
+            let b = BBox::new(
+                rect.x as f32 + fx * rect.width as f32,
+                rect.y as f32 + fy * rect.height as f32,
+                (rect.x + rect.width) as f32,
+                (rect.y + rect.height) as f32,
+            );
+            let back = t.to_frame(&t.to_model(&b));
+            let tol = 1e-3 * (1.0 + (rect.x + rect.width).max(rect.y + rect.height) as f32);
+            for (a, c) in [(b.x1, back.x1), (b.y1, back.y1), (b.x2, back.x2), (b.y2, back.y2)] {
+                prop_assert!((a - c).abs() <= tol, "{:?} -> {:?}", b, back);
+            }
+        }
+
+        #[test]
+        fn prepare_into_never_fails_on_a_valid_rect(
+            (fw, fh, rect) in (1u32..80, 1u32..80)
+                .prop_flat_map(|(fw, fh)| (Just(fw), Just(fh), 0..fw, 0..fh))
+                .prop_flat_map(|(fw, fh, x, y)| {
+                    (Just(fw), Just(fh), Just(x), Just(y), 1..=fw - x, 1..=fh - y)
+                })
+                .prop_map(|(fw, fh, x, y, w, h)| (fw, fh, PixelRect::new(x, y, w, h))),
+            mode in mode_strategy(),
+            mw in 1u32..48,
+            mh in 1u32..48,
+        ) {
+            let frame = gradient(fw, fh);
+            let mut p = Preprocessor::new(spec(mw, mh, mode));
+            let mut out = vec![f32::NAN; p.tensor_len()];
+            let t = p.prepare_into(&frame, rect, &mut out);
+            prop_assert_eq!(t, Ok(p.transform_for(rect)));
+            prop_assert!(out.iter().all(|v| (0.0..=255.0).contains(v)));
+        }
+    }
+}

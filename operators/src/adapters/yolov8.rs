@@ -49,3 +49,41 @@ pub fn decode(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_channel_major_output() {
+        // 3 classes, 4 anchors: rows cx, cy, w, h, c0, c1, c2.
+        #[rustfmt::skip]
+        let output = [
+            10.0, 20.0, 30.0, 40.0, // cx
+            10.0, 20.0, 30.0, 40.0, // cy
+            4.0,  4.0,  8.0,  8.0,  // w
+            2.0,  2.0,  2.0,  2.0,  // h
+            0.9,  0.1,  0.1,  0.0,  // class 0
+            0.0,  0.2,  0.7,  0.0,  // class 1
+            0.0,  0.3,  0.1,  0.0,  // class 2
+        ];
+        let mut out = Vec::new();
+        decode(&output, 3, 4, 0.25, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!((out[0].class_id, out[0].score), (0, 0.9));
+        assert_eq!(out[0].bbox, BBox::new(8.0, 9.0, 12.0, 11.0));
+        assert_eq!((out[1].class_id, out[1].score), (2, 0.3));
+        assert_eq!((out[2].class_id, out[2].score), (1, 0.7));
+        assert_eq!(out[2].bbox, BBox::new(26.0, 29.0, 34.0, 31.0));
+    }
+
+    #[test]
+    fn short_or_degenerate_outputs_decode_nothing() {
+        let mut out = Vec::new();
+        decode(&[1.0; 27], 3, 4, 0.1, &mut out);
+        decode(&[1.0; 28], 0, 7, 0.1, &mut out);
+        decode(&[1.0; 28], 3, usize::MAX, 0.1, &mut out);
+        decode(&[f32::NAN; 28], 3, 4, 0.1, &mut out);
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,44 @@
+# tessera: `make demo` runs the demo, `make test` runs the tests. Both install what they need
+# (the ONNX Runtime CPU library, from the PyPI wheel, into .tessera/) on first use.
+
+ORT_VERSION := 1.31.1
+ORT_DIR     := $(CURDIR)/.tessera/onnxruntime
+ORT_LIB     := $(ORT_DIR)/lib/libonnxruntime.so.$(ORT_VERSION)
+
+# tessera loads ONNX Runtime at run time (ort's load-dynamic); point it at the local copy
+# unless the caller chose another build (e.g. onnxruntime-gpu).
+export ORT_DYLIB_PATH ?= $(ORT_LIB)
+# Real models and images live beside the project, never in it (see ../shared/assets/PROVENANCE.md).
+ifneq ($(wildcard $(CURDIR)/../shared/assets),)
+export TESSERA_ASSETS ?= $(abspath $(CURDIR)/../shared/assets)
+endif
+
+CARGO ?= cargo
+
+.PHONY: setup demo test lint bench reference clean-setup
+
+## Install the ONNX Runtime library into .tessera/ (idempotent).
+setup: $(ORT_LIB)
+
+$(ORT_LIB):
+	@scripts/install-onnxruntime.sh "$(ORT_DIR)"
+
+## Run the demo: embedded Kafka broker, real YOLOX-Nano, two cameras.
+demo: setup
+	$(CARGO) run --release -p tessera -- demo
+
+## Run every test: unit, property, real-model and end-to-end through the embedded broker.
+test: setup
+	$(CARGO) test --workspace --all-targets
+
+## Formatting and lints, as CI checks them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Criterion micro-benchmarks.
+bench: setup
+	$(CARGO) bench -p tessera-benches
+
+clean-setup:
+	rm -rf .tessera/onnxruntime
