@@ -52,13 +52,22 @@ impl PipelineConfig {
             .validate()
             .map_err(|e| ConfigError::invalid("model.session", e.to_string()))?;
         if self.prepare.workers == 0 {
-            return Err(ConfigError::invalid("prepare.workers", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "prepare.workers",
+                "must be at least 1",
+            ));
         }
         if self.recognize.workers == 0 {
-            return Err(ConfigError::invalid("recognize.workers", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "recognize.workers",
+                "must be at least 1",
+            ));
         }
         if self.recognize.max_batch == 0 {
-            return Err(ConfigError::invalid("recognize.max_batch", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "recognize.max_batch",
+                "must be at least 1",
+            ));
         }
         if self.flow.max_in_flight_frames == 0 {
             return Err(ConfigError::invalid(

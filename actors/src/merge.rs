@@ -301,9 +301,10 @@ async fn release(
     if ready.is_empty() {
         return Ok(());
     }
-    let publish = lookup_patiently::<PublishMsg>(&state.args.names.publish(), Duration::from_secs(30))
-        .await
-        .ok_or("publish actor unavailable")?;
+    let publish =
+        lookup_patiently::<PublishMsg>(&state.args.names.publish(), Duration::from_secs(30))
+            .await
+            .ok_or("publish actor unavailable")?;
     for outcome in ready {
         publish.cast(PublishMsg::Publish(outcome))?;
     }

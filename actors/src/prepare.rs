@@ -91,7 +91,9 @@ impl Worker for PrepareWorker {
         &self,
         _wid: WorkerId,
         _factory: &ActorRef<PrepareMsg>,
-        Job { key, msg: frame, .. }: Job<(), Frame>,
+        Job {
+            key, msg: frame, ..
+        }: Job<(), Frame>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let mut preprocessor = state

@@ -147,7 +147,10 @@ impl Actor for Publish {
 }
 
 /// Enqueues a record in the producer, waiting while librdkafka's local queue is full.
-async fn enqueue(producer: &FutureProducer, record: &OwnedRecord) -> rdkafka::producer::DeliveryFuture {
+async fn enqueue(
+    producer: &FutureProducer,
+    record: &OwnedRecord,
+) -> rdkafka::producer::DeliveryFuture {
     loop {
         let mut future = FutureRecord::to(&record.topic)
             .payload(&record.value)
@@ -157,7 +160,10 @@ async fn enqueue(producer: &FutureProducer, record: &OwnedRecord) -> rdkafka::pr
         }
         match producer.send_result(future) {
             Ok(delivery) => return delivery,
-            Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                _,
+            )) => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err((error, _)) => {

@@ -66,7 +66,11 @@ impl Worker for RecognizeWorker {
         let (env, model, config) = (self.env.clone(), self.model.clone(), self.session.clone());
         let session =
             tokio::task::spawn_blocking(move || ModelSession::load(&env, model, &config)).await??;
-        tracing::debug!(worker = wid, provider = session.execution_provider(), "Session ready");
+        tracing::debug!(
+            worker = wid,
+            provider = session.execution_provider(),
+            "Session ready"
+        );
         Ok(RecognizeState {
             session: Some(session),
         })
@@ -76,10 +80,15 @@ impl Worker for RecognizeWorker {
         &self,
         _wid: WorkerId,
         _factory: &ActorRef<RecognizeMsg>,
-        Job { key, msg: batch, .. }: Job<(), TileBatch>,
+        Job {
+            key, msg: batch, ..
+        }: Job<(), TileBatch>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let mut session = state.session.take().ok_or("session lost by an earlier failure")?;
+        let mut session = state
+            .session
+            .take()
+            .ok_or("session lost by an earlier failure")?;
         let TileBatch {
             frame,
             tiles,

@@ -10,7 +10,9 @@ use ort::environment::Environment;
 use ractor::factory::{
     Factory, FactoryArguments, queues::DefaultQueue, routing::QueuerRouting, worker_builder,
 };
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use tessera_models::Model;
 use tokio::sync::Semaphore;
 
@@ -245,10 +247,15 @@ async fn spawn_child(
                 kafka: config.kafka.clone(),
                 names: args.names.clone(),
             };
-            Actor::spawn_linked(Some(args.names.publish()), Publish, publish_args, supervisor)
-                .await?
-                .0
-                .get_cell()
+            Actor::spawn_linked(
+                Some(args.names.publish()),
+                Publish,
+                publish_args,
+                supervisor,
+            )
+            .await?
+            .0
+            .get_cell()
         }
         Child::Merge => {
             let merge_args = MergeArgs {
@@ -293,10 +300,15 @@ async fn spawn_child(
                 .router(QueuerRouting::default())
                 .queue(DefaultQueue::default())
                 .build();
-            Actor::spawn_linked(Some(args.names.recognize()), factory, factory_args, supervisor)
-                .await?
-                .0
-                .get_cell()
+            Actor::spawn_linked(
+                Some(args.names.recognize()),
+                factory,
+                factory_args,
+                supervisor,
+            )
+            .await?
+            .0
+            .get_cell()
         }
         Child::Prepare => {
             let (plan, names) = (args.plan.clone(), args.names.clone());
@@ -323,10 +335,15 @@ async fn spawn_child(
                 .router(QueuerRouting::default())
                 .queue(DefaultQueue::default())
                 .build();
-            Actor::spawn_linked(Some(args.names.prepare()), factory, factory_args, supervisor)
-                .await?
-                .0
-                .get_cell()
+            Actor::spawn_linked(
+                Some(args.names.prepare()),
+                factory,
+                factory_args,
+                supervisor,
+            )
+            .await?
+            .0
+            .get_cell()
         }
         Child::Ingest => {
             let ingest_args = IngestArgs {
@@ -379,7 +396,10 @@ async fn shutdown(state: &mut SupervisorState, drain: Duration) -> ShutdownRepor
         }
     }
     if abandoned_frames > 0 {
-        tracing::warn!(abandoned_frames, "Drain deadline passed; unfinished frames will be re-consumed");
+        tracing::warn!(
+            abandoned_frames,
+            "Drain deadline passed; unfinished frames will be re-consumed"
+        );
     }
     tracing::info!("Pipeline stopped");
     ShutdownReport { abandoned_frames }

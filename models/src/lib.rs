@@ -36,6 +36,8 @@ pub use inspect::{ModelInfo, TensorInfo, inspect};
 pub use manifest::{
     InputSpec, LabelsSpec, Layout, Model, ModelManifest, OutputSpec, Task, Thresholds,
 };
+/// The ONNX Runtime environment type (re-exported so callers need no direct `ort` dependency).
+pub use ort::environment::Environment;
 pub use providers::{ExecutionProviderConfig, GraphOptimization, SessionConfig};
 pub use recognizer::{FrameRecognition, Recognizer, finish_frame};
 pub use runtime::{ORT_DYLIB_PATH_ENV, init_runtime, loaded_library};

@@ -114,4 +114,16 @@ mod tests {
         assert!(msg.contains("ORT_DYLIB_PATH"), "{msg}");
         assert_eq!(err.kind(), "runtime_not_found");
     }
+
+    #[test]
+    fn init_is_idempotent() -> Result<(), ModelError> {
+        let first = crate::test_support::env();
+        let again = init_runtime(None)?;
+        assert!(Arc::ptr_eq(&first, &again));
+        // Another path later is ignored: a process loads ONNX Runtime once.
+        let other = init_runtime(Some(Path::new("/elsewhere/libonnxruntime.so")))?;
+        assert!(Arc::ptr_eq(&first, &other));
+        assert!(loaded_library().is_some_and(|p| p.is_file()));
+        Ok(())
+    }
 }

@@ -357,6 +357,14 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     #[test]
+    fn sessions_can_move_to_worker_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<ModelSession>();
+        assert_send::<crate::Recognizer>();
+        assert_send::<Arc<Model>>();
+    }
+
+    #[test]
     fn classifier_with_dynamic_batch() -> TestResult {
         let env = env();
         let mut s = ModelSession::load(&env, tiny("tiny_classifier"), &SessionConfig::default())?;

@@ -65,7 +65,14 @@ pub fn draw_detections(
         let box_h = GLYPH + 2 * LABEL_PAD;
         let top = if y1 - box_h >= 0 { y1 - box_h } else { y1 };
         let left = x1;
-        fill_rect(image, left, top, left + text_w + 2 * LABEL_PAD, top + box_h, color);
+        fill_rect(
+            image,
+            left,
+            top,
+            left + text_w + 2 * LABEL_PAD,
+            top + box_h,
+            color,
+        );
         draw_text(
             image,
             left + LABEL_PAD,
@@ -161,10 +168,20 @@ mod tests {
     #[test]
     fn draws_outline_and_label() {
         let mut image = RgbImage::from_pixel(100, 80, BG);
-        draw_detections(&mut image, &[det(0, 20.0, 30.0, 60.0, 70.0)], |_| "dog".into());
+        draw_detections(&mut image, &[det(0, 20.0, 30.0, 60.0, 70.0)], |_| {
+            "dog".into()
+        });
         let color = class_color(0);
         // Outline, 2 px thick, on all four sides.
-        for (x, y) in [(20, 50), (21, 50), (59, 50), (58, 50), (40, 30), (40, 31), (40, 69)] {
+        for (x, y) in [
+            (20, 50),
+            (21, 50),
+            (59, 50),
+            (58, 50),
+            (40, 30),
+            (40, 31),
+            (40, 69),
+        ] {
             assert_eq!(*image.get_pixel(x, y), color, "({x}, {y})");
         }
         assert_eq!(*image.get_pixel(22, 50), BG);
@@ -190,7 +207,9 @@ mod tests {
     #[test]
     fn label_goes_inside_when_no_room_above() {
         let mut image = RgbImage::from_pixel(100, 80, BG);
-        draw_detections(&mut image, &[det(3, 10.0, 2.0, 90.0, 70.0)], |_| String::new());
+        draw_detections(&mut image, &[det(3, 10.0, 2.0, 90.0, 70.0)], |_| {
+            String::new()
+        });
         assert_eq!(*image.get_pixel(14, 10), class_color(3));
         assert_eq!(*image.get_pixel(14, 1), BG);
     }
@@ -213,7 +232,8 @@ mod tests {
         draw_detections(&mut empty, &odd, |_| "x".into());
         let mut single = RgbImage::new(1, 1);
         draw_detections(&mut single, &odd, |_| "x".into());
-        assert_eq!(*single.get_pixel(0, 0), class_color(0));
+        // The last box, empty at the origin, still gets a 1 px outline.
+        assert_eq!(*single.get_pixel(0, 0), class_color(u32::MAX));
     }
 
     #[test]

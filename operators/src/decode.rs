@@ -215,7 +215,10 @@ fn decode_checked(
     // or two RGB buffers (when rotating). The decoder's own working memory is checked by the
     // decoder under the limits set below.
     let rgb_bytes = u64::from(width) * u64::from(height) * 3;
-    let peak = decoder.total_bytes().max(rgb_bytes).saturating_add(rgb_bytes);
+    let peak = decoder
+        .total_bytes()
+        .max(rgb_bytes)
+        .saturating_add(rgb_bytes);
     if peak > limits.max_alloc_bytes {
         return Err(DecodeError::LimitExceeded(format!(
             "decoding {width}x{height} needs about {peak} bytes, the limit is {} bytes",
@@ -230,9 +233,7 @@ fn decode_checked(
     decoder.set_limits(full).map_err(map_image_error)?;
 
     // Broken metadata must not lose the frame: fall back to the stored orientation.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
 
     let image = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     let mut rgb = DynamicImage::ImageRgb8(image.into_rgb8());
@@ -296,7 +297,10 @@ mod tests {
         ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
         png.extend(png_chunk(b"IHDR", &ihdr));
-        png.extend(png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+        png.extend(png_chunk(
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        ));
         png.extend(png_chunk(b"IEND", &[]));
         png
     }
@@ -393,8 +397,7 @@ mod tests {
                 [255, 255, 255],
             ),
             (
-                ImageBuffer::<Rgb<u16>, _>::from_pixel(3, 2, Rgb([0x8080, 0x0000, 0xFFFF]))
-                    .into(),
+                ImageBuffer::<Rgb<u16>, _>::from_pixel(3, 2, Rgb([0x8080, 0x0000, 0xFFFF])).into(),
                 [128, 0, 255],
             ),
             (
@@ -447,7 +450,11 @@ mod tests {
     fn exif_orientation_is_applied() {
         // Left half red, right half blue; 8x8-aligned halves keep JPEG blocks flat.
         let image = RgbImage::from_fn(16, 8, |x, _| {
-            if x < 8 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) }
+            if x < 8 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
         });
         let jpeg = encode(&image.into(), ImageFormat::Jpeg);
         let plain = decode_default(&jpeg).expect("decodes");
@@ -472,7 +479,12 @@ mod tests {
     #[test]
     fn one_pixel_images() {
         let image: DynamicImage = RgbImage::from_pixel(1, 1, Rgb([9, 8, 7])).into();
-        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Bmp, ImageFormat::WebP] {
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Bmp,
+            ImageFormat::WebP,
+        ] {
             let out = decode_default(&encode(&image, format)).expect("decodes");
             assert_eq!(out.dimensions(), (1, 1), "{format:?}");
         }
@@ -480,7 +492,10 @@ mod tests {
 
     #[test]
     fn empty_and_oversized_payloads() {
-        assert!(matches!(decode_default(&[]), Err(DecodeError::EmptyPayload)));
+        assert!(matches!(
+            decode_default(&[]),
+            Err(DecodeError::EmptyPayload)
+        ));
         let limits = DecodeLimits {
             max_bytes: 100,
             ..DecodeLimits::default()
@@ -558,7 +573,10 @@ mod tests {
             ..DecodeLimits::default()
         };
         let err = decode_image(&bytes, &limits).err();
-        assert!(matches!(err, Some(DecodeError::LimitExceeded(_))), "{err:?}");
+        assert!(
+            matches!(err, Some(DecodeError::LimitExceeded(_))),
+            "{err:?}"
+        );
         assert_eq!(err.map(|e| e.kind()), Some("allocation_limit"));
         // Within the default limits it decodes.
         assert_eq!(

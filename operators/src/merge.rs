@@ -253,19 +253,22 @@ mod tests {
         // `left` is the keeper (best score); IoS(left, whole) = 1, IoS(left, right) = 10/55.
         // Only matches to the keeper's original box are absorbed (SAHI), so `right` survives
         // alone and is not re-matched against the grown box.
-        assert_eq!(
-            out,
-            vec![det(2, 0.9, 0.0, 0.0, 100.0, 50.0), right]
-        );
+        assert_eq!(out, vec![det(2, 0.9, 0.0, 0.0, 100.0, 50.0), right]);
     }
 
     #[test]
     fn ios_matches_fragments_that_iou_misses() {
         let big = det(0, 0.9, 0.0, 0.0, 100.0, 100.0);
         let fragment = det(0, 0.5, 10.0, 10.0, 30.0, 30.0);
-        let iou = merge(&[big, fragment], &config(MergeStrategy::Nms, MatchMetric::Iou));
+        let iou = merge(
+            &[big, fragment],
+            &config(MergeStrategy::Nms, MatchMetric::Iou),
+        );
         assert_eq!(iou.len(), 2);
-        let ios = merge(&[big, fragment], &config(MergeStrategy::Nms, MatchMetric::Ios));
+        let ios = merge(
+            &[big, fragment],
+            &config(MergeStrategy::Nms, MatchMetric::Ios),
+        );
         assert_eq!(ios, vec![big]);
     }
 
@@ -307,7 +310,14 @@ mod tests {
     }
 
     fn detection_strategy() -> impl Strategy<Value = Detection> {
-        (0u32..3, 0.0f32..=1.0, -50.0f32..700.0, -50.0f32..500.0, 1.0f32..300.0, 1.0f32..300.0)
+        (
+            0u32..3,
+            0.0f32..=1.0,
+            -50.0f32..700.0,
+            -50.0f32..500.0,
+            1.0f32..300.0,
+            1.0f32..300.0,
+        )
             .prop_map(|(class_id, score, x, y, w, h)| det(class_id, score, x, y, x + w, y + h))
     }
 
@@ -318,12 +328,14 @@ mod tests {
             0.0f32..=1.0,
             any::<bool>(),
         )
-            .prop_map(|(strategy, metric, threshold, class_agnostic)| MergeConfig {
-                strategy,
-                metric,
-                threshold,
-                class_agnostic,
-            })
+            .prop_map(
+                |(strategy, metric, threshold, class_agnostic)| MergeConfig {
+                    strategy,
+                    metric,
+                    threshold,
+                    class_agnostic,
+                },
+            )
     }
 
     proptest! {

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::geometry::{BBox, PixelRect};
 
+/// Largest model input side accepted by [`PreprocessSpec::validate`], in pixels.
+pub const MAX_INPUT_SIDE: u32 = 16_384;
+
 /// How a tile is fitted into the model input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +65,12 @@ impl PreprocessSpec {
         if self.width == 0 || self.height == 0 {
             return Err(PreprocessError::InvalidSpec(format!(
                 "input size {}x{} has a zero dimension",
+                self.width, self.height
+            )));
+        }
+        if self.width > MAX_INPUT_SIDE || self.height > MAX_INPUT_SIDE {
+            return Err(PreprocessError::InvalidSpec(format!(
+                "input size {}x{} exceeds {MAX_INPUT_SIDE} pixels per side",
                 self.width, self.height
             )));
         }
@@ -255,8 +264,7 @@ impl Preprocessor {
         Self {
             spec,
             resizer: Resizer::new(),
-            options: ResizeOptions::new()
-                .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+            options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
             resized: Vec::new(),
             lut,
             pad,
@@ -270,14 +278,22 @@ impl Preprocessor {
 
     /// Elements in one input tensor: `3 * width * height`.
     pub fn tensor_len(&self) -> usize {
-        3 * self.spec.width as usize * self.spec.height as usize
+        (self.spec.width as usize)
+            .saturating_mul(self.spec.height as usize)
+            .saturating_mul(3)
     }
 
     /// The transform [`Preprocessor::prepare_into`] would return for a tile of `rect`, without
     /// touching any pixel.
     pub fn transform_for(&self, rect: PixelRect) -> InputTransform {
         let (w, h) = (self.spec.width.max(1), self.spec.height.max(1));
-        let p = placement(self.spec.resize, rect.width.max(1), rect.height.max(1), w, h);
+        let p = placement(
+            self.spec.resize,
+            rect.width.max(1),
+            rect.height.max(1),
+            w,
+            h,
+        );
         InputTransform {
             origin_x: rect.x as f32,
             origin_y: rect.y as f32,
@@ -428,7 +444,10 @@ mod tests {
         let t = p
             .prepare_into(&frame, PixelRect::new(5, 6, 4, 3), &mut out)
             .expect("prepared");
-        assert_eq!((t.origin_x, t.origin_y, t.scale_x, t.scale_y), (5.0, 6.0, 1.0, 1.0));
+        assert_eq!(
+            (t.origin_x, t.origin_y, t.scale_x, t.scale_y),
+            (5.0, 6.0, 1.0, 1.0)
+        );
         assert_eq!(at(&out, 4, 3, 0, 0, 0), 5.0);
         assert_eq!(at(&out, 4, 3, 1, 0, 0), 6.0);
         assert_eq!(at(&out, 4, 3, 0, 3, 2), 8.0);
@@ -463,7 +482,10 @@ mod tests {
         let t = p
             .prepare_into(&frame, PixelRect::new(0, 0, 8, 4), &mut out)
             .expect("prepared");
-        assert_eq!((t.scale_x, t.scale_y, t.pad_x, t.pad_y), (0.5, 0.5, 0.0, 0.0));
+        assert_eq!(
+            (t.scale_x, t.scale_y, t.pad_x, t.pad_y),
+            (0.5, 0.5, 0.0, 0.0)
+        );
         for c in 0..3 {
             for y in 0..4 {
                 for x in 0..4 {
@@ -483,7 +505,10 @@ mod tests {
             .prepare_into(&frame, PixelRect::new(0, 0, 2, 8), &mut out)
             .expect("prepared");
         // Scaled by 0.5 to 1x4, centred: (5 - 1) / 2 = 2 columns of padding on the left.
-        assert_eq!((t.scale_x, t.scale_y, t.pad_x, t.pad_y), (0.5, 0.5, 2.0, 0.0));
+        assert_eq!(
+            (t.scale_x, t.scale_y, t.pad_x, t.pad_y),
+            (0.5, 0.5, 2.0, 0.0)
+        );
         for y in 0..4 {
             for x in 0..5 {
                 let want = if x == 2 { 50.0 } else { 114.0 };
@@ -531,16 +556,28 @@ mod tests {
             assert_eq!(err.map(|e| e.kind()), Some("tile_out_of_bounds"));
         }
         let empty = RgbImage::new(0, 0);
-        assert!(p.prepare_into(&empty, PixelRect::new(0, 0, 1, 1), &mut out).is_err());
+        assert!(
+            p.prepare_into(&empty, PixelRect::new(0, 0, 1, 1), &mut out)
+                .is_err()
+        );
 
         let mut bad = spec(4, 4, ResizeMode::Stretch);
         bad.std = [1.0, 0.0, 1.0];
         let mut p = Preprocessor::new(bad);
-        let err = p.prepare_into(&frame, PixelRect::new(0, 0, 4, 4), &mut out).err();
+        let err = p
+            .prepare_into(&frame, PixelRect::new(0, 0, 4, 4), &mut out)
+            .err();
+        assert_eq!(err.map(|e| e.kind()), Some("invalid_preprocess_spec"));
+        let mut p = Preprocessor::new(spec(u32::MAX, u32::MAX, ResizeMode::Stretch));
+        let err = p
+            .prepare_into(&frame, PixelRect::new(0, 0, 4, 4), &mut out)
+            .err();
         assert_eq!(err.map(|e| e.kind()), Some("invalid_preprocess_spec"));
         let mut p = Preprocessor::new(spec(0, 4, ResizeMode::Stretch));
         assert_eq!(p.tensor_len(), 0);
-        let err = p.prepare_into(&frame, PixelRect::new(0, 0, 4, 4), &mut []).err();
+        let err = p
+            .prepare_into(&frame, PixelRect::new(0, 0, 4, 4), &mut [])
+            .err();
         assert_eq!(err.map(|e| e.kind()), Some("invalid_preprocess_spec"));
     }
 

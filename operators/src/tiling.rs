@@ -297,14 +297,29 @@ mod tests {
         let tiles = config.grid(640, 640).tiles(200, 100);
         assert_eq!(
             rects(&tiles),
-            vec![(0, 0, 100, 50), (100, 0, 100, 50), (0, 50, 100, 50), (100, 50, 100, 50)]
+            vec![
+                (0, 0, 100, 50),
+                (100, 0, 100, 50),
+                (0, 50, 100, 50),
+                (100, 50, 100, 50)
+            ]
         );
     }
 
     #[test]
     fn empty_frame_has_no_tiles() {
-        assert!(TilingConfig::default().grid(640, 640).tiles(0, 100).is_empty());
-        assert!(TilingConfig::default().grid(640, 640).tiles(100, 0).is_empty());
+        assert!(
+            TilingConfig::default()
+                .grid(640, 640)
+                .tiles(0, 100)
+                .is_empty()
+        );
+        assert!(
+            TilingConfig::default()
+                .grid(640, 640)
+                .tiles(100, 0)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -328,7 +343,10 @@ mod tests {
                 ..TilingConfig::default()
             };
             let err = c.validate().err();
-            assert!(matches!(err, Some(TilingError::OverlapRatio(_))), "{overlap}");
+            assert!(
+                matches!(err, Some(TilingError::OverlapRatio(_))),
+                "{overlap}"
+            );
             assert_eq!(err.map(|e| e.kind()), Some("invalid_overlap_ratio"));
         }
         let c = TilingConfig {
@@ -362,7 +380,8 @@ mod tests {
 
     #[test]
     fn config_serde_defaults_and_unknown_fields() {
-        let c: TilingConfig = serde_json::from_str(r#"{"overlap_ratio": 0.5}"#).expect("valid config");
+        let c: TilingConfig =
+            serde_json::from_str(r#"{"overlap_ratio": 0.5}"#).expect("valid config");
         assert_eq!(c.overlap_ratio, 0.5);
         assert!(c.enabled && c.full_frame && c.tile_width.is_none());
         assert!(serde_json::from_str::<TilingConfig>(r#"{"overlap": 0.5}"#).is_err());

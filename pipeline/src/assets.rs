@@ -118,14 +118,12 @@ pub fn images(assets: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| {
-            path.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| {
-                    matches!(
-                        e.to_ascii_lowercase().as_str(),
-                        "jpg" | "jpeg" | "png" | "webp" | "bmp"
-                    )
-                })
+            path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                matches!(
+                    e.to_ascii_lowercase().as_str(),
+                    "jpg" | "jpeg" | "png" | "webp" | "bmp"
+                )
+            })
         })
         .collect();
     images.sort();
@@ -138,7 +136,9 @@ pub fn images(assets: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// The shipped model manifests: `models/manifests` of the working directory, else of the
 /// source tree this binary was built from.
 pub fn manifest_path(model: &str) -> PathBuf {
-    let relative = PathBuf::from("models/manifests").join(model).join("model.toml");
+    let relative = PathBuf::from("models/manifests")
+        .join(model)
+        .join("model.toml");
     if relative.is_file() {
         return relative;
     }

@@ -77,6 +77,38 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_is_in_the_readme_reference() -> anyhow::Result<()> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
+        let defaults = toml::Table::try_from(PipelineConfig::default())?;
+        let mut missing = Vec::new();
+        for (section, value) in &defaults {
+            let Some(table) = value.as_table() else {
+                continue;
+            };
+            for (key, value) in table {
+                // Nested tables (model.session) are documented key by key.
+                let nested: Vec<String> = match value.as_table() {
+                    Some(inner) if key == "session" => inner
+                        .keys()
+                        .map(|k| format!("{section}.{key}.{k}"))
+                        .collect(),
+                    _ => vec![format!("{section}.{key}")],
+                };
+                for path in nested {
+                    if !readme.contains(&format!("`{path}`")) {
+                        missing.push(path);
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "README configuration reference lacks {missing:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn invalid_values_are_rejected_by_validate() {
         let error = load(None, &["flow.max_in_flight_frames=0".into()]).err();
         assert!(error.is_some_and(|e| e.to_string().contains("max_in_flight_frames")));

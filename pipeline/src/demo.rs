@@ -161,7 +161,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         println!("  every frame has its result");
         Ok(true)
     } else {
-        println!("  MISSING               {} frame(s): {missing:?}", missing.len());
+        println!(
+            "  MISSING               {} frame(s): {missing:?}",
+            missing.len()
+        );
         Ok(false)
     }
 }
@@ -185,7 +188,14 @@ fn print_progress(output: &Output) {
 fn print_table(outputs: &[Output]) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "camera", "frame", "p/offset", "size", "tiles", "dets", "top detections", "ms",
+        "camera",
+        "frame",
+        "p/offset",
+        "size",
+        "tiles",
+        "dets",
+        "top detections",
+        "ms",
     ]);
     for output in outputs {
         match output {
@@ -282,6 +292,12 @@ fn write_annotated(
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

@@ -177,7 +177,8 @@ pub async fn read_outputs(
         };
         let key = message.key().map(<[u8]>::to_vec);
         let output = if message.topic() == results_topic {
-            let result: FrameResult = serde_json::from_slice(message.payload().unwrap_or_default())?;
+            let result: FrameResult =
+                serde_json::from_slice(message.payload().unwrap_or_default())?;
             Output::Result {
                 key,
                 partition: message.partition(),

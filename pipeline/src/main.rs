@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tessera::{assets, config, demo};
 
 #[derive(Debug, Parser)]
-#[command(name = "tessera", version, about = "Online image recognition on Kafka streams: tiled ONNX Runtime inference, merged results out.")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Online image recognition on Kafka streams: tiled ONNX Runtime inference, merged results out."
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "TESSERA_LOG_FORMAT")]
@@ -83,7 +87,10 @@ enum ModelsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -123,7 +130,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 timeout,
             })
             .await?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Models {
             command:
@@ -161,7 +172,10 @@ async fn run_until_signal(
         }
         () = shutdown_signal() => {}
     }
-    tracing::info!(?drain, "Shutdown requested; draining (a second signal exits at once)");
+    tracing::info!(
+        ?drain,
+        "Shutdown requested; draining (a second signal exits at once)"
+    );
     tokio::spawn(async {
         shutdown_signal().await;
         eprintln!("Second signal: exiting without draining");

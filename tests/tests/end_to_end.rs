@@ -67,7 +67,14 @@ async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<
         "frames.dlq",
         Duration::from_secs(240),
         |_| {},
-        |outputs| outputs.iter().filter_map(Output::frame_id).collect::<HashSet<_>>().len() >= expected.len(),
+        |outputs| {
+            outputs
+                .iter()
+                .filter_map(Output::frame_id)
+                .collect::<HashSet<_>>()
+                .len()
+                >= expected.len()
+        },
     )
     .await?;
     let report = pipeline.shutdown(Duration::from_secs(10)).await?;
@@ -79,7 +86,11 @@ async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<
         *seen.entry(output.frame_id().unwrap_or("?")).or_default() += 1;
     }
     for id in &expected {
-        assert_eq!(seen.get(id.as_str()), Some(&1), "frame {id}: outputs {seen:?}");
+        assert_eq!(
+            seen.get(id.as_str()),
+            Some(&1),
+            "frame {id}: outputs {seen:?}"
+        );
     }
     assert_eq!(outputs.len(), expected.len());
 
@@ -91,23 +102,54 @@ async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<
                 let camera = String::from_utf8(key.clone().unwrap_or_default())?;
                 assert_eq!(result.camera, camera);
                 assert!(result.frame_id.starts_with(&camera));
-                assert!(!bad.contains_key(&result.frame_id), "{} should be dead-lettered", result.frame_id);
+                assert!(
+                    !bad.contains_key(&result.frame_id),
+                    "{} should be dead-lettered",
+                    result.frame_id
+                );
                 assert_eq!(result.schema, 1);
                 assert!(result.tile_count > 1, "tiles plus the full frame");
-                assert!(!result.detections.is_empty(), "{} has detections", result.frame_id);
+                assert!(
+                    !result.detections.is_empty(),
+                    "{} has detections",
+                    result.frame_id
+                );
                 for d in &result.detections {
                     assert!(d.bbox.x1 >= 0.0 && d.bbox.y1 >= 0.0);
-                    assert!(d.bbox.x2 <= result.image.width as f32 && d.bbox.y2 <= result.image.height as f32);
+                    assert!(
+                        d.bbox.x2 <= result.image.width as f32
+                            && d.bbox.y2 <= result.image.height as f32
+                    );
                 }
-                order.entry(camera).or_default().push(result.frame_id.clone());
+                order
+                    .entry(camera)
+                    .or_default()
+                    .push(result.frame_id.clone());
             }
-            Output::DeadLetter { key, frame_id, kind, error, payload_len } => {
+            Output::DeadLetter {
+                key,
+                frame_id,
+                kind,
+                error,
+                payload_len,
+            } => {
                 let frame_id = frame_id.clone().unwrap_or_default();
                 assert_eq!(key.as_deref(), Some(&b"cam-b"[..]));
-                assert_eq!(bad.get(&frame_id).copied(), Some(kind.as_str()), "{frame_id}: {error}");
+                assert_eq!(
+                    bad.get(&frame_id).copied(),
+                    Some(kind.as_str()),
+                    "{frame_id}: {error}"
+                );
                 assert!(!error.is_empty());
-                let sent = frames.iter().find(|f| f.frame_id == frame_id).map(|f| f.payload.len());
-                assert_eq!(sent, Some(*payload_len), "the DLQ keeps the original payload");
+                let sent = frames
+                    .iter()
+                    .find(|f| f.frame_id == frame_id)
+                    .map(|f| f.payload.len());
+                assert_eq!(
+                    sent,
+                    Some(*payload_len),
+                    "the DLQ keeps the original payload"
+                );
             }
         }
     }
@@ -117,7 +159,11 @@ async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<
             .filter(|f| f.camera == camera.as_bytes() && !bad.contains_key(&f.frame_id))
             .map(|f| f.frame_id.clone())
             .collect();
-        assert_eq!(order.get(camera), Some(&want), "{camera} results in input order");
+        assert_eq!(
+            order.get(camera),
+            Some(&want),
+            "{camera} results in input order"
+        );
     }
     Ok(())
 }

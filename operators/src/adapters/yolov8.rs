@@ -5,7 +5,6 @@
 //! (sigmoid-activated). Boxes are already in model-input pixels; there is no objectness.
 
 use crate::adapters::passes;
-use crate::adapters::yolox::best_class;
 use crate::detection::Detection;
 use crate::geometry::BBox;
 
@@ -19,7 +18,10 @@ pub fn decode(
     score_threshold: f32,
     out: &mut Vec<Detection>,
 ) {
-    let Some(needed) = (4 + num_classes).checked_mul(anchors) else {
+    let Some(needed) = num_classes
+        .checked_add(4)
+        .and_then(|channels| channels.checked_mul(anchors))
+    else {
         return;
     };
     if output.len() < needed || num_classes == 0 {
@@ -27,12 +29,19 @@ pub fn decode(
     }
     let plane = |c: usize| &output[c * anchors..(c + 1) * anchors];
     let (cxs, cys, ws, hs) = (plane(0), plane(1), plane(2), plane(3));
-    let mut scores = vec![0.0f32; num_classes];
     for a in 0..anchors {
-        for (c, s) in scores.iter_mut().enumerate() {
-            *s = output[(4 + c) * anchors + a];
+        // Best finite class score of this anchor (first on ties), read down the class planes.
+        let mut best: Option<(usize, f32)> = None;
+        for c in 0..num_classes {
+            let v = output[(4 + c) * anchors + a];
+            if v.is_finite() && best.is_none_or(|(_, b)| v > b) {
+                best = Some((c, v));
+            }
         }
-        let Some((class_id, score)) = best_class(&scores) else {
+        let Some((class, score)) = best else {
+            continue;
+        };
+        let Ok(class_id) = u32::try_from(class) else {
             continue;
         };
         if !passes(score, score_threshold) {
@@ -83,6 +92,7 @@ mod tests {
         decode(&[1.0; 27], 3, 4, 0.1, &mut out);
         decode(&[1.0; 28], 0, 7, 0.1, &mut out);
         decode(&[1.0; 28], 3, usize::MAX, 0.1, &mut out);
+        decode(&[1.0; 28], usize::MAX, 4, 0.1, &mut out);
         decode(&[f32::NAN; 28], 3, 4, 0.1, &mut out);
         assert!(out.is_empty());
     }

@@ -22,7 +22,9 @@ pub fn num_rows(input_width: u32, input_height: u32) -> usize {
 
 /// Decodes one image's output, appending every box whose `objectness * best class score` is at
 /// least `score_threshold` to `out`, in model-input pixels (`x1, y1, x2, y2`). Rows beyond the
-/// grid or a truncated last row are ignored; non-finite values are skipped.
+/// grid or a truncated last row are ignored; non-finite values are skipped. Scores are expected
+/// in `[0, 1]` (sigmoid outputs), so a row whose objectness is below the threshold is skipped
+/// without looking at its class scores.
 pub fn decode(
     output: &[f32],
     num_classes: usize,
@@ -31,8 +33,10 @@ pub fn decode(
     score_threshold: f32,
     out: &mut Vec<Detection>,
 ) {
-    let stride_len = 5 + num_classes;
-    let mut rows = output.chunks_exact(stride_len);
+    let Some(row_len) = num_classes.checked_add(5) else {
+        return;
+    };
+    let mut rows = output.chunks_exact(row_len);
     for &stride in &STRIDES {
         let grid_w = input_width / stride;
         let grid_h = input_height / stride;
@@ -143,6 +147,16 @@ mod tests {
     }
 
     #[test]
+    fn truncated_output_decodes_its_complete_rows() {
+        let mut output = empty_output();
+        set_row(&mut output, 1, [0.0, 0.0, 0.0, 0.0, 0.9, 0.9, 0.0]);
+        let mut out = Vec::new();
+        decode(&output[..2 * (5 + NC) + 3], NC, 64, 64, 0.5, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].bbox, BBox::new(4.0, -4.0, 12.0, 4.0));
+    }
+
+    #[test]
     fn threshold_applies_to_the_product() {
         let mut output = empty_output();
         set_row(&mut output, 5, [0.0, 0.0, 0.0, 0.0, 0.6, 0.6, 0.0]); // 0.36
@@ -162,6 +176,7 @@ mod tests {
         decode(&[f32::NAN; 600], NC, 64, 64, 0.1, &mut out);
         decode(&[1.0e30; 600], NC, 64, 64, 0.1, &mut out); // exp overflows: skipped
         decode(&[1.0; 600], NC, 0, 0, 0.1, &mut out);
+        decode(&[1.0; 600], usize::MAX, 64, 64, 0.1, &mut out);
         decode(&[1.0; 600], NC, 64, 64, f32::NAN, &mut out);
         assert!(out.is_empty());
     }
