@@ -42,7 +42,7 @@ impl ActorNames {
 
 /// Looks up a live actor by name.
 pub fn lookup<M: Message>(name: &str) -> Option<ActorRef<M>> {
-    ActorRef::<M>::where_is(name.to_owned())
+    ActorRef::<M>::where_is(name)
 }
 
 /// Looks up an actor, waiting briefly while it is being restarted. Returns None if it does

@@ -106,7 +106,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         &config.kafka.results_topic,
         &config.kafka.dlq_topic,
         options.timeout,
-        |output| print_progress(output),
+        print_progress,
         |outputs| {
             let seen: HashSet<&str> = outputs.iter().filter_map(Output::frame_id).collect();
             expected.iter().all(|id| seen.contains(id.as_str()))

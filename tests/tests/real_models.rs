@@ -68,16 +68,19 @@ fn env() -> Result<Arc<tessera_models::Environment>, tessera_models::ModelError>
     tessera_models::init_runtime(dylib)
 }
 
+/// Errors are turned into their messages, so a failing test prints the fix (`make setup`, ...)
+/// rather than a debug dump.
 fn recognizer(
     assets: &Path,
     manifest: &str,
     tiling: &TilingConfig,
     merge: MergeConfig,
-) -> Result<Recognizer, Box<dyn std::error::Error>> {
+) -> Result<Recognizer, String> {
     let path = workspace_root().join("models/manifests").join(manifest);
-    let model = Model::load(&path, None, Some(assets))?;
-    let env = env()?;
-    let session = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())?;
+    let model = Model::load(&path, None, Some(assets)).map_err(|e| e.to_string())?;
+    let env = env().map_err(|e| e.to_string())?;
+    let session = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())
+        .map_err(|e| e.to_string())?;
     Ok(Recognizer::new(session, tiling, merge))
 }
 

@@ -1,0 +1,116 @@
+//! `tessera run` as an operator runs it: against a broker it does not own, configured by file,
+//! environment and flags, until SIGTERM; then it drains, commits and exits 0.
+//! (Lives in the binary's package because only it can locate the built binary.)
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tessera::embedded::{CameraFrame, EmbeddedKafka, Output, publish_frames, read_outputs};
+
+fn assets_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("TESSERA_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/assets"))
+        });
+    if dir.join("models").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: assets not found at {} (set TESSERA_ASSETS)",
+            dir.display()
+        );
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_processes_until_sigterm_then_commits_and_exits_zero() -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    for topic in ["camera-frames", "results", "dead-letters"] {
+        kafka.create_topic(topic, 1)?;
+    }
+    let dog = std::fs::read(assets.join("images/dog.jpg"))?;
+    let frames: Vec<CameraFrame> = (0..4)
+        .map(|i| CameraFrame {
+            camera: b"cam-1".to_vec(),
+            frame_id: format!("frame-{i}"),
+            payload: dog.clone(),
+            content_type: Some("image/jpeg".into()),
+            capture_ms: i,
+        })
+        .collect();
+    publish_frames(&brokers, "camera-frames", &frames).await?;
+
+    // File, environment and flag layers all take part.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"run-test\"\ninput_topics = [\"camera-frames\"]\nresults_topic = \"wrong\"\n\n[model]\nmanifest = \"{}\"\n",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../models/manifests/yolox-nano/model.toml"
+            )
+        ),
+    )?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .args(["--set", "kafka.results_topic=results"])
+        .env("TESSERA__KAFKA__DLQ_TOPIC", "dead-letters")
+        .env("TESSERA_ASSETS", &assets)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+
+    let expected: HashSet<String> = frames.iter().map(|f| f.frame_id.clone()).collect();
+    let outputs = read_outputs(
+        &brokers,
+        "results",
+        "dead-letters",
+        Duration::from_secs(120),
+        |_| {},
+        |outputs| outputs.len() >= expected.len(),
+    )
+    .await?;
+    let seen: HashSet<String> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Result { result, .. } => Some(result.frame_id.clone()),
+            Output::DeadLetter { .. } => None,
+        })
+        .collect();
+    assert_eq!(seen, expected);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await??;
+    assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
+
+    // The shutdown committed everything that was processed.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "run-test")
+        .create()?;
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition("camera-frames", 0);
+    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10))?;
+    let offset = committed
+        .find_partition("camera-frames", 0)
+        .map(|p| p.offset());
+    assert_eq!(offset, Some(Offset::Offset(frames.len() as i64)));
+    Ok(())
+}
