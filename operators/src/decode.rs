@@ -175,11 +175,34 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Dec
         });
     }
     let format = sniff_format(bytes)?;
+    if format == ImageFormat::Jpeg {
+        check_jpeg_complete(bytes)?;
+    }
     match catch_unwind(AssertUnwindSafe(|| decode_checked(bytes, format, limits))) {
         Ok(result) => result,
         Err(_) => Err(DecodeError::Corrupt(format!(
             "the {format:?} decoder panicked"
         ))),
+    }
+}
+
+/// A JPEG cut short still "decodes" (the decoder fills the missing rows with grey), which would
+/// publish results for half a frame. A complete stream has an end-of-image marker after its
+/// last start-of-scan; entropy-coded data escapes 0xFF bytes, so neither marker can appear by
+/// accident inside a scan. Trailing bytes after the end marker are tolerated.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<(), DecodeError> {
+    const START_OF_SCAN: [u8; 2] = [0xFF, 0xDA];
+    const END_OF_IMAGE: [u8; 2] = [0xFF, 0xD9];
+    let last_end = memchr::memmem::rfind(bytes, &END_OF_IMAGE);
+    let last_scan = memchr::memmem::rfind(bytes, &START_OF_SCAN);
+    match (last_scan, last_end) {
+        (Some(scan), Some(end)) if scan < end => Ok(()),
+        (None, _) => Err(DecodeError::Corrupt(
+            "JPEG has no image data (no start-of-scan marker)".into(),
+        )),
+        _ => Err(DecodeError::Corrupt(
+            "truncated JPEG: no end-of-image marker after the last scan".into(),
+        )),
     }
 }
 
@@ -597,11 +620,15 @@ mod tests {
         assert_eq!(err.map(|e| e.kind()), Some("corrupt_image"));
 
         let jpeg = encode(&image, ImageFormat::Jpeg);
-        for cut in [3, 20, jpeg.len() / 2] {
-            // Must not panic; a JPEG cut inside the scan may decode partially.
-            let _ = decode_default(&jpeg[..cut]);
+        for cut in [3, 20, jpeg.len() / 2, jpeg.len() - 1] {
+            // A JPEG cut anywhere, even inside the scan, is corrupt, not a partial image.
+            let err = decode_default(&jpeg[..cut]).err();
+            assert_eq!(err.map(|e| e.kind()), Some("corrupt_image"), "cut at {cut}");
         }
-        assert!(decode_default(&jpeg[..20]).is_err());
+        // Bytes after the end-of-image marker are tolerated.
+        let mut padded = jpeg.clone();
+        padded.extend_from_slice(&[0u8; 16]);
+        assert!(decode_default(&padded).is_ok());
         assert!(matches!(
             decode_default(&png[..8]),
             Err(DecodeError::Corrupt(_))
