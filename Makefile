@@ -40,5 +40,13 @@ lint:
 bench: setup
 	$(CARGO) bench -p tessera-benches
 
+## Regenerate the goldens and tiny test models with the independent Python references.
+reference:
+	python3 -m venv .tessera/venv
+	.tessera/venv/bin/pip install --quiet -r scripts/reference/requirements.txt
+	.tessera/venv/bin/python scripts/reference/make_tiny_models.py
+	.tessera/venv/bin/python scripts/reference/yolox_reference.py
+	.tessera/venv/bin/python scripts/reference/mobilenet_reference.py
+
 clean-setup:
 	rm -rf .tessera/onnxruntime
