@@ -11,7 +11,7 @@ use tessera_operators::decode::{DecodeLimits, decode_image};
 use tessera_operators::preprocess::{InputTransform, Preprocessor};
 use tessera_operators::tiling::TileGrid;
 
-use crate::frame::Frame;
+use crate::frame::{Frame, FrameMeta, HEADER_CAPTURE_TS, HEADER_CONTENT_TYPE, HEADER_FRAME_ID};
 use crate::merge::{MergeMsg, PreparedFrame};
 use crate::names::{ActorNames, lookup_patiently};
 use crate::recognize::{RecognizeMsg, TileBatch};
@@ -101,9 +101,10 @@ impl Worker for PrepareWorker {
             .take()
             .unwrap_or_else(|| Preprocessor::new(self.plan.preprocess.clone()));
         let plan = self.plan.clone();
-        let payload = frame.payload.clone();
+        let (payload, meta) = (frame.payload.clone(), frame.meta.clone());
         let (preprocessor, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome = prepare_frame(&payload, &plan, &mut preprocessor);
+            let outcome = validate_record(&meta)
+                .and_then(|()| prepare_frame(&payload, &plan, &mut preprocessor));
             (preprocessor, outcome)
         })
         .await?;
@@ -156,6 +157,53 @@ impl Worker for PrepareWorker {
     }
 }
 
+/// Checks the record's key and tessera headers against the data contract: the key is the
+/// camera id (non-empty UTF-8); `tessera-frame-id` and `content-type` are UTF-8; `tessera-ts`
+/// is an integer (ms since the epoch). Other headers are carried through untouched.
+fn validate_record(meta: &FrameMeta) -> Result<(), PrepareFailure> {
+    match meta.record_key.as_deref() {
+        None | Some([]) => {
+            return Err(PrepareFailure {
+                kind: "missing_key",
+                message: "the record has no key; the key must be the camera id".into(),
+            });
+        }
+        Some(key) if std::str::from_utf8(key).is_err() => {
+            return Err(PrepareFailure {
+                kind: "invalid_key",
+                message: "the record key (camera id) is not valid UTF-8".into(),
+            });
+        }
+        Some(_) => {}
+    }
+    for (name, value) in &meta.headers {
+        if ![HEADER_FRAME_ID, HEADER_CAPTURE_TS, HEADER_CONTENT_TYPE].contains(&name.as_str()) {
+            continue;
+        }
+        let text = value.as_deref().map(std::str::from_utf8);
+        let valid = match (name.as_str(), text) {
+            (_, None) => false,
+            (_, Some(Err(_))) => false,
+            (HEADER_CAPTURE_TS, Some(Ok(ts))) => ts.trim().parse::<i64>().is_ok(),
+            (_, Some(Ok(_))) => true,
+        };
+        if !valid {
+            return Err(PrepareFailure {
+                kind: "invalid_header",
+                message: format!(
+                    "header {name:?} must be {}",
+                    if name == HEADER_CAPTURE_TS {
+                        "an integer (ms since the epoch)"
+                    } else {
+                        "valid UTF-8"
+                    }
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Decodes, tiles and preprocesses one frame. Pure CPU work; runs on a blocking thread.
 fn prepare_frame(
     payload: &[u8],
@@ -205,4 +253,76 @@ fn prepare_frame(
         decode,
         preprocess: started.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::frame::{FrameKey, PartitionId};
+
+    fn meta(key: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> FrameMeta {
+        FrameMeta {
+            key: FrameKey {
+                partition: PartitionId {
+                    topic: Arc::from("frames"),
+                    partition: 0,
+                },
+                generation: 0,
+                seq: 0,
+                offset: 0,
+            },
+            record_key: key.map(<[u8]>::to_vec),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.map(<[u8]>::to_vec)))
+                .collect(),
+            kafka_timestamp_ms: None,
+            received_ms: 0,
+            received_at: Instant::now(),
+            _credit: None,
+        }
+    }
+
+    fn kind(meta: &FrameMeta) -> Option<&'static str> {
+        validate_record(meta).err().map(|f| f.kind)
+    }
+
+    #[test]
+    fn keys_must_be_utf8_camera_ids() {
+        assert_eq!(kind(&meta(Some(b"cam-1"), &[])), None);
+        assert_eq!(kind(&meta(None, &[])), Some("missing_key"));
+        assert_eq!(kind(&meta(Some(b""), &[])), Some("missing_key"));
+        assert_eq!(
+            kind(&meta(Some(&[0xff, 0xfe, 0x00]), &[])),
+            Some("invalid_key")
+        );
+    }
+
+    #[test]
+    fn tessera_headers_are_checked_and_others_carried() {
+        let ok = meta(
+            Some(b"cam"),
+            &[
+                ("tessera-ts", Some(b"1700000000000")),
+                ("tessera-frame-id", Some(b"f-1")),
+                ("x-vendor", Some(&[0xff, 0x00])),
+                ("x-empty", None),
+            ],
+        );
+        assert_eq!(kind(&ok), None);
+        for bad in [
+            ("tessera-ts", Some(&b"yesterday"[..])),
+            ("tessera-ts", None),
+            ("tessera-frame-id", Some(&[0xc3, 0x28][..])),
+            ("content-type", Some(&[0xff][..])),
+        ] {
+            assert_eq!(
+                kind(&meta(Some(b"cam"), &[bad])),
+                Some("invalid_header"),
+                "{bad:?}"
+            );
+        }
+    }
 }

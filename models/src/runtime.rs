@@ -67,6 +67,9 @@ pub fn loaded_library() -> Option<PathBuf> {
     guard.as_ref().map(|(_, p)| p.clone())
 }
 
+/// The library `make setup` installs, relative to the project root.
+const PROJECT_LOCAL_LIBRARY: &str = ".tessera/onnxruntime/lib/libonnxruntime.so.1.31.1";
+
 /// Picks the library path and checks that it is a file, so a missing library gives a clear
 /// error rather than a loader message.
 fn resolve_library(dylib: Option<&Path>) -> Result<PathBuf, ModelError> {
@@ -74,6 +77,8 @@ fn resolve_library(dylib: Option<&Path>) -> Result<PathBuf, ModelError> {
         Some(p) => p.to_path_buf(),
         None => match std::env::var_os(ORT_DYLIB_PATH_ENV) {
             Some(v) if !v.is_empty() => PathBuf::from(v),
+            // Where `make setup` installs it, so `cargo run` works from the project root.
+            _ if Path::new(PROJECT_LOCAL_LIBRARY).is_file() => PathBuf::from(PROJECT_LOCAL_LIBRARY),
             _ => {
                 return Err(ModelError::RuntimeNotFound {
                     path: None,
