@@ -75,6 +75,12 @@ impl PipelineConfig {
                 "must be at least 1",
             ));
         }
+        if self.flow.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "flow.max_attempts",
+                "must be at least 1",
+            ));
+        }
         if self.supervision.max_restarts == 0 {
             return Err(ConfigError::invalid(
                 "supervision.max_restarts",
@@ -107,6 +113,14 @@ pub struct KafkaConfig {
     /// How long the producer retries a message before reporting it failed.
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
+    /// On a partition revoke (rebalance), how long frames in flight of the revoked partitions
+    /// may take to finish before their offsets are committed and the partitions released.
+    /// Must be shorter than `session_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub revoke_drain_timeout: Duration,
+    /// Most pre-fetched data librdkafka buffers per consumer, in KiB (its
+    /// `queued.max.messages.kbytes`); paused partitions are not fetched at all.
+    pub fetch_buffer_kbytes: usize,
     /// Extra librdkafka properties for both clients, e.g. `security.protocol`,
     /// `sasl.mechanisms`, `ssl.ca.location`.
     pub properties: BTreeMap<String, String>,
@@ -127,6 +141,8 @@ impl Default for KafkaConfig {
             auto_offset_reset: "earliest".into(),
             session_timeout: Duration::from_secs(30),
             message_timeout: Duration::from_secs(60),
+            revoke_drain_timeout: Duration::from_secs(10),
+            fetch_buffer_kbytes: 16 * 1024,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -157,6 +173,18 @@ impl KafkaConfig {
                     format!("topic {output:?} is both an input and an output"),
                 ));
             }
+        }
+        if self.revoke_drain_timeout >= self.session_timeout {
+            return Err(ConfigError::invalid(
+                "kafka.revoke_drain_timeout",
+                "must be shorter than kafka.session_timeout",
+            ));
+        }
+        if self.fetch_buffer_kbytes == 0 {
+            return Err(ConfigError::invalid(
+                "kafka.fetch_buffer_kbytes",
+                "must be at least 1",
+            ));
         }
         if !matches!(self.auto_offset_reset.as_str(), "earliest" | "latest") {
             return Err(ConfigError::invalid(
@@ -216,6 +244,10 @@ pub struct RecognizeConfig {
     pub workers: usize,
     /// Most tiles per model run, for models with a dynamic batch dimension.
     pub max_batch: usize,
+    /// Test hook for fault-injection tests: a worker panics on every Nth model run of the
+    /// pool. Never set it in production.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub panic_every_nth_batch: Option<u64>,
 }
 
 impl Default for RecognizeConfig {
@@ -223,6 +255,7 @@ impl Default for RecognizeConfig {
         Self {
             workers: default_recognize_workers(),
             max_batch: 8,
+            panic_every_nth_batch: None,
         }
     }
 }
@@ -242,6 +275,18 @@ pub struct FlowConfig {
     /// orchestrator's grace period.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// What to do with frames that are already old when they are consumed.
+    pub lag_policy: LagPolicy,
+    /// With `lag_policy = "drop_stale"`: frames whose capture time is older than this are not
+    /// processed but published as `status: skipped`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// A frame without an acknowledged output this long after its dispatch is re-dispatched
+    /// (a stage holding it may have died).
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Duration,
+    /// Attempts per frame before it is dead-lettered as `processing_failed`.
+    pub max_attempts: u32,
 }
 
 impl Default for FlowConfig {
@@ -249,8 +294,22 @@ impl Default for FlowConfig {
         Self {
             max_in_flight_frames: 16,
             drain_timeout: Duration::from_secs(20),
+            lag_policy: LagPolicy::ProcessAll,
+            max_age: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(60),
+            max_attempts: 3,
         }
     }
+}
+
+/// How frames that are already old when consumed are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LagPolicy {
+    /// Process every frame, however late (default).
+    ProcessAll,
+    /// Publish frames older than `flow.max_age` as `status: skipped` without processing them.
+    DropStale,
 }
 
 /// How the supervisor restarts failed actors.

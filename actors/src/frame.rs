@@ -95,6 +95,8 @@ pub struct Frame {
     pub meta: Arc<FrameMeta>,
     /// Encoded image bytes, shared so the dead-letter path can republish them unchanged.
     pub payload: Arc<[u8]>,
+    /// 0 for the first dispatch; bumped each time the frame is re-dispatched after a failure.
+    pub attempt: u32,
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -1,23 +1,29 @@
-//! Ingest: the Kafka consumer. Consumes frames within the in-flight budget, hands them to the
-//! prepare pool, and stores each partition's offset once everything below it is acknowledged.
+//! Ingest: the Kafka consumer. Consumes frames while in-flight credits last (pausing its
+//! partitions when they run out), hands them to the prepare pool, re-dispatches frames whose
+//! stage failed, and stores each partition's offset once everything below it is acknowledged.
+//! On a partition revoke it drains the partition's frames within a deadline and commits.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message as _};
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::Semaphore;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 
-use crate::config::KafkaConfig;
-use crate::frame::{Frame, FrameKey, FrameMeta, PartitionId, now_ms};
+use crate::config::{FlowConfig, KafkaConfig};
+use crate::frame::{Frame, FrameMeta, PartitionId, now_ms};
+use crate::inflight::{Committable, InFlight};
 use crate::kafka::consumer_config;
-use crate::names::{ActorNames, lookup_patiently};
-use crate::prepare::PrepareRef;
-use crate::watermark::OffsetWatermark;
+use crate::merge::MergeMsg;
+use crate::names::{ActorNames, lookup, lookup_patiently};
+use crate::prepare::{PrepareFailure, PrepareMsg};
 
 /// The ingest actor.
 #[derive(Debug)]
@@ -27,18 +33,25 @@ pub struct Ingest;
 #[derive(Debug)]
 pub struct IngestArgs {
     pub kafka: KafkaConfig,
+    pub flow: FlowConfig,
     pub names: ActorNames,
     /// In-flight frame credits shared with the rest of the pipeline.
     pub credits: Arc<Semaphore>,
+    /// Frames in flight; outlives this actor so a restarted ingest sees what is pending.
+    pub inflight: Arc<InFlight>,
 }
 
 /// Messages to [`Ingest`].
 #[derive(Debug)]
 pub enum IngestMsg {
-    /// A frame was consumed and handed on (sent by the consume loop, before the frame can finish).
-    Consumed(FrameKey),
     /// A frame's output (result or dead letter) was acknowledged by Kafka.
-    Acked(FrameKey),
+    Acked(crate::frame::FrameKey),
+    /// A stage failed while holding this frame: dispatch it again (bounded attempts).
+    Redispatch(crate::frame::FrameKey),
+    /// A stage was restarted and may have lost frames: dispatch every frame in flight again.
+    RedispatchAll,
+    /// Periodic check for frames that have been in flight too long.
+    Tick,
     /// Stop consuming new frames; frames in flight go on.
     StopConsuming(RpcReplyPort<()>),
     /// Commit the stored offsets now (synchronously) and reply.
@@ -47,20 +60,124 @@ pub enum IngestMsg {
     InFlight(RpcReplyPort<usize>),
 }
 
+/// The consumer's context: serves the rebalance callbacks from the shared in-flight registry.
+#[derive(Debug)]
+pub struct IngestContext {
+    inflight: Arc<InFlight>,
+    revoke_drain: Duration,
+    /// Whether flow control has paused consumption (newly assigned partitions are paused too).
+    paused: Arc<AtomicBool>,
+}
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let partitions = partition_ids(revoked);
+        if partitions.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + self.revoke_drain;
+        // Waiting here holds the rebalance until our frames are done (or the deadline), so the
+        // next owner starts after the last offset we committed.
+        let (committable, abandoned) =
+            block_in_place_if_possible(|| self.inflight.revoke(&partitions, deadline));
+        if !committable.is_empty() {
+            let offsets = offsets_list(&committable);
+            if let Err(error) = consumer
+                .store_offsets(&offsets)
+                .and_then(|()| consumer.commit(&offsets, CommitMode::Sync))
+            {
+                tracing::warn!(%error, "Commit on revoke failed");
+            }
+        }
+        tracing::info!(
+            partitions = partitions.len(),
+            abandoned,
+            "Partitions revoked; offsets committed"
+        );
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                let partitions = partition_ids(assigned);
+                self.inflight.assign(&partitions);
+                if self.paused.load(Ordering::SeqCst)
+                    && let Err(error) = consumer.pause(assigned)
+                {
+                    tracing::warn!(%error, "Could not pause newly assigned partitions");
+                }
+                tracing::info!(partitions = partitions.len(), "Partitions assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => tracing::warn!(%error, "Rebalance error"),
+        }
+    }
+}
+
+/// Runs blocking work from within the runtime without starving it (the rebalance callback
+/// runs inside the consume loop's poll).
+fn block_in_place_if_possible<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+fn partition_ids(list: &TopicPartitionList) -> Vec<PartitionId> {
+    list.elements()
+        .iter()
+        .map(|e| PartitionId {
+            topic: Arc::from(e.topic()),
+            partition: e.partition(),
+        })
+        .collect()
+}
+
+fn offsets_list(committable: &[Committable]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for c in committable {
+        // Adding an offset to a fresh list cannot fail for a valid offset.
+        let _ = list.add_partition_offset(
+            &c.partition.topic,
+            c.partition.partition,
+            Offset::Offset(c.offset),
+        );
+    }
+    list
+}
+
+type IngestConsumer = StreamConsumer<IngestContext>;
+
+/// Aborts the consume loop when the actor's state is dropped, whether it stopped or failed.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// State of [`Ingest`].
 pub struct IngestState {
-    consumer: Arc<StreamConsumer>,
-    /// Per-partition watermarks of acknowledged offsets.
-    watermarks: HashMap<PartitionId, OffsetWatermark>,
-    /// The task that polls the consumer; aborted to stop consuming.
-    consume_loop: Option<JoinHandle<()>>,
+    consumer: Arc<IngestConsumer>,
+    flow: FlowConfig,
+    names: ActorNames,
+    inflight: Arc<InFlight>,
+    /// The task that polls the consumer; dropped (aborted) to stop consuming.
+    consume_loop: Option<AbortOnDrop>,
 }
 
 impl std::fmt::Debug for IngestState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IngestState")
-            .field("partitions", &self.watermarks.len())
-            .finish_non_exhaustive()
+        f.debug_struct("IngestState").finish_non_exhaustive()
     }
 }
 
@@ -74,21 +191,31 @@ impl Actor for Ingest {
         myself: ActorRef<Self::Msg>,
         args: IngestArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let consumer: StreamConsumer = consumer_config(&args.kafka).create()?;
+        let paused = Arc::new(AtomicBool::new(false));
+        let context = IngestContext {
+            inflight: args.inflight.clone(),
+            revoke_drain: args.kafka.revoke_drain_timeout,
+            paused: paused.clone(),
+        };
+        let consumer: IngestConsumer = consumer_config(&args.kafka).create_with_context(context)?;
         let topics: Vec<&str> = args.kafka.input_topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let consumer = Arc::new(consumer);
         tracing::info!(topics = ?topics, group = %args.kafka.group_id, "Subscribed to input topics");
-        let consume_loop = tokio::spawn(consume_loop(
-            consumer.clone(),
-            myself,
-            args.names,
-            args.credits,
-        ));
+        let consume_loop = tokio::spawn(consume_loop(ConsumeLoop {
+            consumer: consumer.clone(),
+            names: args.names.clone(),
+            credits: args.credits,
+            inflight: args.inflight.clone(),
+            paused,
+        }));
+        myself.send_interval(Duration::from_secs(1), || IngestMsg::Tick);
         Ok(IngestState {
             consumer,
-            watermarks: HashMap::new(),
-            consume_loop: Some(consume_loop),
+            flow: args.flow,
+            names: args.names,
+            inflight: args.inflight,
+            consume_loop: Some(AbortOnDrop(consume_loop)),
         })
     }
 
@@ -99,35 +226,47 @@ impl Actor for Ingest {
         state: &mut IngestState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            IngestMsg::Consumed(key) => {
-                state
-                    .watermarks
-                    .entry(key.partition)
-                    .or_default()
-                    .consumed(key.offset);
-            }
             IngestMsg::Acked(key) => {
-                let Some(watermark) = state.watermarks.get_mut(&key.partition) else {
-                    return Ok(());
-                };
-                watermark.acknowledged(key.offset);
-                if let Some(next) = watermark.committable() {
-                    let mut offsets = TopicPartitionList::new();
-                    offsets.add_partition_offset(
-                        &key.partition.topic,
-                        key.partition.partition,
-                        Offset::Offset(next),
-                    )?;
-                    if let Err(error) = state.consumer.store_offsets(&offsets) {
-                        // The partition may have been revoked meanwhile; its new owner re-reads.
-                        tracing::warn!(%error, topic = %key.partition.topic, partition = key.partition.partition, "Could not store offset");
-                    }
+                if let Some(committable) = state.inflight.acknowledge(&key)
+                    && let Err(error) = state
+                        .consumer
+                        .store_offsets(&offsets_list(std::slice::from_ref(&committable)))
+                {
+                    // The partition may have been revoked meanwhile; its new owner re-reads.
+                    tracing::debug!(%error, "Could not store offset");
                 }
             }
+            IngestMsg::Redispatch(key) => {
+                if let Some(frame) = state.inflight.redispatch(&key) {
+                    redispatch(state, vec![frame]).await;
+                }
+            }
+            IngestMsg::RedispatchAll => {
+                // The merge stage may have lost its ordering state: tell it where each
+                // partition stands before the frames come back.
+                if let Some(merge) = lookup::<MergeMsg>(&state.names.merge()) {
+                    let _ = merge.cast(MergeMsg::Resume(state.inflight.lowest_unacknowledged()));
+                }
+                let frames = state.inflight.for_redispatch(None);
+                if !frames.is_empty() {
+                    tracing::warn!(
+                        frames = frames.len(),
+                        "Re-dispatching frames after a restart"
+                    );
+                }
+                redispatch(state, frames).await;
+            }
+            IngestMsg::Tick => {
+                let frames = state
+                    .inflight
+                    .for_redispatch(Some(state.flow.frame_timeout));
+                if !frames.is_empty() {
+                    tracing::warn!(frames = frames.len(), timeout = ?state.flow.frame_timeout, "Frames timed out; re-dispatching");
+                }
+                redispatch(state, frames).await;
+            }
             IngestMsg::StopConsuming(reply) => {
-                if let Some(task) = state.consume_loop.take() {
-                    task.abort();
-                    let _ = task.await;
+                if state.consume_loop.take().is_some() {
                     tracing::info!("Stopped consuming");
                 }
                 let _ = reply.send(());
@@ -137,7 +276,7 @@ impl Actor for Ingest {
                 let _ = reply.send(());
             }
             IngestMsg::InFlight(reply) => {
-                let _ = reply.send(state.watermarks.values().map(|w| w.in_flight()).sum());
+                let _ = reply.send(state.inflight.len());
             }
         }
         Ok(())
@@ -148,15 +287,57 @@ impl Actor for Ingest {
         _myself: ActorRef<Self::Msg>,
         state: &mut IngestState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(task) = state.consume_loop.take() {
-            task.abort();
-        }
+        state.consume_loop.take();
         commit(&state.consumer);
         Ok(())
     }
 }
 
-fn commit(consumer: &StreamConsumer) {
+/// Dispatches frames again, or dead-letters those out of attempts.
+async fn redispatch(state: &IngestState, frames: Vec<Frame>) {
+    if frames.is_empty() {
+        return;
+    }
+    let max_attempts = state.flow.max_attempts;
+    for frame in frames {
+        if frame.attempt >= max_attempts {
+            tracing::error!(
+                offset = frame.meta.key.offset,
+                attempts = frame.attempt,
+                "Frame failed every attempt; dead-lettering it"
+            );
+            if let Some(merge) = lookup::<MergeMsg>(&state.names.merge()) {
+                let _ = merge.cast(MergeMsg::Failed {
+                    meta: frame.meta,
+                    payload: frame.payload,
+                    attempt: frame.attempt,
+                    failure: PrepareFailure {
+                        kind: "processing_failed",
+                        message: format!("processing failed {max_attempts} times"),
+                    },
+                });
+            }
+            continue;
+        }
+        dispatch(&state.names, frame).await;
+    }
+}
+
+/// Hands a frame to the prepare pool, waiting briefly if the pool is being restarted.
+async fn dispatch(names: &ActorNames, frame: Frame) {
+    let Some(prepare) =
+        lookup_patiently::<PrepareMsg>(&names.prepare(), Duration::from_secs(30)).await
+    else {
+        // The frame stays in flight; the timeout check re-dispatches it later.
+        tracing::error!("Prepare pool unavailable");
+        return;
+    };
+    if let Err(error) = prepare.dispatch((), frame) {
+        tracing::error!(%error, "Could not hand a frame to the prepare pool");
+    }
+}
+
+fn commit(consumer: &IngestConsumer) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::debug!("Committed stored offsets"),
         // Nothing stored since the last commit is not an error worth reporting.
@@ -167,71 +348,102 @@ fn commit(consumer: &StreamConsumer) {
     }
 }
 
-/// Polls the consumer while credits are available and hands each frame to the prepare pool.
-async fn consume_loop(
-    consumer: Arc<StreamConsumer>,
-    ingest: ActorRef<IngestMsg>,
+/// What the consume loop works with.
+struct ConsumeLoop {
+    consumer: Arc<IngestConsumer>,
     names: ActorNames,
     credits: Arc<Semaphore>,
-) {
-    // Sequence numbers are contiguous per partition so the merge stage can restore order.
-    let mut next_seq: HashMap<PartitionId, u64> = HashMap::new();
-    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
+    inflight: Arc<InFlight>,
+    paused: Arc<AtomicBool>,
+}
+
+/// Polls the consumer while credits are available and hands each frame to the prepare pool.
+/// Without credits it pauses the assigned partitions (so nothing is fetched or buffered) but
+/// keeps polling, which serves rebalance callbacks, until a credit returns.
+async fn consume_loop(ctx: ConsumeLoop) {
+    // Records that arrived while pausing (fetched just before); processed first on resume.
+    let mut held: VecDeque<OwnedMessage> = VecDeque::new();
     loop {
-        // Waiting for a credit before polling bounds the frames in memory.
-        let Ok(credit) = credits.clone().acquire_owned().await else {
-            return;
-        };
-        let message = match consumer.recv().await {
-            Ok(message) => message,
-            Err(error) => {
-                tracing::warn!(%error, "Kafka consumer error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+        let credit = match ctx.credits.clone().try_acquire_owned() {
+            Ok(credit) => credit,
+            Err(TryAcquireError::Closed) => return,
+            Err(TryAcquireError::NoPermits) => {
+                set_paused(&ctx, true);
+                let credit = loop {
+                    tokio::select! {
+                        biased;
+                        credit = ctx.credits.clone().acquire_owned() => match credit {
+                            Ok(credit) => break credit,
+                            Err(_) => return,
+                        },
+                        message = ctx.consumer.recv() => match message {
+                            Ok(message) => {
+                                held.push_back(message.detach());
+                                // A partition assigned meanwhile may have delivered it.
+                                set_paused(&ctx, true);
+                            }
+                            Err(error) => tracing::warn!(%error, "Kafka consumer error"),
+                        },
+                    }
+                };
+                set_paused(&ctx, false);
+                credit
             }
         };
-        let topic = topics
-            .entry(message.topic().to_owned())
-            .or_insert_with(|| Arc::from(message.topic()))
-            .clone();
-        let partition = PartitionId {
-            topic,
-            partition: message.partition(),
+        let frame = match held.pop_front() {
+            Some(message) => register(&ctx.inflight, &message, credit),
+            None => match ctx.consumer.recv().await {
+                Ok(message) => register(&ctx.inflight, &message, credit),
+                Err(error) => {
+                    tracing::warn!(%error, "Kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
         };
-        let seq = next_seq.entry(partition.clone()).or_insert(0);
-        let key = FrameKey {
-            partition,
-            generation: 0,
-            seq: *seq,
-            offset: message.offset(),
-        };
-        *seq += 1;
-        let frame = frame_from_message(&message, key.clone(), credit);
-        drop(message);
-        if ingest.cast(IngestMsg::Consumed(key)).is_err() {
-            return;
-        }
-        let Some(prepare) = lookup_patiently::<crate::prepare::PrepareMsg>(
-            &names.prepare(),
-            Duration::from_secs(30),
-        )
-        .await
-        else {
-            tracing::error!("Prepare pool unavailable; stopping consumption");
-            return;
-        };
-        let prepare: PrepareRef = prepare;
-        if let Err(error) = prepare.dispatch((), frame) {
-            tracing::error!(%error, "Could not hand a frame to the prepare pool");
-        }
+        dispatch(&ctx.names, frame).await;
     }
 }
 
-fn frame_from_message(
-    message: &BorrowedMessage<'_>,
-    key: FrameKey,
+/// Pauses or resumes every assigned partition, logging transitions once.
+fn set_paused(ctx: &ConsumeLoop, pause: bool) {
+    let was = ctx.paused.swap(pause, Ordering::SeqCst);
+    let assignment = match ctx.consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(error) => {
+            tracing::warn!(%error, "Could not read the assignment");
+            return;
+        }
+    };
+    let result = if pause {
+        ctx.consumer.pause(&assignment)
+    } else {
+        ctx.consumer.resume(&assignment)
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, pause, "Could not change the partitions' pause state");
+    }
+    if pause && !was {
+        tracing::info!(
+            partitions = assignment.count(),
+            in_flight = ctx.inflight.len(),
+            "Paused partitions: in-flight budget exhausted"
+        );
+    } else if !pause && was {
+        tracing::info!(partitions = assignment.count(), "Resumed partitions");
+    }
+}
+
+/// Records a consumed message in flight and turns it into a frame holding `credit`.
+fn register<M: Message>(
+    inflight: &InFlight,
+    message: &M,
     credit: tokio::sync::OwnedSemaphorePermit,
 ) -> Frame {
+    let partition = PartitionId {
+        topic: Arc::from(message.topic()),
+        partition: message.partition(),
+    };
     let headers = message
         .headers()
         .map(|headers| {
@@ -241,17 +453,20 @@ fn frame_from_message(
                 .collect()
         })
         .unwrap_or_default();
-    let meta = FrameMeta {
-        key,
-        record_key: message.key().map(<[u8]>::to_vec),
-        headers,
-        kafka_timestamp_ms: message.timestamp().to_millis(),
-        received_ms: now_ms(),
-        received_at: Instant::now(),
-        _credit: Some(credit),
-    };
-    Frame {
-        meta: Arc::new(meta),
-        payload: Arc::from(message.payload().unwrap_or_default()),
-    }
+    let payload: Arc<[u8]> = Arc::from(message.payload().unwrap_or_default());
+    let record_key = message.key().map(<[u8]>::to_vec);
+    let kafka_timestamp_ms = message.timestamp().to_millis();
+    inflight.register(partition, message.offset(), move |key| Frame {
+        meta: Arc::new(FrameMeta {
+            key,
+            record_key,
+            headers,
+            kafka_timestamp_ms,
+            received_ms: now_ms(),
+            received_at: Instant::now(),
+            _credit: Some(credit),
+        }),
+        payload,
+        attempt: 0,
+    })
 }

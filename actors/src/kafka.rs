@@ -19,7 +19,12 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
             "session.timeout.ms",
             config.session_timeout.as_millis().to_string(),
         )
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Bounds what librdkafka pre-fetches; flow control pauses partitions beyond that.
+        .set(
+            "queued.max.messages.kbytes",
+            config.fetch_buffer_kbytes.to_string(),
+        );
     for (key, value) in &config.consumer_properties {
         client.set(key, value);
     }

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod frame;
+pub mod inflight;
 pub mod ingest;
 pub mod kafka;
 pub mod merge;
@@ -20,6 +21,7 @@ pub mod ordering;
 pub mod prepare;
 pub mod publish;
 pub mod recognize;
+pub mod recovery;
 pub mod result;
 pub mod supervisor;
 pub mod watermark;
@@ -38,6 +40,7 @@ pub use error::{ConfigError, PipelineError};
 pub use result::FrameResult;
 pub use supervisor::ShutdownReport;
 
+use inflight::InFlight;
 use names::ActorNames;
 use prepare::PreparePlan;
 use supervisor::{PipelineSupervisor, SupervisorArgs, SupervisorMsg};
@@ -93,11 +96,14 @@ pub async fn start(
         preprocess: model.preprocess_spec(),
         batch_dim,
         max_batch: config.recognize.max_batch,
+        lag_policy: config.flow.lag_policy,
+        max_age: config.flow.max_age,
     });
     let names = ActorNames::new(instance);
     let exit = Arc::new(Mutex::new(None));
     let args = SupervisorArgs {
         credits: Arc::new(Semaphore::new(config.flow.max_in_flight_frames)),
+        inflight: Arc::new(InFlight::default()),
         config,
         env,
         model: model.clone(),

@@ -32,6 +32,8 @@ pub struct PreparedFrame {
     pub transforms: Vec<InputTransform>,
     pub decode: Duration,
     pub preprocess: Duration,
+    /// Which dispatch of the frame this is; outputs of an earlier attempt are ignored.
+    pub attempt: u32,
 }
 
 /// Messages to [`Merge`].
@@ -42,22 +44,30 @@ pub enum MergeMsg {
     /// Outputs of some tiles of a frame.
     Tiles {
         frame: FrameKey,
+        attempt: u32,
         tiles: Vec<usize>,
         outputs: Vec<TileOutput>,
         inference: Duration,
     },
-    /// A model run failed for some tiles of a frame.
+    /// A model run failed for some tiles of a frame, in a way retrying will not fix.
     TilesFailed {
         frame: FrameKey,
+        attempt: u32,
         kind: &'static str,
         message: String,
     },
-    /// The frame could not be prepared (bad input): it goes to the dead-letter topic.
+    /// The frame cannot be processed (bad input, or out of attempts): dead-letter it.
     Failed {
         meta: Arc<FrameMeta>,
         payload: Arc<[u8]>,
+        attempt: u32,
         failure: PrepareFailure,
     },
+    /// The lag policy skipped the frame: publish it as `status: skipped`.
+    Skipped { meta: Arc<FrameMeta> },
+    /// After a restart: per stream (partition, generation), every sequence number below the
+    /// given one is acknowledged; resume ordering there.
+    Resume(Vec<((PartitionId, u64), u64)>),
 }
 
 /// The merge actor.
@@ -76,6 +86,7 @@ pub struct MergeArgs {
 #[derive(Debug)]
 struct Pending {
     frame: Box<PreparedFrame>,
+    /// Tile outputs by tile index.
     outputs: Vec<Option<TileOutput>>,
     remaining: usize,
     inference: Duration,
@@ -89,6 +100,8 @@ pub struct MergeState {
     args: MergeArgs,
     pending: HashMap<FrameKey, Pending>,
     reorder: Reorder<(PartitionId, u64), Outcome>,
+    /// Frames skipped by the lag policy since start.
+    skipped: u64,
 }
 
 impl Actor for Merge {
@@ -105,6 +118,7 @@ impl Actor for Merge {
             args,
             pending: HashMap::new(),
             reorder: Reorder::default(),
+            skipped: 0,
         })
     }
 
@@ -116,28 +130,39 @@ impl Actor for Merge {
     ) -> Result<(), ActorProcessingErr> {
         let finished = match message {
             MergeMsg::Expect(frame) => {
-                let tiles = frame.transforms.len();
                 let key = frame.meta.key.clone();
-                state.pending.insert(
-                    key,
-                    Pending {
-                        frame,
-                        outputs: (0..tiles).map(|_| None).collect(),
-                        remaining: tiles,
-                        inference: Duration::ZERO,
-                        failure: None,
-                    },
-                );
+                let newer = state
+                    .pending
+                    .get(&key)
+                    .is_none_or(|pending| pending.frame.attempt < frame.attempt);
+                if newer {
+                    let tiles = frame.transforms.len();
+                    state.pending.insert(
+                        key,
+                        Pending {
+                            frame,
+                            outputs: (0..tiles).map(|_| None).collect(),
+                            remaining: tiles,
+                            inference: Duration::ZERO,
+                            failure: None,
+                        },
+                    );
+                }
                 None
             }
             MergeMsg::Tiles {
                 frame,
+                attempt,
                 tiles,
                 outputs,
                 inference,
             } => {
-                let Some(pending) = state.pending.get_mut(&frame) else {
-                    tracing::warn!(offset = frame.offset, "Tile output for an unknown frame");
+                let Some(pending) = state
+                    .pending
+                    .get_mut(&frame)
+                    .filter(|p| p.frame.attempt == attempt)
+                else {
+                    // A frame already finished, or an earlier attempt's late output.
                     return Ok(());
                 };
                 pending.inference += inference;
@@ -152,31 +177,64 @@ impl Actor for Merge {
             }
             MergeMsg::TilesFailed {
                 frame,
+                attempt,
                 kind,
                 message,
             } => {
                 // The frame goes to the DLQ at once; later outputs of its other tiles are ignored.
-                state.pending.get_mut(&frame).map(|pending| {
-                    pending.failure = Some(PrepareFailure { kind, message });
-                    frame
-                })
+                state
+                    .pending
+                    .get_mut(&frame)
+                    .filter(|p| p.frame.attempt == attempt)
+                    .map(|pending| {
+                        pending.failure = Some(PrepareFailure { kind, message });
+                        frame
+                    })
             }
             MergeMsg::Failed {
                 meta,
                 payload,
+                attempt: _,
                 failure,
             } => {
+                let key = meta.key.clone();
+                state.pending.remove(&key);
+                let outcome = Outcome::DeadLetter {
+                    meta,
+                    payload,
+                    kind: failure.kind,
+                    message: failure.message,
+                };
+                release(state, &key, outcome).await?;
+                None
+            }
+            MergeMsg::Skipped { meta } => {
+                let key = meta.key.clone();
+                state.pending.remove(&key);
+                state.skipped += 1;
+                tracing::debug!(
+                    offset = key.offset,
+                    skipped = state.skipped,
+                    "Stale frame skipped"
+                );
+                let result = skipped_result(&state.args.model, &meta);
                 release(
                     state,
-                    &meta.key.clone(),
-                    Outcome::DeadLetter {
+                    &key,
+                    Outcome::Result {
                         meta,
-                        payload,
-                        kind: failure.kind,
-                        message: failure.message,
+                        result: Box::new(result),
                     },
                 )
                 .await?;
+                None
+            }
+            MergeMsg::Resume(streams) => {
+                let mut ready = Vec::new();
+                for (stream, next) in streams {
+                    state.reorder.resume(&stream, next, &mut ready);
+                }
+                forward(state, ready).await?;
                 None
             }
         };
@@ -220,29 +278,10 @@ fn finish(args: &MergeArgs, pending: Pending) -> Outcome {
     let meta = &frame.meta;
     let model = &args.model;
     let result = FrameResult {
-        schema: RESULT_SCHEMA_VERSION,
-        camera: meta.camera(),
-        source: Source {
-            topic: meta.key.partition.topic.to_string(),
-            partition: meta.key.partition.partition,
-            offset: meta.key.offset,
-        },
-        frame_id: meta.frame_id(),
-        timestamps: Timestamps {
-            capture_ms: meta.capture_ms(),
-            kafka_ms: meta.kafka_timestamp_ms,
-            received_ms: meta.received_ms,
-            completed_ms: now_ms(),
-        },
         image: ImageSize {
             width: frame.width,
             height: frame.height,
         },
-        model: ModelRef {
-            name: model.manifest.name.clone(),
-            version: model.manifest.version.clone(),
-        },
-        head_version: None,
         tile_count: tiles.len(),
         status: FrameStatus::Ok,
         detections: detections
@@ -274,10 +313,49 @@ fn finish(args: &MergeArgs, pending: Pending) -> Outcome {
             merge: millis(merge),
             total: millis(meta.received_at.elapsed()),
         },
+        ..skipped_result(model, meta)
     };
     Outcome::Result {
         meta: frame.meta,
         result: Box::new(result),
+    }
+}
+
+/// The result of a frame that was not processed (`status: skipped`); also the base that a
+/// processed frame's result fills in.
+fn skipped_result(model: &Model, meta: &FrameMeta) -> FrameResult {
+    FrameResult {
+        schema: RESULT_SCHEMA_VERSION,
+        camera: meta.camera(),
+        source: Source {
+            topic: meta.key.partition.topic.to_string(),
+            partition: meta.key.partition.partition,
+            offset: meta.key.offset,
+        },
+        frame_id: meta.frame_id(),
+        timestamps: Timestamps {
+            capture_ms: meta.capture_ms(),
+            kafka_ms: meta.kafka_timestamp_ms,
+            received_ms: meta.received_ms,
+            completed_ms: now_ms(),
+        },
+        image: ImageSize {
+            width: 0,
+            height: 0,
+        },
+        model: ModelRef {
+            name: model.manifest.name.clone(),
+            version: model.manifest.version.clone(),
+        },
+        head_version: None,
+        tile_count: 0,
+        status: FrameStatus::Skipped,
+        detections: Vec::new(),
+        classifications: Vec::new(),
+        latency_ms: Latencies {
+            total: millis(meta.received_at.elapsed()),
+            ..Latencies::default()
+        },
     }
 }
 
@@ -298,6 +376,11 @@ async fn release(
         outcome,
         &mut ready,
     );
+    forward(state, ready).await
+}
+
+/// Sends released outcomes to publish, in order.
+async fn forward(state: &MergeState, ready: Vec<Outcome>) -> Result<(), ActorProcessingErr> {
     if ready.is_empty() {
         return Ok(());
     }

@@ -19,6 +19,15 @@ struct StreamBuffer<T> {
     waiting: BTreeMap<u64, T>,
 }
 
+impl<T> StreamBuffer<T> {
+    fn release(&mut self, out: &mut Vec<T>) {
+        while let Some(item) = self.waiting.remove(&self.next) {
+            out.push(item);
+            self.next += 1;
+        }
+    }
+}
+
 impl<S: Eq + Hash + Clone, T> Default for Reorder<S, T> {
     fn default() -> Self {
         Self {
@@ -37,11 +46,29 @@ impl<S: Eq + Hash + Clone, T> Reorder<S, T> {
                 next: 0,
                 waiting: BTreeMap::new(),
             });
-        buffer.waiting.insert(seq, item);
-        while let Some(item) = buffer.waiting.remove(&buffer.next) {
-            out.push(item);
-            buffer.next += 1;
+        if seq < buffer.next {
+            // Already released: a re-dispatched frame finished twice.
+            return;
         }
+        buffer.waiting.insert(seq, item);
+        buffer.release(out);
+    }
+
+    /// Moves a stream's next sequence number forward to `next` (never back): everything below
+    /// it is known to be done. Used after a restart lost the buffer's state.
+    pub fn resume(&mut self, stream: &S, next: u64, out: &mut Vec<T>) {
+        let buffer = self
+            .streams
+            .entry(stream.clone())
+            .or_insert_with(|| StreamBuffer {
+                next: 0,
+                waiting: BTreeMap::new(),
+            });
+        if next > buffer.next {
+            buffer.next = next;
+            buffer.waiting = buffer.waiting.split_off(&next);
+        }
+        buffer.release(out);
     }
 
     /// Forgets a stream (its partition was revoked); returns how many items were still waiting.
@@ -74,6 +101,26 @@ mod tests {
         r.complete(&"p1", 0, 10, &mut out);
         assert_eq!(out, vec![0, 1, 2, 10]);
         assert_eq!(r.waiting(), 0);
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_resume_moves_forward() {
+        let mut r: Reorder<u8, u64> = Reorder::default();
+        let mut out = Vec::new();
+        r.complete(&0, 0, 100, &mut out);
+        r.complete(&0, 0, 101, &mut out);
+        assert_eq!(out, vec![100]);
+        // A fresh buffer (after a restart) waits for seq 0 until told where to resume.
+        let mut fresh: Reorder<u8, u64> = Reorder::default();
+        out.clear();
+        fresh.complete(&0, 5, 5, &mut out);
+        fresh.complete(&0, 3, 3, &mut out);
+        assert!(out.is_empty());
+        fresh.resume(&0, 5, &mut out);
+        assert_eq!(out, vec![5]);
+        fresh.resume(&0, 2, &mut out);
+        fresh.complete(&0, 3, 3, &mut out);
+        assert_eq!(out, vec![5], "resume never moves back");
     }
 
     #[test]

@@ -11,7 +11,10 @@ use tessera_operators::decode::{DecodeLimits, decode_image};
 use tessera_operators::preprocess::{InputTransform, Preprocessor};
 use tessera_operators::tiling::TileGrid;
 
-use crate::frame::{Frame, FrameMeta, HEADER_CAPTURE_TS, HEADER_CONTENT_TYPE, HEADER_FRAME_ID};
+use crate::config::LagPolicy;
+use crate::frame::{
+    Frame, FrameMeta, HEADER_CAPTURE_TS, HEADER_CONTENT_TYPE, HEADER_FRAME_ID, now_ms,
+};
 use crate::merge::{MergeMsg, PreparedFrame};
 use crate::names::{ActorNames, lookup_patiently};
 use crate::recognize::{RecognizeMsg, TileBatch};
@@ -31,6 +34,19 @@ pub struct PreparePlan {
     pub batch_dim: BatchDim,
     /// Most tiles per run for a dynamic batch dimension.
     pub max_batch: usize,
+    /// Lag policy and the age beyond which `drop_stale` skips a frame.
+    pub lag_policy: LagPolicy,
+    pub max_age: Duration,
+}
+
+impl PreparePlan {
+    /// Whether the lag policy skips this frame (captured longer than `max_age` ago).
+    fn is_stale(&self, meta: &FrameMeta) -> bool {
+        self.lag_policy == LagPolicy::DropStale
+            && meta
+                .capture_ms()
+                .is_some_and(|ts| now_ms().saturating_sub(ts) > self.max_age.as_millis() as i64)
+    }
 }
 
 /// One prepare worker.
@@ -96,6 +112,29 @@ impl Worker for PrepareWorker {
         }: Job<(), Frame>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let frame_key = frame.meta.key.clone();
+        if let Err(error) = self.process(frame, state).await {
+            // Hand the frame back before this worker is restarted, so it is not lost.
+            crate::recovery::stage_failed(&self.names, &frame_key, "prepare", &error.to_string());
+            return Err(error);
+        }
+        Ok(key)
+    }
+}
+
+impl PrepareWorker {
+    async fn process(
+        &self,
+        frame: Frame,
+        state: &mut PrepareState,
+    ) -> Result<(), ActorProcessingErr> {
+        let merge = lookup_patiently::<MergeMsg>(&self.names.merge(), Duration::from_secs(30))
+            .await
+            .ok_or("merge actor unavailable")?;
+        if self.plan.is_stale(&frame.meta) {
+            merge.cast(MergeMsg::Skipped { meta: frame.meta })?;
+            return Ok(());
+        }
         let mut preprocessor = state
             .preprocessor
             .take()
@@ -110,50 +149,48 @@ impl Worker for PrepareWorker {
         .await?;
         state.preprocessor = Some(preprocessor);
 
-        let merge = lookup_patiently::<MergeMsg>(&self.names.merge(), Duration::from_secs(30))
-            .await
-            .ok_or("merge actor unavailable")?;
-        match outcome {
+        let prepared = match outcome {
+            Ok(prepared) => prepared,
             Err(failure) => {
                 merge.cast(MergeMsg::Failed {
                     meta: frame.meta,
                     payload: frame.payload,
+                    attempt: frame.attempt,
                     failure,
                 })?;
+                return Ok(());
             }
-            Ok(prepared) => {
-                let frame_key = frame.meta.key.clone();
-                merge.cast(MergeMsg::Expect(Box::new(PreparedFrame {
-                    meta: frame.meta.clone(),
-                    payload: frame.payload.clone(),
-                    width: prepared.width,
-                    height: prepared.height,
-                    transforms: prepared.transforms,
-                    decode: prepared.decode,
-                    preprocess: prepared.preprocess,
-                })))?;
-                let recognize = lookup_patiently::<RecognizeMsg>(
-                    &self.names.recognize(),
-                    Duration::from_secs(30),
-                )
+        };
+        let frame_key = frame.meta.key.clone();
+        merge.cast(MergeMsg::Expect(Box::new(PreparedFrame {
+            meta: frame.meta,
+            payload: frame.payload,
+            width: prepared.width,
+            height: prepared.height,
+            transforms: prepared.transforms,
+            decode: prepared.decode,
+            preprocess: prepared.preprocess,
+            attempt: frame.attempt,
+        })))?;
+        let recognize =
+            lookup_patiently::<RecognizeMsg>(&self.names.recognize(), Duration::from_secs(30))
                 .await
                 .ok_or("recognize pool unavailable")?;
-                for (tiles, tensor, batch) in prepared.batches {
-                    recognize
-                        .dispatch(
-                            (),
-                            TileBatch {
-                                frame: frame_key.clone(),
-                                tiles,
-                                tensor,
-                                batch,
-                            },
-                        )
-                        .map_err(|e| format!("dispatch to recognize pool: {e}"))?;
-                }
-            }
+        for (tiles, tensor, batch) in prepared.batches {
+            recognize
+                .dispatch(
+                    (),
+                    TileBatch {
+                        frame: frame_key.clone(),
+                        attempt: frame.attempt,
+                        tiles,
+                        tensor,
+                        batch,
+                    },
+                )
+                .map_err(|e| format!("dispatch to recognize pool: {e}"))?;
         }
-        Ok(key)
+        Ok(())
     }
 }
 

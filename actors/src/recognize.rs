@@ -2,6 +2,7 @@
 //! (`Session::run` takes `&mut self`). Model runs happen on blocking threads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
@@ -10,13 +11,16 @@ use ractor::{ActorProcessingErr, ActorRef};
 use tessera_models::{Model, ModelSession, SessionConfig};
 
 use crate::frame::FrameKey;
+use crate::ingest::IngestMsg;
 use crate::merge::MergeMsg;
-use crate::names::{ActorNames, lookup_patiently};
+use crate::names::{ActorNames, lookup, lookup_patiently};
 
 /// A group of tiles of one frame, preprocessed into one input tensor.
 #[derive(Debug)]
 pub struct TileBatch {
     pub frame: FrameKey,
+    /// The frame's dispatch attempt (see [`crate::frame::Frame::attempt`]).
+    pub attempt: u32,
     /// Tile indices (within the frame) of the batch's first `tiles.len()` slots.
     pub tiles: Vec<usize>,
     /// NCHW input, `batch` slots.
@@ -37,6 +41,25 @@ pub struct RecognizeWorker {
     pub model: Arc<Model>,
     pub session: SessionConfig,
     pub names: ActorNames,
+    /// Test hook: panic on every Nth model run of the pool (`recognize.panic_every_nth_batch`).
+    pub fault: Option<Arc<InjectedFault>>,
+}
+
+/// A deliberate, counted panic for fault-injection tests.
+#[derive(Debug)]
+pub struct InjectedFault {
+    pub every_nth: u64,
+    /// Model runs of the pool so far.
+    pub runs: AtomicU64,
+}
+
+impl InjectedFault {
+    fn maybe_panic(&self) {
+        let run = self.runs.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.every_nth > 0 && run.is_multiple_of(self.every_nth) {
+            panic!("injected fault: panic on model run {run}");
+        }
+    }
 }
 
 /// State of a recognize worker.
@@ -91,16 +114,34 @@ impl Worker for RecognizeWorker {
             .ok_or("session lost by an earlier failure")?;
         let TileBatch {
             frame,
+            attempt,
             tiles,
             tensor,
             batch: batch_size,
         } = batch;
-        let (session, outcome, elapsed) = tokio::task::spawn_blocking(move || {
+        let fault = self.fault.clone();
+        let run = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
+            if let Some(fault) = &fault {
+                fault.maybe_panic();
+            }
             let outcome = session.run(&tensor, batch_size);
             (session, outcome, started.elapsed())
         })
-        .await?;
+        .await;
+        let (session, outcome, elapsed) = match run {
+            Ok(done) => done,
+            Err(panicked) => {
+                // The session went down with the panic; the worker restarts with a new one.
+                crate::recovery::stage_failed(
+                    &self.names,
+                    &frame,
+                    "recognize",
+                    &panicked.to_string(),
+                );
+                return Err(panicked.into());
+            }
+        };
         state.session = Some(session);
 
         let merge = lookup_patiently::<MergeMsg>(&self.names.merge(), Duration::from_secs(30))
@@ -111,15 +152,23 @@ impl Worker for RecognizeWorker {
                 outputs.truncate(tiles.len());
                 merge.cast(MergeMsg::Tiles {
                     frame,
+                    attempt,
                     tiles,
                     outputs,
                     inference: elapsed,
                 })?;
             }
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%error, "Model run failed; retrying the frame");
+                if let Some(ingest) = lookup::<IngestMsg>(&self.names.ingest()) {
+                    ingest.cast(IngestMsg::Redispatch(frame))?;
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, "Model run failed");
                 merge.cast(MergeMsg::TilesFailed {
                     frame,
+                    attempt,
                     kind: error.kind(),
                     message: error.to_string(),
                 })?;

@@ -3,6 +3,7 @@
 //! down source first.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,12 +20,13 @@ use tokio::sync::Semaphore;
 use crate::config::PipelineConfig;
 use crate::error::PipelineError;
 use crate::frame::Frame;
+use crate::inflight::InFlight;
 use crate::ingest::{Ingest, IngestArgs, IngestMsg};
 use crate::merge::{Merge, MergeArgs};
 use crate::names::{ActorNames, lookup};
 use crate::prepare::{PreparePlan, PrepareWorker};
 use crate::publish::{Publish, PublishArgs};
-use crate::recognize::{RecognizeWorker, TileBatch};
+use crate::recognize::{InjectedFault, RecognizeWorker, TileBatch};
 
 /// The children of the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +73,8 @@ pub struct SupervisorArgs {
     pub names: ActorNames,
     /// In-flight frame credits; all returned means nothing is in flight.
     pub credits: Arc<Semaphore>,
+    /// Frames in flight, shared with ingest; survives the restart of any child.
+    pub inflight: Arc<InFlight>,
     /// Where the supervisor leaves the reason it stopped on its own (restart storm).
     pub exit: Arc<Mutex<Option<PipelineError>>>,
 }
@@ -80,6 +84,8 @@ pub struct SupervisorArgs {
 pub enum SupervisorMsg {
     /// Restart a child after its backoff delay.
     Restart(Child),
+    /// A pool worker failed (its pool restarts it); counted towards the restart-storm limit.
+    WorkerFailed { stage: &'static str, reason: String },
     /// Graceful shutdown: stop consuming, drain in-flight frames within `drain`, flush, commit.
     Shutdown {
         drain: Duration,
@@ -146,9 +152,26 @@ impl Actor for PipelineSupervisor {
                 if state.shutting_down {
                     return Ok(());
                 }
-                if let Err(error) = spawn_child(&myself, state, child).await {
-                    tracing::error!(child = child.name(), %error, "Restart failed");
-                    schedule_restart(&myself, state, child, error.to_string());
+                match spawn_child(&myself, state, child).await {
+                    Ok(()) => {
+                        tracing::info!(child = child.name(), "Restarted");
+                        // Frames the failed stage held are gone with it: dispatch every frame
+                        // in flight again (a restarted ingest re-reads from Kafka instead).
+                        if child != Child::Ingest
+                            && let Some(ingest) = lookup::<IngestMsg>(&state.args.names.ingest())
+                        {
+                            let _ = ingest.cast(IngestMsg::RedispatchAll);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(child = child.name(), %error, "Restart failed");
+                        schedule_restart(&myself, state, child, error.to_string());
+                    }
+                }
+            }
+            SupervisorMsg::WorkerFailed { stage, reason } => {
+                if !state.shutting_down {
+                    note_failure(&myself, state, stage, &reason);
                 }
             }
             SupervisorMsg::Shutdown { drain, reply } => {
@@ -193,6 +216,28 @@ fn schedule_restart(
     child: Child,
     reason: String,
 ) {
+    let Some(recent) = note_failure(myself, state, child.name(), &reason) else {
+        return;
+    };
+    let policy = &state.args.config.supervision;
+    let exponent = (recent - 1).min(16) as u32;
+    let delay = policy
+        .backoff_initial
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(policy.backoff_max);
+    ractor::time::send_after(delay, myself.get_cell(), move || {
+        SupervisorMsg::Restart(child)
+    });
+}
+
+/// Counts a failure in the restart window. Returns the number of recent failures, or None
+/// after escalating a restart storm (the pipeline is then stopping with an error).
+fn note_failure(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    what: &str,
+    reason: &str,
+) -> Option<usize> {
     let policy = &state.args.config.supervision;
     let now = Instant::now();
     while state
@@ -213,7 +258,7 @@ fn schedule_restart(
             *exit = Some(PipelineError::RestartStorm {
                 restarts: state.restarts.len(),
                 window: policy.restart_window,
-                last: format!("{}: {reason}", child.name()),
+                last: format!("{what}: {reason}"),
             });
         }
         state.shutting_down = true;
@@ -221,16 +266,9 @@ fn schedule_restart(
             cell.stop(Some("restart storm".into()));
         }
         myself.stop(Some("restart storm".into()));
-        return;
+        return None;
     }
-    let exponent = (state.restarts.len() - 1).min(16) as u32;
-    let delay = policy
-        .backoff_initial
-        .saturating_mul(2u32.saturating_pow(exponent))
-        .min(policy.backoff_max);
-    ractor::time::send_after(delay, myself.get_cell(), move || {
-        SupervisorMsg::Restart(child)
-    });
+    Some(state.restarts.len())
 }
 
 async fn spawn_child(
@@ -275,6 +313,16 @@ async fn spawn_child(
                 config.model.session.clone(),
                 args.names.clone(),
             );
+            let fault = config.recognize.panic_every_nth_batch.map(|every_nth| {
+                tracing::warn!(
+                    every_nth,
+                    "Fault injection on: recognize workers will panic"
+                );
+                Arc::new(InjectedFault {
+                    every_nth,
+                    runs: AtomicU64::new(0),
+                })
+            });
             let builder = worker_builder(move |_wid| {
                 (
                     RecognizeWorker {
@@ -282,6 +330,7 @@ async fn spawn_child(
                         model: model.clone(),
                         session: session.clone(),
                         names: names.clone(),
+                        fault: fault.clone(),
                     },
                     (),
                 )
@@ -348,8 +397,10 @@ async fn spawn_child(
         Child::Ingest => {
             let ingest_args = IngestArgs {
                 kafka: config.kafka.clone(),
+                flow: config.flow.clone(),
                 names: args.names.clone(),
                 credits: args.credits.clone(),
+                inflight: args.inflight.clone(),
             };
             Actor::spawn_linked(Some(args.names.ingest()), Ingest, ingest_args, supervisor)
                 .await?
