@@ -51,6 +51,19 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 fn base(config: &KafkaConfig) -> ClientConfig {
+    base_with_secrets(config, |name| std::env::var(name).ok())
+}
+
+/// Environment variables whose values become client secrets (never put secrets in files).
+pub const SECRET_VARIABLES: [(&str, &str); 2] = [
+    ("TESSERA_KAFKA_SASL_USERNAME", "sasl.username"),
+    ("TESSERA_KAFKA_SASL_PASSWORD", "sasl.password"),
+];
+
+fn base_with_secrets(
+    config: &KafkaConfig,
+    secret: impl Fn(&str) -> Option<String>,
+) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
@@ -58,12 +71,56 @@ fn base(config: &KafkaConfig) -> ClientConfig {
     for (key, value) in &config.properties {
         client.set(key, value);
     }
-    // Secrets stay out of config files: TESSERA_KAFKA_SASL_PASSWORD (and _USERNAME) win.
-    if let Ok(user) = std::env::var("TESSERA_KAFKA_SASL_USERNAME") {
-        client.set("sasl.username", user);
-    }
-    if let Ok(password) = std::env::var("TESSERA_KAFKA_SASL_PASSWORD") {
-        client.set("sasl.password", password);
+    // Secrets from the environment win over anything in the files.
+    for (variable, property) in SECRET_VARIABLES {
+        if let Some(value) = secret(variable) {
+            client.set(property, value);
+        }
     }
     client
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::producer::BaseProducer;
+
+    use super::*;
+
+    fn secured() -> KafkaConfig {
+        let mut config = KafkaConfig::default();
+        for (key, value) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "from-file"),
+        ] {
+            config.properties.insert(key.into(), value.into());
+        }
+        config
+    }
+
+    #[test]
+    fn security_settings_pass_through_and_secrets_come_from_the_environment() {
+        let client = base_with_secrets(&secured(), |name| {
+            (name == "TESSERA_KAFKA_SASL_PASSWORD").then(|| "s3cret".to_owned())
+        });
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        assert_eq!(client.get("sasl.username"), Some("from-file"));
+        assert_eq!(client.get("sasl.password"), Some("s3cret"));
+    }
+
+    #[test]
+    fn tls_and_scram_are_compiled_in() {
+        // librdkafka refuses SASL_SSL/SCRAM at client creation when built without OpenSSL.
+        let mut client = producer_config(&secured());
+        client.set("sasl.password", "s3cret");
+        let producer: Result<BaseProducer, _> = client.create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
+    fn consumer_never_stores_offsets_by_itself() {
+        let client = consumer_config(&KafkaConfig::default());
+        assert_eq!(client.get("enable.auto.offset.store"), Some("false"));
+    }
 }
