@@ -92,3 +92,38 @@ async fn a_killed_stage_is_restarted_and_the_stream_goes_on() -> anyhow::Result<
     pipeline.shutdown(Duration::from_secs(10)).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_storm_stops_the_pipeline_with_an_error() -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let dog = std::fs::read(assets.join("images/dog.jpg"))?;
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    for topic in ["frames", "detections", "frames.dlq"] {
+        kafka.create_topic(topic, 1)?;
+    }
+    let mut config = PipelineConfig::default();
+    config.kafka.brokers = brokers.clone();
+    config.kafka.group_id = "storm".into();
+    config.model.manifest = manifest("yolox-nano");
+    config.tiling.enabled = false;
+    // Every model run panics: each failure is counted, and the fourth within the window
+    // escalates. Attempts are plenty, so frames are never dead-lettered before that.
+    config.recognize.panic_every_nth_batch = Some(1);
+    config.supervision.max_restarts = 3;
+    config.flow.max_attempts = 100;
+
+    let mut pipeline = tessera_actors::start(config, "storm", Some(&assets)).await?;
+    publish_frames(&brokers, "frames", &frames("cam-1", &dog, 0..2)).await?;
+    let stopped = tokio::time::timeout(Duration::from_secs(120), pipeline.stopped()).await;
+    match stopped {
+        Ok(Err(tessera_actors::PipelineError::RestartStorm { restarts, last, .. })) => {
+            assert!(restarts > 3, "{restarts} restarts");
+            assert!(last.contains("recognize"), "{last}");
+        }
+        other => panic!("expected a restart storm, got {other:?}"),
+    }
+    Ok(())
+}
