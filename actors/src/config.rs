@@ -75,6 +75,12 @@ impl PipelineConfig {
                 "must be at least 1",
             ));
         }
+        if self.flow.max_queued_tiles == 0 {
+            return Err(ConfigError::invalid(
+                "flow.max_queued_tiles",
+                "must be at least 1",
+            ));
+        }
         if self.flow.max_attempts == 0 {
             return Err(ConfigError::invalid(
                 "flow.max_attempts",
@@ -268,8 +274,11 @@ fn default_recognize_workers() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowConfig {
-    /// Frames consumed but not yet acknowledged by Kafka; consumption waits at this bound.
+    /// Frames consumed but not yet acknowledged by Kafka; consumption pauses at this bound.
     pub max_in_flight_frames: usize,
+    /// Tiles preprocessed and waiting for (or in) a model run; preparation waits at this
+    /// bound. Each tile holds its input tensor (about 2 MB for a 416 px model).
+    pub max_queued_tiles: usize,
     /// At shutdown, how long frames in flight may take to finish before the process exits
     /// anyway (unfinished frames are re-consumed after a restart). Keep it below the
     /// orchestrator's grace period.
@@ -293,6 +302,7 @@ impl Default for FlowConfig {
     fn default() -> Self {
         Self {
             max_in_flight_frames: 16,
+            max_queued_tiles: 16,
             drain_timeout: Duration::from_secs(20),
             lag_policy: LagPolicy::ProcessAll,
             max_age: Duration::from_secs(10),

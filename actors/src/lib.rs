@@ -98,6 +98,8 @@ pub async fn start(
         max_batch: config.recognize.max_batch,
         lag_policy: config.flow.lag_policy,
         max_age: config.flow.max_age,
+        tile_credits: Arc::new(Semaphore::new(config.flow.max_queued_tiles)),
+        max_queued_tiles: config.flow.max_queued_tiles,
     });
     let names = ActorNames::new(instance);
     let exit = Arc::new(Mutex::new(None));

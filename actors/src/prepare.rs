@@ -10,6 +10,7 @@ use tessera_models::BatchDim;
 use tessera_operators::decode::{DecodeLimits, decode_image};
 use tessera_operators::preprocess::{InputTransform, Preprocessor};
 use tessera_operators::tiling::TileGrid;
+use tokio::sync::Semaphore;
 
 use crate::config::LagPolicy;
 use crate::frame::{
@@ -37,6 +38,11 @@ pub struct PreparePlan {
     /// Lag policy and the age beyond which `drop_stale` skips a frame.
     pub lag_policy: LagPolicy,
     pub max_age: Duration,
+    /// Tile credits (`flow.max_queued_tiles`): a batch holds one per tile until its model run
+    /// is done, which bounds the tensors waiting for inference.
+    pub tile_credits: Arc<Semaphore>,
+    /// Capacity of `tile_credits`.
+    pub max_queued_tiles: usize,
 }
 
 impl PreparePlan {
@@ -177,6 +183,15 @@ impl PrepareWorker {
                 .await
                 .ok_or("recognize pool unavailable")?;
         for (tiles, tensor, batch) in prepared.batches {
+            // Waiting here stalls preparation, which (through the frame budget) pauses
+            // consumption: pressure never turns into queued tensors.
+            let wanted = u32::try_from(tiles.len().min(self.plan.max_queued_tiles)).unwrap_or(1);
+            let credit = self
+                .plan
+                .tile_credits
+                .clone()
+                .acquire_many_owned(wanted)
+                .await?;
             recognize
                 .dispatch(
                     (),
@@ -186,6 +201,7 @@ impl PrepareWorker {
                         tiles,
                         tensor,
                         batch,
+                        _credit: Some(credit),
                     },
                 )
                 .map_err(|e| format!("dispatch to recognize pool: {e}"))?;

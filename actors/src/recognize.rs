@@ -27,6 +27,8 @@ pub struct TileBatch {
     pub tensor: Vec<f32>,
     /// The batch dimension of `tensor` (may exceed `tiles.len()` for fixed-batch models).
     pub batch: usize,
+    /// Tile credits, returned when the batch is dropped (after its model run).
+    pub _credit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Messages of the recognize factory.
@@ -118,6 +120,7 @@ impl Worker for RecognizeWorker {
             tiles,
             tensor,
             batch: batch_size,
+            _credit: credit,
         } = batch;
         let fault = self.fault.clone();
         let run = tokio::task::spawn_blocking(move || {
@@ -126,6 +129,8 @@ impl Worker for RecognizeWorker {
                 fault.maybe_panic();
             }
             let outcome = session.run(&tensor, batch_size);
+            // The tensor is consumed: let preparation fill the next one.
+            drop((tensor, credit));
             (session, outcome, started.elapsed())
         })
         .await;
