@@ -167,3 +167,71 @@ async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_stale_skips_old_frames_and_processes_fresh_ones() -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let dog = std::fs::read(assets.join("images/dog.jpg"))?;
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    for topic in ["frames", "detections", "frames.dlq"] {
+        kafka.create_topic(topic, 1)?;
+    }
+    let mut config = PipelineConfig::default();
+    config.kafka.brokers = brokers.clone();
+    config.kafka.group_id = "lag".into();
+    config.model.manifest = manifest("yolox-nano");
+    config.tiling.enabled = false;
+    config.flow.lag_policy = tessera_actors::config::LagPolicy::DropStale;
+    config.flow.max_age = Duration::from_secs(60);
+
+    let now = tessera_actors::frame::now_ms();
+    // Captured an hour ago, then just now, alternating.
+    let frames: Vec<CameraFrame> = (0..6)
+        .map(|i| CameraFrame {
+            camera: b"cam-lag".to_vec(),
+            frame_id: format!("lag-{i}"),
+            payload: dog.clone(),
+            content_type: None,
+            capture_ms: if i % 2 == 0 { now - 3_600_000 } else { now },
+        })
+        .collect();
+    publish_frames(&brokers, "frames", &frames).await?;
+    let pipeline = tessera_actors::start(config, "lag", Some(&assets)).await?;
+    let outputs = read_outputs(
+        &brokers,
+        "detections",
+        "frames.dlq",
+        Duration::from_secs(120),
+        |_| {},
+        |outputs| outputs.len() >= frames.len(),
+    )
+    .await?;
+    pipeline.shutdown(Duration::from_secs(10)).await?;
+
+    let mut statuses = Vec::new();
+    for output in &outputs {
+        let Output::Result { result, .. } = output else {
+            panic!("unexpected dead letter {output:?}");
+        };
+        statuses.push((
+            result.frame_id.clone(),
+            result.status,
+            result.detections.len(),
+        ));
+    }
+    assert_eq!(statuses.len(), frames.len());
+    for (i, (frame_id, status, detections)) in statuses.iter().enumerate() {
+        assert_eq!(frame_id, &format!("lag-{i}"), "input order kept");
+        if i % 2 == 0 {
+            assert_eq!(*status, tessera_actors::result::FrameStatus::Skipped);
+            assert_eq!(*detections, 0);
+        } else {
+            assert_eq!(*status, tessera_actors::result::FrameStatus::Ok);
+            assert!(*detections > 0);
+        }
+    }
+    Ok(())
+}
