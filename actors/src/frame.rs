@@ -13,6 +13,12 @@ pub const HEADER_CONTENT_TYPE: &str = "content-type";
 pub const HEADER_ERROR_KIND: &str = "tessera-error-kind";
 /// DLQ header: the human-readable error message.
 pub const HEADER_ERROR: &str = "tessera-error";
+/// DLQ header, only when Kafka refused the dead letter for its size: the original value's
+/// length in bytes; the record is then sent without its value.
+pub const HEADER_PAYLOAD_OMITTED: &str = "tessera-payload-omitted";
+/// DLQ header, with [`HEADER_PAYLOAD_OMITTED`]: where the original record lies
+/// (`topic/partition/offset`), to fetch the value from the input topic.
+pub const HEADER_SOURCE: &str = "tessera-source";
 
 /// One input partition. Ordering and offset watermarks are kept per partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -5,12 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
-use crate::frame::{FrameMeta, HEADER_ERROR, HEADER_ERROR_KIND};
+use crate::frame::{
+    FrameMeta, HEADER_ERROR, HEADER_ERROR_KIND, HEADER_PAYLOAD_OMITTED, HEADER_SOURCE,
+};
 use crate::ingest::IngestMsg;
 use crate::kafka::producer_config;
 use crate::names::{ActorNames, lookup};
@@ -56,6 +59,8 @@ pub struct Publish;
 pub struct PublishArgs {
     pub kafka: KafkaConfig,
     pub names: ActorNames,
+    /// Largest accepted input payload (`limits.max_bytes`): a dead letter carries it back.
+    pub max_payload_bytes: usize,
 }
 
 /// State of [`Publish`].
@@ -77,6 +82,43 @@ struct OwnedRecord {
     key: Option<Vec<u8>>,
     value: Vec<u8>,
     headers: OwnedHeaders,
+    /// Dead letters only, until their value is omitted: where the original record lies
+    /// (`topic/partition/offset`), named in the header that replaces an oversized value.
+    source: Option<String>,
+}
+
+impl OwnedRecord {
+    /// Shrinks a dead letter that Kafka refused as too large (the producer's or the broker's
+    /// `message.max.bytes`): the value is dropped, and headers say how large it was and where
+    /// the original record lies. Retrying the same bytes could never succeed and would stall
+    /// every later frame. False, and nothing changed, for results and already-shrunk letters.
+    fn omit_value(&mut self) -> bool {
+        let Some(source) = self.source.take() else {
+            return false;
+        };
+        let len = self.value.len().to_string();
+        self.headers = std::mem::replace(&mut self.headers, OwnedHeaders::new())
+            .insert(Header {
+                key: HEADER_PAYLOAD_OMITTED,
+                value: Some(len.as_str()),
+            })
+            .insert(Header {
+                key: HEADER_SOURCE,
+                value: Some(source.as_str()),
+            });
+        self.value = Vec::new();
+        true
+    }
+}
+
+/// Kafka refuses the record for its size; sending it again unchanged cannot succeed.
+fn too_large(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
 }
 
 impl Actor for Publish {
@@ -89,7 +131,18 @@ impl Actor for Publish {
         _myself: ActorRef<Self::Msg>,
         args: PublishArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let producer: FutureProducer = producer_config(&args.kafka).create()?;
+        let mut client = producer_config(&args.kafka);
+        // Room for the largest payload tessera accepts plus headers, unless set explicitly, so
+        // dead letters keep their value wherever the broker allows it.
+        if !args
+            .kafka
+            .producer_properties
+            .contains_key("message.max.bytes")
+        {
+            let max = (args.max_payload_bytes + (1 << 20)).clamp(1_000_000, 1_000_000_000);
+            client.set("message.max.bytes", max.to_string());
+        }
+        let producer: FutureProducer = client.create()?;
         Ok(PublishState {
             producer,
             kafka: args.kafka,
@@ -105,8 +158,8 @@ impl Actor for Publish {
     ) -> Result<(), ActorProcessingErr> {
         let PublishMsg::Publish(outcome) = message;
         let meta = outcome.meta().clone();
-        let record = to_record(&state.kafka, outcome)?;
-        let delivery = enqueue(&state.producer, &record).await;
+        let mut record = to_record(&state.kafka, outcome)?;
+        let delivery = enqueue(&state.producer, &mut record).await;
         let producer = state.producer.clone();
         let ingest_name = state.names.ingest();
         // Awaiting delivery off the actor keeps later records flowing; idempotence keeps order.
@@ -116,6 +169,11 @@ impl Actor for Publish {
             loop {
                 match delivery.await {
                     Ok(Ok(_)) => break,
+                    Ok(Err((error, _))) if too_large(&error) && record.omit_value() => {
+                        tracing::warn!(%error, topic = %record.topic, offset = meta.key.offset, "Dead letter too large for the broker; sending it without its value");
+                        delivery = enqueue(&producer, &mut record).await;
+                        continue;
+                    }
                     Ok(Err((error, _))) => {
                         tracing::warn!(%error, topic = %record.topic, offset = meta.key.offset, "Delivery failed; retrying");
                     }
@@ -123,7 +181,7 @@ impl Actor for Publish {
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                delivery = enqueue(&producer, &record).await;
+                delivery = enqueue(&producer, &mut record).await;
             }
             if let Some(ingest) = lookup::<IngestMsg>(&ingest_name) {
                 let _ = ingest.cast(IngestMsg::Acked(meta.key.clone()));
@@ -146,10 +204,11 @@ impl Actor for Publish {
     }
 }
 
-/// Enqueues a record in the producer, waiting while librdkafka's local queue is full.
+/// Enqueues a record in the producer, waiting while librdkafka's local queue is full. A dead
+/// letter larger than the producer accepts is enqueued without its value.
 async fn enqueue(
     producer: &FutureProducer,
-    record: &OwnedRecord,
+    record: &mut OwnedRecord,
 ) -> rdkafka::producer::DeliveryFuture {
     loop {
         let mut future = FutureRecord::to(&record.topic)
@@ -158,18 +217,17 @@ async fn enqueue(
         if let Some(key) = &record.key {
             future = future.key(key);
         }
-        match producer.send_result(future) {
+        let error = match producer.send_result(future) {
             Ok(delivery) => return delivery,
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                _,
-            )) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err((error, _)) => {
-                tracing::warn!(%error, "Could not enqueue a record; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err((error, _)) => error,
+        };
+        if error == KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        } else if too_large(&error) && record.omit_value() {
+            tracing::warn!(%error, topic = %record.topic, "Dead letter too large for the producer; sending it without its value");
+        } else {
+            tracing::warn!(%error, "Could not enqueue a record; retrying");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -181,6 +239,7 @@ fn to_record(kafka: &KafkaConfig, outcome: Outcome) -> Result<OwnedRecord, serde
             key: meta.record_key.clone(),
             value: serde_json::to_vec(&result)?,
             headers: OwnedHeaders::new(),
+            source: None,
         },
         Outcome::DeadLetter {
             meta,
@@ -210,7 +269,130 @@ fn to_record(kafka: &KafkaConfig, outcome: Outcome) -> Result<OwnedRecord, serde
                 key: meta.record_key.clone(),
                 value: payload.to_vec(),
                 headers,
+                source: Some(format!(
+                    "{}/{}/{}",
+                    meta.key.partition.topic, meta.key.partition.partition, meta.key.offset
+                )),
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Headers;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    use super::*;
+
+    fn dead_letter(len: usize) -> OwnedRecord {
+        OwnedRecord {
+            topic: "frames.dlq".into(),
+            key: Some(b"cam-1".to_vec()),
+            value: vec![7; len],
+            headers: OwnedHeaders::new().insert(Header {
+                key: HEADER_ERROR_KIND,
+                value: Some("payload_too_large"),
+            }),
+            source: Some("frames/0/42".into()),
+        }
+    }
+
+    fn header<'a>(headers: &'a OwnedHeaders, name: &str) -> Option<&'a [u8]> {
+        headers.iter().find(|h| h.key == name).and_then(|h| h.value)
+    }
+
+    /// The production producer settings (idempotent, acks=all), with a small size limit.
+    fn producer(cluster: &MockCluster<'_, impl rdkafka::ClientContext>) -> FutureProducer {
+        let kafka = KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            ..KafkaConfig::default()
+        };
+        producer_config(&kafka)
+            .set("message.max.bytes", "10000")
+            .set("message.timeout.ms", "10000")
+            .create()
+            .expect("producer")
+    }
+
+    #[test]
+    fn only_dead_letters_are_shrunk_and_only_once() {
+        let mut letter = dead_letter(100);
+        assert!(letter.omit_value());
+        assert!(letter.value.is_empty());
+        assert_eq!(
+            header(&letter.headers, HEADER_PAYLOAD_OMITTED),
+            Some(&b"100"[..])
+        );
+        assert_eq!(
+            header(&letter.headers, HEADER_SOURCE),
+            Some(&b"frames/0/42"[..])
+        );
+        assert_eq!(
+            header(&letter.headers, HEADER_ERROR_KIND),
+            Some(&b"payload_too_large"[..])
+        );
+        assert!(!letter.omit_value(), "already shrunk");
+        let mut result = OwnedRecord {
+            source: None,
+            ..dead_letter(100)
+        };
+        assert!(!result.omit_value());
+        assert_eq!(result.value.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_over_the_producer_limit_is_sent_without_its_value() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("frames.dlq", 1, 1).expect("topic");
+        let producer = producer(&cluster);
+        let mut record = dead_letter(64 * 1024);
+        // Before the fix, enqueue retried the same oversized bytes forever.
+        let delivery =
+            tokio::time::timeout(Duration::from_secs(10), enqueue(&producer, &mut record))
+                .await
+                .expect("enqueue does not stall");
+        let delivered = delivery.await.expect("not cancelled");
+        assert!(delivered.is_ok(), "{delivered:?}");
+        assert!(record.value.is_empty());
+        assert_eq!(
+            header(&record.headers, HEADER_PAYLOAD_OMITTED),
+            Some(&b"65536"[..])
+        );
+        // Within the limit, a dead letter keeps its value.
+        let mut small = dead_letter(1000);
+        let delivered = enqueue(&producer, &mut small)
+            .await
+            .await
+            .expect("not cancelled");
+        assert!(delivered.is_ok(), "{delivered:?}");
+        assert_eq!(small.value.len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_broker_refusing_the_size_is_detected() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("frames.dlq", 1, 1).expect("topic");
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        let producer = producer(&cluster);
+        let mut record = dead_letter(1000);
+        let delivered = enqueue(&producer, &mut record)
+            .await
+            .await
+            .expect("not cancelled");
+        match delivered {
+            Err((error, _)) => assert!(too_large(&error), "{error}"),
+            Ok(_) => panic!("the injected error was not reported"),
+        }
+        assert!(record.omit_value());
+        let delivered = enqueue(&producer, &mut record)
+            .await
+            .await
+            .expect("not cancelled");
+        assert!(delivered.is_ok(), "{delivered:?}");
+    }
 }

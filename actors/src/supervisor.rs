@@ -284,6 +284,7 @@ async fn spawn_child(
             let publish_args = PublishArgs {
                 kafka: config.kafka.clone(),
                 names: args.names.clone(),
+                max_payload_bytes: config.limits.max_bytes,
             };
             Actor::spawn_linked(
                 Some(args.names.publish()),

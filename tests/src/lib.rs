@@ -1,5 +1,8 @@
 //! Shared helpers of tessera's integration tests.
 
+pub mod delivery;
+pub mod hostile;
+
 use std::path::{Path, PathBuf};
 
 /// The workspace root (the tests crate lives one level below it).
