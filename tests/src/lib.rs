@@ -1,6 +1,7 @@
 //! Shared helpers of tessera's integration tests.
 
 pub mod delivery;
+pub mod harness;
 pub mod hostile;
 
 use std::path::{Path, PathBuf};

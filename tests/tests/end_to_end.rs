@@ -5,9 +5,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use tessera::embedded::{CameraFrame, EmbeddedKafka, Output, publish_frames, read_outputs};
-use tessera_actors::PipelineConfig;
-use tessera_tests::{assets_dir, manifest};
+use tessera::embedded::{CameraFrame, Output, publish_frames};
+use tessera_actors::config::LagPolicy;
+use tessera_actors::result::FrameStatus;
+use tessera_tests::assets_dir;
+use tessera_tests::harness::{FRAMES, Harness, camera_frames};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<()> {
@@ -17,17 +19,11 @@ async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
     let vehicles = std::fs::read(assets.join("images/small-vehicles1.jpeg"))?;
 
-    let kafka = EmbeddedKafka::start(1)?;
-    let brokers = kafka.bootstrap_servers();
-    let mut config = PipelineConfig::default();
-    config.kafka.brokers = brokers.clone();
-    config.kafka.group_id = "e2e".into();
-    config.model.manifest = manifest("yolox-nano");
+    let harness = Harness::start(1, 3)?;
+    let brokers = harness.brokers.clone();
+    let mut config = harness.config("e2e");
     // A small in-flight window makes frames of both cameras interleave through every stage.
     config.flow.max_in_flight_frames = 4;
-    kafka.create_topic("frames", 3)?;
-    kafka.create_topic("detections", 3)?;
-    kafka.create_topic("frames.dlq", 1)?;
 
     // Each camera sends 5 frames; cam-b's 2nd and 4th are undecodable.
     let cameras = ["cam-a", "cam-b"];
@@ -57,26 +53,13 @@ async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<
             });
         }
     }
-    publish_frames(&brokers, "frames", &frames).await?;
+    publish_frames(&brokers, FRAMES, &frames).await?;
 
     let pipeline = tessera_actors::start(config, "e2e", Some(&assets)).await?;
     let expected: HashSet<String> = frames.iter().map(|f| f.frame_id.clone()).collect();
-    let outputs = read_outputs(
-        &brokers,
-        "detections",
-        "frames.dlq",
-        Duration::from_secs(240),
-        |_| {},
-        |outputs| {
-            outputs
-                .iter()
-                .filter_map(Output::frame_id)
-                .collect::<HashSet<_>>()
-                .len()
-                >= expected.len()
-        },
-    )
-    .await?;
+    let outputs = harness
+        .read(expected.len(), Duration::from_secs(240))
+        .await?;
     let report = pipeline.shutdown(Duration::from_secs(10)).await?;
     assert_eq!(report.abandoned_frames, 0);
 
@@ -174,63 +157,35 @@ async fn drop_stale_skips_old_frames_and_processes_fresh_ones() -> anyhow::Resul
         return Ok(());
     };
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
-    let kafka = EmbeddedKafka::start(1)?;
-    let brokers = kafka.bootstrap_servers();
-    for topic in ["frames", "detections", "frames.dlq"] {
-        kafka.create_topic(topic, 1)?;
-    }
-    let mut config = PipelineConfig::default();
-    config.kafka.brokers = brokers.clone();
-    config.kafka.group_id = "lag".into();
-    config.model.manifest = manifest("yolox-nano");
+    let harness = Harness::start(1, 1)?;
+    let mut config = harness.config("lag");
     config.tiling.enabled = false;
-    config.flow.lag_policy = tessera_actors::config::LagPolicy::DropStale;
+    config.flow.lag_policy = LagPolicy::DropStale;
     config.flow.max_age = Duration::from_secs(60);
 
-    let now = tessera_actors::frame::now_ms();
     // Captured an hour ago, then just now, alternating.
-    let frames: Vec<CameraFrame> = (0..6)
-        .map(|i| CameraFrame {
-            camera: b"cam-lag".to_vec(),
-            frame_id: format!("lag-{i}"),
-            payload: dog.clone(),
-            content_type: None,
-            capture_ms: if i % 2 == 0 { now - 3_600_000 } else { now },
-        })
-        .collect();
-    publish_frames(&brokers, "frames", &frames).await?;
+    let now = tessera_actors::frame::now_ms();
+    let mut frames = camera_frames("cam-lag", &dog, 0..6);
+    for (i, frame) in frames.iter_mut().enumerate() {
+        frame.capture_ms = if i % 2 == 0 { now - 3_600_000 } else { now };
+    }
+    publish_frames(&harness.brokers, FRAMES, &frames).await?;
     let pipeline = tessera_actors::start(config, "lag", Some(&assets)).await?;
-    let outputs = read_outputs(
-        &brokers,
-        "detections",
-        "frames.dlq",
-        Duration::from_secs(120),
-        |_| {},
-        |outputs| outputs.len() >= frames.len(),
-    )
-    .await?;
+    let outputs = harness.read(frames.len(), Duration::from_secs(120)).await?;
     pipeline.shutdown(Duration::from_secs(10)).await?;
 
-    let mut statuses = Vec::new();
-    for output in &outputs {
+    assert_eq!(outputs.len(), frames.len());
+    for (i, output) in outputs.iter().enumerate() {
         let Output::Result { result, .. } = output else {
             panic!("unexpected dead letter {output:?}");
         };
-        statuses.push((
-            result.frame_id.clone(),
-            result.status,
-            result.detections.len(),
-        ));
-    }
-    assert_eq!(statuses.len(), frames.len());
-    for (i, (frame_id, status, detections)) in statuses.iter().enumerate() {
-        assert_eq!(frame_id, &format!("lag-{i}"), "input order kept");
+        assert_eq!(result.frame_id, format!("cam-lag-{i}"), "input order kept");
         if i % 2 == 0 {
-            assert_eq!(*status, tessera_actors::result::FrameStatus::Skipped);
-            assert_eq!(*detections, 0);
+            assert_eq!(result.status, FrameStatus::Skipped);
+            assert!(result.detections.is_empty());
         } else {
-            assert_eq!(*status, tessera_actors::result::FrameStatus::Ok);
-            assert!(*detections > 0);
+            assert_eq!(result.status, FrameStatus::Ok);
+            assert!(!result.detections.is_empty());
         }
     }
     Ok(())

@@ -1,0 +1,84 @@
+//! The setup every pipeline test repeats: an embedded broker with the standard topics, a
+//! pipeline configuration pointing at it, frames to publish, and reading the outputs back.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use tessera::embedded::{CameraFrame, EmbeddedKafka, Output, read_outputs};
+use tessera_actors::PipelineConfig;
+
+use crate::manifest;
+
+/// Input topic of the default configuration.
+pub const FRAMES: &str = "frames";
+/// Results topic of the default configuration.
+pub const RESULTS: &str = "detections";
+/// Dead-letter topic of the default configuration.
+pub const DLQ: &str = "frames.dlq";
+
+/// An embedded Kafka-protocol broker with the default topics.
+#[derive(Debug)]
+pub struct Harness {
+    pub kafka: EmbeddedKafka,
+    pub brokers: String,
+}
+
+impl Harness {
+    /// Starts `brokers` brokers with `frames` and `detections` of `partitions` partitions each
+    /// and a one-partition `frames.dlq`.
+    pub fn start(brokers: i32, partitions: i32) -> anyhow::Result<Self> {
+        let kafka = EmbeddedKafka::start(brokers)?;
+        kafka.create_topic(FRAMES, partitions)?;
+        kafka.create_topic(RESULTS, partitions)?;
+        kafka.create_topic(DLQ, 1)?;
+        let brokers = kafka.bootstrap_servers();
+        Ok(Self { kafka, brokers })
+    }
+
+    /// The default pipeline configuration for this broker, consumer group `group`, YOLOX-Nano.
+    pub fn config(&self, group: &str) -> PipelineConfig {
+        let mut config = PipelineConfig::default();
+        config.kafka.brokers = self.brokers.clone();
+        config.kafka.group_id = group.into();
+        config.model.manifest = manifest("yolox-nano");
+        config
+    }
+
+    /// Reads results and dead letters from the beginning until `count` outputs have arrived
+    /// or `timeout` passes.
+    pub async fn read(&self, count: usize, timeout: Duration) -> anyhow::Result<Vec<Output>> {
+        read_outputs(
+            &self.brokers,
+            RESULTS,
+            DLQ,
+            timeout,
+            |_| {},
+            |outputs| outputs.len() >= count,
+        )
+        .await
+    }
+}
+
+/// Frames `camera-i` for i in `range`, all with the same payload, capture time i.
+pub fn camera_frames(camera: &str, payload: &[u8], range: Range<usize>) -> Vec<CameraFrame> {
+    range
+        .map(|i| CameraFrame {
+            camera: camera.as_bytes().to_vec(),
+            frame_id: format!("{camera}-{i}"),
+            payload: payload.to_vec(),
+            content_type: None,
+            capture_ms: i as i64,
+        })
+        .collect()
+}
+
+/// The frame ids of the results (dead letters left out), in the order read.
+pub fn result_ids(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Result { result, .. } => Some(result.frame_id.clone()),
+            Output::DeadLetter { .. } => None,
+        })
+        .collect()
+}
