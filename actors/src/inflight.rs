@@ -7,6 +7,7 @@
 //! contiguous watermark below which everything is acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,9 @@ pub struct InFlight {
     state: Mutex<State>,
     /// Signalled whenever a frame is acknowledged or forgotten.
     changed: Condvar,
+    /// Set once shutdown has drained what it could: the stages are stopping, so a revoke
+    /// (the consumer closing) must not wait for frames that can no longer finish.
+    closing: AtomicBool,
 }
 
 /// Where a revoked or acknowledged partition's offset may be committed.
@@ -163,6 +167,9 @@ impl InFlight {
     ) -> (Vec<Committable>, usize) {
         let mut state = self.lock();
         loop {
+            if self.closing.load(Ordering::SeqCst) {
+                break;
+            }
             let pending: usize = partitions
                 .iter()
                 .filter_map(|p| state.partitions.get(p))
@@ -194,6 +201,12 @@ impl InFlight {
         drop(state);
         self.changed.notify_all();
         (committable, abandoned)
+    }
+
+    /// Marks the pipeline as closing: from now on revokes do not wait (see `closing`).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
     }
 
     /// Frames in flight over all partitions.
@@ -362,6 +375,18 @@ mod tests {
         assert_eq!(abandoned, 0);
         assert_eq!(committable.first().map(|c| c.offset), Some(9));
         assert!(inflight.is_empty());
+    }
+
+    #[test]
+    fn revoke_does_not_wait_once_closing() {
+        let inflight = InFlight::default();
+        inflight.register(partition(0), 3, frame);
+        inflight.close();
+        let started = Instant::now();
+        let (_, abandoned) =
+            inflight.revoke(&[partition(0)], Instant::now() + Duration::from_secs(60));
+        assert_eq!(abandoned, 1);
+        assert!(started.elapsed() < Duration::from_secs(30));
     }
 
     #[test]

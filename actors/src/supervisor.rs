@@ -262,6 +262,7 @@ fn note_failure(
             });
         }
         state.shutting_down = true;
+        state.args.inflight.close();
         for cell in state.cells.values() {
             cell.stop(Some("restart storm".into()));
         }
@@ -431,6 +432,9 @@ async fn shutdown(state: &mut SupervisorState, drain: Duration) -> ShutdownRepor
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let abandoned_frames = capacity - state.args.credits.available_permits().min(capacity);
+    // What is still in flight cannot finish once the stages stop; the consumer's close must
+    // not wait for it on the final revoke.
+    state.args.inflight.close();
     if let Some(ingest) = &ingest {
         // Let the last acknowledgements reach ingest's watermarks before committing.
         let _ = ingest

@@ -15,8 +15,13 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use tessera::embedded::{CameraFrame, Landed, Output, read_outputs};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tessera::embedded::{CameraFrame, Landed, Output};
+use tessera_actors::FrameResult;
+use tessera_actors::frame::{HEADER_ERROR, HEADER_ERROR_KIND, HEADER_FRAME_ID};
 
 /// `per_camera` frames of each camera, interleaved (c0-0, c1-0, c0-1, ...), frame id
 /// `{camera}-{index}`, all carrying `payload`.
@@ -300,6 +305,76 @@ pub async fn wait_for_records(
     }
 }
 
+/// Reads the results and dead-letter topics from their beginning until `done` says enough
+/// was read or `timeout` passes (then whatever was read comes back).
+///
+/// Unlike `tessera::embedded::read_outputs` it joins no consumer group: it assigns every
+/// partition itself, so no rebalance or session timeout of an earlier reader can hold it up
+/// while faults are being injected.
+pub async fn read_from_start(
+    brokers: &str,
+    results_topic: &str,
+    dlq_topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[Output]) -> bool,
+) -> anyhow::Result<Vec<Output>> {
+    // librdkafka wants a group id even for assigned partitions; it is never joined.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "tessera-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()?;
+    let mut partitions = TopicPartitionList::new();
+    for topic in [results_topic, dlq_topic] {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for t in metadata.topics() {
+            for partition in t.partitions() {
+                partitions.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+            }
+        }
+    }
+    consumer.assign(&partitions)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut outputs = Vec::new();
+    while !done(&outputs) {
+        let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => break,
+            // Transient (a broker may be down on purpose): the consumer retries by itself.
+            Ok(Err(_)) => continue,
+            Ok(Ok(message)) => message,
+        };
+        let key = message.key().map(<[u8]>::to_vec);
+        let output = if message.topic() == results_topic {
+            let result: FrameResult =
+                serde_json::from_slice(message.payload().unwrap_or_default())?;
+            Output::Result {
+                key,
+                partition: message.partition(),
+                result: Box::new(result),
+            }
+        } else {
+            let header = |name: &str| {
+                message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == name)
+                        .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                })
+            };
+            Output::DeadLetter {
+                key,
+                frame_id: header(HEADER_FRAME_ID),
+                kind: header(HEADER_ERROR_KIND).unwrap_or_default(),
+                error: header(HEADER_ERROR).unwrap_or_default(),
+                payload_len: message.payload().map_or(0, <[u8]>::len),
+            }
+        };
+        outputs.push(output);
+    }
+    Ok(outputs)
+}
+
 /// Reads the results and dead-letter topics until every sent frame has at least one output
 /// (or `timeout` passes: then whatever was read comes back, for the checker to report).
 pub async fn read_until_covered(
@@ -311,22 +386,15 @@ pub async fn read_until_covered(
 ) -> anyhow::Result<Vec<Output>> {
     let mut missing: HashSet<&str> = sent.iter().map(|f| f.frame_id.as_str()).collect();
     let mut checked = 0;
-    read_outputs(
-        brokers,
-        results_topic,
-        dlq_topic,
-        timeout,
-        |_| {},
-        |outputs| {
-            for output in &outputs[checked..] {
-                if let Some(id) = output.frame_id() {
-                    missing.remove(id);
-                }
+    read_from_start(brokers, results_topic, dlq_topic, timeout, |outputs| {
+        for output in &outputs[checked..] {
+            if let Some(id) = output.frame_id() {
+                missing.remove(id);
             }
-            checked = outputs.len();
-            missing.is_empty()
-        },
-    )
+        }
+        checked = outputs.len();
+        missing.is_empty()
+    })
     .await
 }
 
@@ -341,14 +409,9 @@ pub async fn read_all_outputs(
 ) -> anyhow::Result<Vec<Output>> {
     let total = record_count(brokers, &[results_topic, dlq_topic]).await?;
     let total = usize::try_from(total)?;
-    let outputs = read_outputs(
-        brokers,
-        results_topic,
-        dlq_topic,
-        timeout,
-        |_| {},
-        |outputs| outputs.len() >= total,
-    )
+    let outputs = read_from_start(brokers, results_topic, dlq_topic, timeout, |outputs| {
+        outputs.len() >= total
+    })
     .await?;
     anyhow::ensure!(
         outputs.len() == total,
@@ -449,7 +512,6 @@ pub async fn wait_committed_to_end(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_actors::FrameResult;
 
     fn result(camera: &str, id: &str) -> Output {
         let json = serde_json::json!({

@@ -1,0 +1,522 @@
+//! Process faults of `tessera run` against a broker it does not own: kill -9 mid-stream and a
+//! restart; SIGTERM under load (what the shutdown commits bounds what a restart re-processes);
+//! and overload (input far faster than processing: memory stays bounded because partitions are
+//! paused, not buffered).
+//! (Lives in the binary's package because only it can locate the built binary.)
+
+#[path = "../../tests/src/delivery.rs"]
+#[allow(dead_code)]
+mod delivery;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use delivery::{
+    DeliveryReport, assert_fits_mock_log, camera_frames, check_delivery, group_progress,
+    read_all_outputs, read_until_covered, record_count, wait_committed_to_end, wait_for_records,
+};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tessera::embedded::{CameraFrame, EmbeddedKafka, publish_frames};
+
+const FRAMES: &str = "frames";
+const RESULTS: &str = "detections";
+const DLQ: &str = "frames.dlq";
+const OUTPUTS: [&str; 2] = [RESULTS, DLQ];
+/// Two cameras whose keys land on different input partitions (librdkafka's default
+/// partitioner: CRC32 of the key) for 2, 3 and 4 partitions.
+const CAMERAS: [&str; 2] = ["cam-north", "cam-east"];
+/// Process start, model load and the first consumer-group join.
+const STARTUP: Duration = Duration::from_secs(120);
+/// Long enough for a whole stream on a loaded 2-core machine; only a deadline.
+const COMPLETION: Duration = Duration::from_secs(240);
+
+fn assets_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("TESSERA_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/assets"))
+        });
+    if dir.join("models").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: assets not found at {} (set TESSERA_ASSETS)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// A broker with the input, results and dead-letter topics.
+fn broker(input_partitions: i32) -> anyhow::Result<(EmbeddedKafka, String)> {
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    kafka.create_topic(FRAMES, input_partitions)?;
+    kafka.create_topic(RESULTS, 2)?;
+    kafka.create_topic(DLQ, 1)?;
+    Ok((kafka, brokers))
+}
+
+/// Writes the configuration file every `tessera run` of a test shares.
+fn write_config(dir: &Path, brokers: &str, group: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join("tessera.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ninput_topics = [\"{FRAMES}\"]\n\
+             results_topic = \"{RESULTS}\"\ndlq_topic = \"{DLQ}\"\n\n[model]\nmanifest = \"{}\"\n\n\
+             [recognize]\nworkers = 1\n",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../models/manifests/yolox-nano/model.toml"
+            )
+        ),
+    )?;
+    Ok(path)
+}
+
+/// A `tessera run` child process. Its stderr (the logs) is kept for inspection and echoed
+/// (shown when a test fails). Killed on drop, so a failing test leaves no process behind.
+struct Tessera {
+    name: &'static str,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tessera {
+    fn spawn(
+        name: &'static str,
+        config: &Path,
+        assets: &Path,
+        overrides: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        command.arg("run").arg("--config").arg(config);
+        for setting in overrides {
+            command.args(["--set", setting]);
+        }
+        let mut child = command
+            .env("TESSERA_ASSETS", assets)
+            .env("RUST_LOG", "info,ort=warn,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[{name}] {line}");
+                    if let Ok(mut logs) = logs.lock() {
+                        logs.push(line);
+                    }
+                }
+            });
+        }
+        Ok(Self { name, child, logs })
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, ...).
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {} failed", self.name);
+        Ok(())
+    }
+
+    /// Waits for the process to exit, polling, up to `timeout`.
+    async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status of the graceful shutdown.
+    async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal("TERM")?;
+        self.wait_exit(timeout).await
+    }
+
+    /// Resident memory now, in bytes (`VmRSS` of /proc/PID/status), if still running.
+    fn resident_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.logs
+            .lock()
+            .map(|logs| logs.iter().any(|l| l.contains(needle)))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Tessera {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn final_report(
+    brokers: &str,
+    sent: &[CameraFrame],
+    allow_duplicates: bool,
+    name: &str,
+) -> anyhow::Result<DeliveryReport> {
+    let outputs = read_all_outputs(brokers, RESULTS, DLQ, Duration::from_secs(60)).await?;
+    let report = check_delivery(sent, &outputs, allow_duplicates);
+    eprintln!("{name}: {report}");
+    Ok(report)
+}
+
+/// The frames (of `sent`, landed at `landed`) that have an output although they lie at or
+/// beyond their partition's committed offset: a consumer restarting from the committed
+/// offsets processes them again. Also fails if a frame below a committed offset has no
+/// output (committed but lost).
+async fn outputs_beyond_commit(
+    brokers: &str,
+    group: &str,
+    sent: &[CameraFrame],
+    landed: &[tessera::embedded::Landed],
+) -> anyhow::Result<Vec<String>> {
+    let outputs = read_all_outputs(brokers, RESULTS, DLQ, Duration::from_secs(60)).await?;
+    let with_output: HashSet<&str> = outputs.iter().filter_map(|o| o.frame_id()).collect();
+    let progress = group_progress(brokers, group, FRAMES).await?;
+    eprintln!("committed: {progress:?}");
+    let mut beyond = Vec::new();
+    let mut lost = Vec::new();
+    for (frame, at) in sent.iter().zip(landed) {
+        let committed = progress
+            .iter()
+            .find(|p| p.partition == at.partition)
+            .and_then(|p| p.committed)
+            .unwrap_or(0);
+        let output = with_output.contains(frame.frame_id.as_str());
+        if at.offset < committed && !output {
+            lost.push(frame.frame_id.clone());
+        }
+        if at.offset >= committed && output {
+            beyond.push(frame.frame_id.clone());
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "committed past frames without an output (lost): {lost:?}"
+    );
+    Ok(beyond)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_loses_nothing() -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let name = "kill -9";
+    let (_kafka, brokers) = broker(2)?;
+    let group = "process-kill";
+    let dog = std::fs::read(assets.join("images/dog.jpg"))?;
+    // Tiled (7 model runs a frame): slow enough that the kill lands mid-stream.
+    let sent = camera_frames(&CAMERAS, 20, &dog);
+    let landed = publish_frames(&brokers, FRAMES, &sent).await?;
+    assert_fits_mock_log(&sent, &landed);
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &brokers, group)?;
+    // The killed member never leaves the group: a short session lets the restart take its
+    // partitions over without waiting 30 s.
+    let overrides = [
+        "kafka.session_timeout=6s".to_owned(),
+        "kafka.revoke_drain_timeout=3s".to_owned(),
+        "flow.max_in_flight_frames=4".to_owned(),
+    ];
+
+    let mut first = Tessera::spawn("first", &config, &assets, &overrides)?;
+    wait_for_records(&brokers, &OUTPUTS, 6, STARTUP).await?;
+    first.signal("KILL")?;
+    let status = first.wait_exit(Duration::from_secs(30)).await?;
+    assert_eq!(status.code(), None, "killed by a signal");
+    let published = record_count(&brokers, &OUTPUTS).await?;
+    assert!(
+        (published as usize) < sent.len(),
+        "all {published} outputs were out before the kill; send more frames"
+    );
+    // What the restart will publish a second time: outputs at or past the last commit.
+    let replayed = outputs_beyond_commit(&brokers, group, &sent, &landed).await?;
+    eprintln!(
+        "{name}: killed after {published} outputs; {} of them past the committed offsets",
+        replayed.len()
+    );
+
+    let mut second = Tessera::spawn("restart", &config, &assets, &overrides)?;
+    read_until_covered(&brokers, RESULTS, DLQ, &sent, COMPLETION).await?;
+    let status = second.terminate(Duration::from_secs(60)).await?;
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+
+    let report = final_report(&brokers, &sent, true, name).await?;
+    report.assert_ok();
+    assert_eq!(report.dead_letters, 0, "every frame is a valid image");
+    // Only frames published past the last commit come out twice (each at most twice). A
+    // commit the killed process had already sent may still land after it was read, so the
+    // duplicates may be fewer than `replayed`, never others.
+    for (id, count) in &report.duplicated {
+        assert!(
+            replayed.contains(id) && *count == 2,
+            "{id} published {count} times, but it was not past the committed offsets {replayed:?}"
+        );
+    }
+    wait_committed_to_end(&brokers, group, FRAMES, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+/// SIGTERM while busy, with `drain` for the frames in flight; the promise: every frame below
+/// the committed offsets has its output, and at most the in-flight window of frames past
+/// them does (those, and only those, a restart publishes again).
+async fn shutdown_under_load(name: &str, group: &str, drain: &str) -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let window = 4;
+    let (_kafka, brokers) = broker(2)?;
+    let dog = std::fs::read(assets.join("images/dog.jpg"))?;
+    let sent = camera_frames(&CAMERAS, 24, &dog);
+    let landed = publish_frames(&brokers, FRAMES, &sent).await?;
+    assert_fits_mock_log(&sent, &landed);
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &brokers, group)?;
+    let overrides = [
+        format!("flow.max_in_flight_frames={window}"),
+        format!("flow.drain_timeout={drain}"),
+    ];
+
+    let mut first = Tessera::spawn("first", &config, &assets, &overrides)?;
+    wait_for_records(&brokers, &OUTPUTS, 6, STARTUP).await?;
+    let status = first.terminate(Duration::from_secs(60)).await?;
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    let published = record_count(&brokers, &OUTPUTS).await?;
+    assert!(
+        (published as usize) < sent.len(),
+        "all {published} outputs were out before SIGTERM; send more frames"
+    );
+    let beyond = outputs_beyond_commit(&brokers, group, &sent, &landed).await?;
+    eprintln!(
+        "{name}: stopped after {published} outputs; {} past the committed offsets {beyond:?} \
+         (in-flight window {window})",
+        beyond.len()
+    );
+    assert!(
+        beyond.len() <= window,
+        "{} frames with outputs past the committed offsets, more than the in-flight window {window}",
+        beyond.len()
+    );
+    let stopped = check_delivery(
+        &sent,
+        &read_all_outputs(&brokers, RESULTS, DLQ, Duration::from_secs(60)).await?,
+        false,
+    );
+    assert_eq!(stopped.duplicates, 0, "{stopped}");
+    assert!(stopped.out_of_order.is_empty(), "{stopped}");
+
+    // The restart re-processes from the committed offsets: the duplicates are exactly the
+    // frames that were past them.
+    // (With the full drain: its own stop must not add duplicates to the count.)
+    let restart = [
+        format!("flow.max_in_flight_frames={window}"),
+        "flow.drain_timeout=20s".to_owned(),
+    ];
+    let mut second = Tessera::spawn("restart", &config, &assets, &restart)?;
+    read_until_covered(&brokers, RESULTS, DLQ, &sent, COMPLETION).await?;
+    let status = second.terminate(Duration::from_secs(60)).await?;
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    let report = final_report(&brokers, &sent, true, name).await?;
+    report.assert_ok();
+    assert_eq!(report.dead_letters, 0, "every frame is a valid image");
+    assert_eq!(
+        report.duplicates,
+        beyond.len(),
+        "a restart publishes again exactly the frames past the commit"
+    );
+    wait_committed_to_end(&brokers, group, FRAMES, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_commits_so_a_restart_reprocesses_at_most_the_window()
+-> anyhow::Result<()> {
+    shutdown_under_load("sigterm, drained", "process-sigterm", "20s").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_no_drain_time_still_bounds_reprocessing_by_the_window() -> anyhow::Result<()>
+{
+    // Frames in flight are abandoned at once; some of them may still be published after the
+    // commit. They are within the window, and the restart processes them again.
+    shutdown_under_load("sigterm, no drain", "process-sigterm-nodrain", "0s").await
+}
+
+/// A 1080p camera-like JPEG: the dog photo scaled up, with sensor-like noise so it
+/// compresses like a real frame rather than a smooth upscale.
+fn full_hd_frame(dog: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut image = image::load_from_memory(dog)?
+        .resize_exact(1920, 1080, image::imageops::FilterType::Triangle)
+        .to_rgb8();
+    let mut state: u32 = 0x9e37_79b9;
+    for pixel in image.pixels_mut() {
+        for channel in pixel.0.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let noise = (state % 25) as i16 - 12;
+            *channel = (i16::from(*channel) + noise).clamp(0, 255) as u8;
+        }
+    }
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&image)?;
+    Ok(jpeg)
+}
+
+/// Publishes each camera's frames to its own partition (as the key would, but with one camera
+/// per partition guaranteed, so no partition outgrows the mock broker's log).
+async fn publish_one_camera_per_partition(
+    brokers: &str,
+    frames: &[(i32, CameraFrame)],
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.max.bytes", "67108864")
+        .create()?;
+    for (partition, frame) in frames {
+        let record = FutureRecord::to(FRAMES)
+            .partition(*partition)
+            .key(&frame.camera)
+            .payload(&frame.payload);
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("publishing {}: {e}", frame.frame_id))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_keeps_memory_bounded_by_pausing_partitions() -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let name = "overload";
+    let frame = full_hd_frame(&std::fs::read(assets.join("images/dog.jpg"))?)?;
+    // The mock broker keeps ~5 MiB per partition, so the backlog is spread over many cameras
+    // (one per partition), each with as many frames as its partition holds.
+    let wanted: usize = 480;
+    let per_camera = (delivery::MOCK_PARTITION_LOG_BYTES * 8 / 10 / frame.len()).max(1);
+    let cameras = wanted.div_ceil(per_camera);
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    kafka.create_topic(FRAMES, i32::try_from(cameras)?)?;
+    kafka.create_topic(RESULTS, 2)?;
+    kafka.create_topic(DLQ, 1)?;
+    let group = "process-overload";
+    let mut sent = Vec::new();
+    for index in 0..per_camera {
+        for camera in 0..cameras {
+            let frame = CameraFrame {
+                camera: format!("cam-{camera:03}").into_bytes(),
+                frame_id: format!("cam-{camera:03}-{index}"),
+                payload: frame.clone(),
+                content_type: None,
+                capture_ms: index as i64,
+            };
+            sent.push((i32::try_from(camera)?, frame));
+        }
+    }
+    let decoded_frame = 1920 * 1080 * 3;
+    let input_bytes = (sent.len() * frame.len()) as u64;
+    let decoded_bytes = (sent.len() * decoded_frame) as u64;
+    publish_one_camera_per_partition(&brokers, &sent).await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path(), &brokers, group)?;
+
+    // Default flow settings; tiled 1080p frames (19 model runs each) on one worker: the input
+    // is all there at once, orders of magnitude faster than it can be processed.
+    let mut run = Tessera::spawn("overload", &config, &assets, &[])?;
+    let sampling = Duration::from_secs(20);
+    let interval = Duration::from_millis(200);
+    // Sample from the start (model load included) until `sampling` after the first output.
+    let mut max_rss = 0;
+    let mut samples = 0;
+    let mut first_output = None;
+    let deadline = tokio::time::Instant::now() + STARTUP + sampling;
+    loop {
+        let now = tokio::time::Instant::now();
+        if let Some(rss) = run.resident_bytes() {
+            max_rss = max_rss.max(rss);
+            samples += 1;
+        }
+        anyhow::ensure!(
+            run.child.try_wait()?.is_none(),
+            "tessera run exited during the overload"
+        );
+        if first_output.is_none() && record_count(&brokers, &OUTPUTS).await.unwrap_or(0) > 0 {
+            first_output = Some(now);
+        }
+        if first_output.is_some_and(|t| now.duration_since(t) >= sampling) {
+            break;
+        }
+        anyhow::ensure!(now < deadline, "no output within {STARTUP:?}");
+        tokio::time::sleep(interval).await;
+    }
+    let processed = record_count(&brokers, &OUTPUTS).await?;
+    let status = run.terminate(Duration::from_secs(90)).await?;
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+
+    const MIB: u64 = 1 << 20;
+    // Far below what buffering the input decoded would take (~2.8 GiB), and below the encoded
+    // input (~460 MiB) on top of the runtime and model: a pipeline that buffered the backlog,
+    // decoded or not, would exceed it; one that pauses holds the in-flight window only.
+    let bound = 512 * MIB;
+    eprintln!(
+        "{name}: {} frames of {} KiB from {cameras} cameras ({} MiB encoded, {} MiB decoded); \
+         processed {processed} while sampling; max RSS {} MiB over {samples} samples; bound {} MiB",
+        sent.len(),
+        frame.len() / 1024,
+        input_bytes / MIB,
+        decoded_bytes / MIB,
+        max_rss / MIB,
+        bound / MIB,
+    );
+    assert!(
+        (processed as usize) < sent.len() / 2,
+        "input was not produced faster than processed"
+    );
+    assert!(
+        max_rss < bound,
+        "resident memory {} MiB exceeded {} MiB",
+        max_rss / MIB,
+        bound / MIB
+    );
+    assert!(
+        run.logged("Paused partitions"),
+        "no \"Paused partitions\" log line: consumption was not paused at the in-flight budget"
+    );
+    Ok(())
+}
