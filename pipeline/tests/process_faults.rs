@@ -4,6 +4,10 @@
 //! paused, not buffered).
 //! (Lives in the binary's package because only it can locate the built binary.)
 
+mod common;
+
+use common::assets_dir;
+
 #[path = "../../tests/src/delivery.rs"]
 #[allow(dead_code)]
 mod delivery;
@@ -34,23 +38,6 @@ const CAMERAS: [&str; 2] = ["cam-north", "cam-east"];
 const STARTUP: Duration = Duration::from_secs(120);
 /// Long enough for a whole stream on a loaded 2-core machine; only a deadline.
 const COMPLETION: Duration = Duration::from_secs(240);
-
-fn assets_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("TESSERA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/assets"))
-        });
-    if dir.join("models").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: assets not found at {} (set TESSERA_ASSETS)",
-            dir.display()
-        );
-        None
-    }
-}
 
 /// A broker with the input, results and dead-letter topics.
 fn broker(input_partitions: i32) -> anyhow::Result<(EmbeddedKafka, String)> {

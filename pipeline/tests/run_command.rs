@@ -2,31 +2,17 @@
 //! environment and flags, until SIGTERM; then it drains, commits and exits 0.
 //! (Lives in the binary's package because only it can locate the built binary.)
 
+mod common;
+
+use common::assets_dir;
+
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tessera::embedded::{CameraFrame, EmbeddedKafka, Output, publish_frames, read_outputs};
-
-fn assets_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("TESSERA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/assets"))
-        });
-    if dir.join("models").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: assets not found at {} (set TESSERA_ASSETS)",
-            dir.display()
-        );
-        None
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_processes_until_sigterm_then_commits_and_exits_zero() -> anyhow::Result<()> {
