@@ -310,7 +310,6 @@ async fn redispatch(state: &IngestState, frames: Vec<Frame>) {
                 let _ = merge.cast(MergeMsg::Failed {
                     meta: frame.meta,
                     payload: frame.payload,
-                    attempt: frame.attempt,
                     failure: PrepareFailure {
                         kind: "processing_failed",
                         message: format!("processing failed {max_attempts} times"),

@@ -32,8 +32,6 @@ pub struct PreparedFrame {
     pub transforms: Vec<InputTransform>,
     pub decode: Duration,
     pub preprocess: Duration,
-    /// Which dispatch of the frame this is; outputs of an earlier attempt are ignored.
-    pub attempt: u32,
 }
 
 /// Messages to [`Merge`].
@@ -44,7 +42,6 @@ pub enum MergeMsg {
     /// Outputs of some tiles of a frame.
     Tiles {
         frame: FrameKey,
-        attempt: u32,
         tiles: Vec<usize>,
         outputs: Vec<TileOutput>,
         inference: Duration,
@@ -52,7 +49,6 @@ pub enum MergeMsg {
     /// A model run failed for some tiles of a frame, in a way retrying will not fix.
     TilesFailed {
         frame: FrameKey,
-        attempt: u32,
         kind: &'static str,
         message: String,
     },
@@ -60,7 +56,6 @@ pub enum MergeMsg {
     Failed {
         meta: Arc<FrameMeta>,
         payload: Arc<[u8]>,
-        attempt: u32,
         failure: PrepareFailure,
     },
     /// The lag policy skipped the frame: publish it as `status: skipped`.
@@ -130,39 +125,30 @@ impl Actor for Merge {
     ) -> Result<(), ActorProcessingErr> {
         let finished = match message {
             MergeMsg::Expect(frame) => {
-                let key = frame.meta.key.clone();
-                let newer = state
+                // A re-dispatched frame keeps the progress of earlier attempts: tiling is
+                // deterministic, so any attempt's tile output fills the same slot, and a slow
+                // frame is never reset by its own re-dispatch.
+                let tiles = frame.transforms.len();
+                state
                     .pending
-                    .get(&key)
-                    .is_none_or(|pending| pending.frame.attempt < frame.attempt);
-                if newer {
-                    let tiles = frame.transforms.len();
-                    state.pending.insert(
-                        key,
-                        Pending {
-                            frame,
-                            outputs: (0..tiles).map(|_| None).collect(),
-                            remaining: tiles,
-                            inference: Duration::ZERO,
-                            failure: None,
-                        },
-                    );
-                }
+                    .entry(frame.meta.key.clone())
+                    .or_insert_with(|| Pending {
+                        frame,
+                        outputs: (0..tiles).map(|_| None).collect(),
+                        remaining: tiles,
+                        inference: Duration::ZERO,
+                        failure: None,
+                    });
                 None
             }
             MergeMsg::Tiles {
                 frame,
-                attempt,
                 tiles,
                 outputs,
                 inference,
             } => {
-                let Some(pending) = state
-                    .pending
-                    .get_mut(&frame)
-                    .filter(|p| p.frame.attempt == attempt)
-                else {
-                    // A frame already finished, or an earlier attempt's late output.
+                let Some(pending) = state.pending.get_mut(&frame) else {
+                    // The frame already finished (a re-dispatched duplicate's late output).
                     return Ok(());
                 };
                 pending.inference += inference;
@@ -177,24 +163,18 @@ impl Actor for Merge {
             }
             MergeMsg::TilesFailed {
                 frame,
-                attempt,
                 kind,
                 message,
             } => {
                 // The frame goes to the DLQ at once; later outputs of its other tiles are ignored.
-                state
-                    .pending
-                    .get_mut(&frame)
-                    .filter(|p| p.frame.attempt == attempt)
-                    .map(|pending| {
-                        pending.failure = Some(PrepareFailure { kind, message });
-                        frame
-                    })
+                state.pending.get_mut(&frame).map(|pending| {
+                    pending.failure = Some(PrepareFailure { kind, message });
+                    frame
+                })
             }
             MergeMsg::Failed {
                 meta,
                 payload,
-                attempt: _,
                 failure,
             } => {
                 let key = meta.key.clone();

@@ -161,7 +161,6 @@ impl PrepareWorker {
                 merge.cast(MergeMsg::Failed {
                     meta: frame.meta,
                     payload: frame.payload,
-                    attempt: frame.attempt,
                     failure,
                 })?;
                 return Ok(());
@@ -176,7 +175,6 @@ impl PrepareWorker {
             transforms: prepared.transforms,
             decode: prepared.decode,
             preprocess: prepared.preprocess,
-            attempt: frame.attempt,
         })))?;
         let recognize =
             lookup_patiently::<RecognizeMsg>(&self.names.recognize(), Duration::from_secs(30))
@@ -197,7 +195,6 @@ impl PrepareWorker {
                     (),
                     TileBatch {
                         frame: frame_key.clone(),
-                        attempt: frame.attempt,
                         tiles,
                         tensor,
                         batch,

@@ -19,8 +19,6 @@ use crate::names::{ActorNames, lookup, lookup_patiently};
 #[derive(Debug)]
 pub struct TileBatch {
     pub frame: FrameKey,
-    /// The frame's dispatch attempt (see [`crate::frame::Frame::attempt`]).
-    pub attempt: u32,
     /// Tile indices (within the frame) of the batch's first `tiles.len()` slots.
     pub tiles: Vec<usize>,
     /// NCHW input, `batch` slots.
@@ -116,7 +114,6 @@ impl Worker for RecognizeWorker {
             .ok_or("session lost by an earlier failure")?;
         let TileBatch {
             frame,
-            attempt,
             tiles,
             tensor,
             batch: batch_size,
@@ -157,7 +154,6 @@ impl Worker for RecognizeWorker {
                 outputs.truncate(tiles.len());
                 merge.cast(MergeMsg::Tiles {
                     frame,
-                    attempt,
                     tiles,
                     outputs,
                     inference: elapsed,
@@ -173,7 +169,6 @@ impl Worker for RecognizeWorker {
                 tracing::warn!(%error, "Model run failed");
                 merge.cast(MergeMsg::TilesFailed {
                     frame,
-                    attempt,
                     kind: error.kind(),
                     message: error.to_string(),
                 })?;
