@@ -2,7 +2,6 @@
 //! demo, the integration tests and the benchmarks share: publish frames as a camera would,
 //! and read back what tessera published.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -136,6 +135,35 @@ pub enum Output {
 }
 
 impl Output {
+    /// Reads a record of the results topic (`results_topic`) or of the dead-letter topic.
+    pub fn from_message(message: &impl Message, results_topic: &str) -> anyhow::Result<Self> {
+        let key = message.key().map(<[u8]>::to_vec);
+        if message.topic() == results_topic {
+            let result: FrameResult =
+                serde_json::from_slice(message.payload().unwrap_or_default())?;
+            return Ok(Output::Result {
+                key,
+                partition: message.partition(),
+                result: Box::new(result),
+            });
+        }
+        let header = |name: &str| {
+            message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+            })
+        };
+        Ok(Output::DeadLetter {
+            key,
+            frame_id: header(HEADER_FRAME_ID),
+            kind: header(HEADER_ERROR_KIND).unwrap_or_default(),
+            error: header(HEADER_ERROR).unwrap_or_default(),
+            payload_len: message.payload().map_or(0, <[u8]>::len),
+        })
+    }
+
     /// The frame id the output refers to.
     pub fn frame_id(&self) -> Option<&str> {
         match self {
@@ -175,38 +203,7 @@ pub async fn read_outputs(
             }
             Ok(Ok(message)) => message,
         };
-        let key = message.key().map(<[u8]>::to_vec);
-        let output = if message.topic() == results_topic {
-            let result: FrameResult =
-                serde_json::from_slice(message.payload().unwrap_or_default())?;
-            Output::Result {
-                key,
-                partition: message.partition(),
-                result: Box::new(result),
-            }
-        } else {
-            let headers: HashMap<String, String> = message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            Output::DeadLetter {
-                key,
-                frame_id: headers.get(HEADER_FRAME_ID).cloned(),
-                kind: headers.get(HEADER_ERROR_KIND).cloned().unwrap_or_default(),
-                error: headers.get(HEADER_ERROR).cloned().unwrap_or_default(),
-                payload_len: message.payload().map_or(0, <[u8]>::len),
-            }
-        };
+        let output = Output::from_message(&message, results_topic)?;
         on_output(&output);
         outputs.push(output);
     }

@@ -17,11 +17,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tessera::embedded::{CameraFrame, Landed, Output};
-use tessera_actors::FrameResult;
-use tessera_actors::frame::{HEADER_ERROR, HEADER_ERROR_KIND, HEADER_FRAME_ID};
 
 /// `per_camera` frames of each camera, interleaved (c0-0, c1-0, c0-1, ...), frame id
 /// `{camera}-{index}`, all carrying `payload`.
@@ -344,32 +341,7 @@ pub async fn read_from_start(
             Ok(Err(_)) => continue,
             Ok(Ok(message)) => message,
         };
-        let key = message.key().map(<[u8]>::to_vec);
-        let output = if message.topic() == results_topic {
-            let result: FrameResult =
-                serde_json::from_slice(message.payload().unwrap_or_default())?;
-            Output::Result {
-                key,
-                partition: message.partition(),
-                result: Box::new(result),
-            }
-        } else {
-            let header = |name: &str| {
-                message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|h| h.key == name)
-                        .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-                })
-            };
-            Output::DeadLetter {
-                key,
-                frame_id: header(HEADER_FRAME_ID),
-                kind: header(HEADER_ERROR_KIND).unwrap_or_default(),
-                error: header(HEADER_ERROR).unwrap_or_default(),
-                payload_len: message.payload().map_or(0, <[u8]>::len),
-            }
-        };
+        let output = Output::from_message(&message, results_topic)?;
         outputs.push(output);
     }
     Ok(outputs)
@@ -525,7 +497,8 @@ mod tests {
             "detections": [], "classifications": [],
             "latency_ms": {"decode": 0.0, "preprocess": 0.0, "inference": 0.0, "merge": 0.0, "total": 0.0}
         });
-        let result: FrameResult = serde_json::from_value(json).expect("valid result document");
+        let result: tessera_actors::FrameResult =
+            serde_json::from_value(json).expect("valid result document");
         Output::Result {
             key: Some(camera.as_bytes().to_vec()),
             partition: 0,
