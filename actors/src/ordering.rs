@@ -19,6 +19,15 @@ struct StreamBuffer<T> {
     waiting: BTreeMap<u64, T>,
 }
 
+impl<T> Default for StreamBuffer<T> {
+    fn default() -> Self {
+        Self {
+            next: 0,
+            waiting: BTreeMap::new(),
+        }
+    }
+}
+
 impl<T> StreamBuffer<T> {
     fn release(&mut self, out: &mut Vec<T>) {
         while let Some(item) = self.waiting.remove(&self.next) {
@@ -39,13 +48,7 @@ impl<S: Eq + Hash + Clone, T> Default for Reorder<S, T> {
 impl<S: Eq + Hash + Clone, T> Reorder<S, T> {
     /// Adds a completed item and appends to `out` every item that is now releasable, in order.
     pub fn complete(&mut self, stream: &S, seq: u64, item: T, out: &mut Vec<T>) {
-        let buffer = self
-            .streams
-            .entry(stream.clone())
-            .or_insert_with(|| StreamBuffer {
-                next: 0,
-                waiting: BTreeMap::new(),
-            });
+        let buffer = self.streams.entry(stream.clone()).or_default();
         if seq < buffer.next {
             // Already released: a re-dispatched frame finished twice.
             return;
@@ -57,13 +60,7 @@ impl<S: Eq + Hash + Clone, T> Reorder<S, T> {
     /// Moves a stream's next sequence number forward to `next` (never back): everything below
     /// it is known to be done. Used after a restart lost the buffer's state.
     pub fn resume(&mut self, stream: &S, next: u64, out: &mut Vec<T>) {
-        let buffer = self
-            .streams
-            .entry(stream.clone())
-            .or_insert_with(|| StreamBuffer {
-                next: 0,
-                waiting: BTreeMap::new(),
-            });
+        let buffer = self.streams.entry(stream.clone()).or_default();
         if next > buffer.next {
             buffer.next = next;
             buffer.waiting = buffer.waiting.split_off(&next);
