@@ -35,6 +35,8 @@ pub struct PipelineConfig {
     pub flow: FlowConfig,
     /// Restart policy of the supervisor.
     pub supervision: SupervisionConfig,
+    /// The HTTP endpoints: metrics, health, status and admin.
+    pub http: HttpConfig,
 }
 
 impl PipelineConfig {
@@ -87,6 +89,7 @@ impl PipelineConfig {
                 "must be at least 1",
             ));
         }
+        self.http.validate()?;
         if self.supervision.max_restarts == 0 {
             return Err(ConfigError::invalid(
                 "supervision.max_restarts",
@@ -127,6 +130,11 @@ pub struct KafkaConfig {
     /// Most pre-fetched data librdkafka buffers per consumer, in KiB (its
     /// `queued.max.messages.kbytes`); paused partitions are not fetched at all.
     pub fetch_buffer_kbytes: usize,
+    /// How often the consumer lag is measured (a watermark query per assigned partition)
+    /// and librdkafka reports statistics (committed offsets; a sign of life for `/healthz`);
+    /// `0s` turns both off.
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
     /// Extra librdkafka properties for both clients, e.g. `security.protocol`,
     /// `sasl.mechanisms`, `ssl.ca.location`.
     pub properties: BTreeMap<String, String>,
@@ -149,6 +157,7 @@ impl Default for KafkaConfig {
             message_timeout: Duration::from_secs(60),
             revoke_drain_timeout: Duration::from_secs(10),
             fetch_buffer_kbytes: 16 * 1024,
+            statistics_interval: Duration::from_secs(5),
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -347,5 +356,93 @@ impl Default for SupervisionConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
         }
+    }
+}
+
+/// The HTTP server (axum): `/metrics`, `/healthz`, `/readyz`, `/v1/status`, and the admin
+/// endpoints `POST /v1/pause` and `POST /v1/resume`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Whether to serve HTTP at all.
+    pub enabled: bool,
+    /// Address to listen on, `host:port` (port 0 picks a free one).
+    pub address: String,
+    /// Bearer token the admin endpoints require (`Authorization: Bearer <token>`); also read
+    /// from `TESSERA_ADMIN_TOKEN`. Without one the admin endpoints are disabled.
+    pub admin_token: Option<String>,
+    /// Longest time a request may take before it is answered with 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most requests served at once; more wait.
+    pub max_concurrent_requests: usize,
+    /// `/healthz` fails when the Kafka consumer has not polled for this long (a hung
+    /// consumer); needs `kafka.statistics_interval` well below it. `0s` turns the check off.
+    #[serde(with = "humantime_serde")]
+    pub liveness_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: "0.0.0.0:9464".into(),
+            admin_token: None,
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 64,
+            liveness_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The environment variable holding the admin token (kept out of configuration files).
+pub const ADMIN_TOKEN_VARIABLE: &str = "TESSERA_ADMIN_TOKEN";
+
+impl HttpConfig {
+    /// The admin token: the configuration's, else `TESSERA_ADMIN_TOKEN`; empty means none.
+    pub fn resolved_admin_token(&self) -> Option<String> {
+        self.admin_token
+            .clone()
+            .or_else(|| std::env::var(ADMIN_TOKEN_VARIABLE).ok())
+            .filter(|token| !token.trim().is_empty())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled && self.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "http.address",
+                format!("{:?} is not a host:port socket address", self.address),
+            ));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::invalid(
+                "http.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "http.request_timeout",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+// The token must never reach logs or `tessera config` output in clear.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("enabled", &self.enabled)
+            .field("address", &self.address)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("request_timeout", &self.request_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("liveness_timeout", &self.liveness_timeout)
+            .finish()
     }
 }

@@ -80,6 +80,19 @@ pub struct Committable {
     pub offset: i64,
 }
 
+/// One assigned partition's progress (see [`InFlight::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProgress {
+    pub partition: PartitionId,
+    pub generation: u64,
+    /// Frames consumed and not yet acknowledged.
+    pub in_flight: usize,
+    /// Offset of the oldest frame in flight.
+    pub oldest_in_flight: Option<i64>,
+    /// The offset tessera may commit (everything below it is acknowledged).
+    pub committable: Option<i64>,
+}
+
 impl InFlight {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means a thread panicked while holding it; the maps stay valid.
@@ -256,6 +269,24 @@ impl InFlight {
                 ((id.clone(), p.generation), lowest)
             })
             .collect()
+    }
+
+    /// Where each assigned partition stands, for the status endpoint.
+    pub fn snapshot(&self) -> Vec<PartitionProgress> {
+        let state = self.lock();
+        let mut progress: Vec<PartitionProgress> = state
+            .partitions
+            .iter()
+            .map(|(id, p)| PartitionProgress {
+                partition: id.clone(),
+                generation: p.generation,
+                in_flight: p.frames.len(),
+                oldest_in_flight: p.frames.keys().next().copied(),
+                committable: p.watermark.committable(),
+            })
+            .collect();
+        progress.sort_by(|a, b| a.partition.cmp(&b.partition));
+        progress
     }
 
     /// The frame under `key` for another attempt, if it is still in flight.

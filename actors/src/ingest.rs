@@ -4,6 +4,7 @@
 //! On a partition revoke it drains the partition's frames within a deadline and commits.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,8 +14,9 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::sync::{Semaphore, TryAcquireError, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{FlowConfig, KafkaConfig};
@@ -22,8 +24,14 @@ use crate::frame::{Frame, FrameMeta, PartitionId, now_ms};
 use crate::inflight::{Committable, InFlight};
 use crate::kafka::consumer_config;
 use crate::merge::MergeMsg;
+use crate::metrics::Queue;
+use crate::monitor::Monitor;
 use crate::names::{ActorNames, lookup, lookup_patiently};
 use crate::prepare::{PrepareFailure, PrepareMsg};
+use crate::throttle::{LOG_INTERVAL, Throttle};
+
+static CONSUMER_ERROR: Throttle = Throttle::new(LOG_INTERVAL);
+static COMMIT_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
 /// The ingest actor.
 #[derive(Debug)]
@@ -39,6 +47,7 @@ pub struct IngestArgs {
     pub credits: Arc<Semaphore>,
     /// Frames in flight; outlives this actor so a restarted ingest sees what is pending.
     pub inflight: Arc<InFlight>,
+    pub monitor: Arc<Monitor>,
 }
 
 /// Messages to [`Ingest`].
@@ -52,6 +61,8 @@ pub enum IngestMsg {
     RedispatchAll,
     /// Periodic check for frames that have been in flight too long.
     Tick,
+    /// Periodic query of the assigned partitions' watermarks, for the consumer lag.
+    MeasureLag,
     /// Stop consuming new frames; frames in flight go on.
     StopConsuming(RpcReplyPort<()>),
     /// Commit the stored offsets now (synchronously) and reply.
@@ -65,11 +76,38 @@ pub enum IngestMsg {
 pub struct IngestContext {
     inflight: Arc<InFlight>,
     revoke_drain: Duration,
-    /// Whether flow control has paused consumption (newly assigned partitions are paused too).
+    /// Whether consumption is paused (newly assigned partitions are paused too).
     paused: Arc<AtomicBool>,
+    monitor: Arc<Monitor>,
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        let committed = statistics
+            .topics
+            .into_iter()
+            .flat_map(|(topic, stats)| {
+                let topic: Arc<str> = Arc::from(topic);
+                stats
+                    .partitions
+                    .into_values()
+                    // -1 is librdkafka's internal "unassigned" partition.
+                    .filter(|p| p.partition >= 0)
+                    .map(move |p| {
+                        let partition = PartitionId {
+                            topic: topic.clone(),
+                            partition: p.partition,
+                        };
+                        (
+                            partition,
+                            (p.committed_offset >= 0).then_some(p.committed_offset),
+                        )
+                    })
+            })
+            .collect();
+        self.monitor.committed_offsets(committed);
+    }
+}
 
 impl ConsumerContext for IngestContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -85,6 +123,7 @@ impl ConsumerContext for IngestContext {
         // next owner starts after the last offset we committed.
         let (committable, abandoned) =
             block_in_place_if_possible(|| self.inflight.revoke(&partitions, deadline));
+        self.monitor.partitions_revoked(&partitions);
         if !committable.is_empty() {
             let offsets = offsets_list(&committable);
             if let Err(error) = consumer
@@ -106,10 +145,17 @@ impl ConsumerContext for IngestContext {
             Rebalance::Assign(assigned) => {
                 let partitions = partition_ids(assigned);
                 self.inflight.assign(&partitions);
-                if self.paused.load(Ordering::SeqCst)
-                    && let Err(error) = consumer.pause(assigned)
-                {
-                    tracing::warn!(%error, "Could not pause newly assigned partitions");
+                self.monitor.partitions_assigned(&partitions);
+                if self.paused.load(Ordering::SeqCst) {
+                    if let Err(error) = consumer.pause(assigned) {
+                        tracing::warn!(%error, "Could not pause newly assigned partitions");
+                    }
+                    if let Ok(assignment) = consumer.assignment() {
+                        self.monitor
+                            .metrics
+                            .partitions_paused
+                            .set(assignment.count() as i64);
+                    }
                 }
                 tracing::info!(partitions = partitions.len(), "Partitions assigned");
             }
@@ -171,6 +217,9 @@ pub struct IngestState {
     flow: FlowConfig,
     names: ActorNames,
     inflight: Arc<InFlight>,
+    monitor: Arc<Monitor>,
+    /// Whether a watermark query is under way.
+    measuring_lag: Arc<AtomicBool>,
     /// The task that polls the consumer; dropped (aborted) to stop consuming.
     consume_loop: Option<AbortOnDrop>,
 }
@@ -196,6 +245,7 @@ impl Actor for Ingest {
             inflight: args.inflight.clone(),
             revoke_drain: args.kafka.revoke_drain_timeout,
             paused: paused.clone(),
+            monitor: args.monitor.clone(),
         };
         let consumer: IngestConsumer = consumer_config(&args.kafka).create_with_context(context)?;
         let topics: Vec<&str> = args.kafka.input_topics.iter().map(String::as_str).collect();
@@ -208,13 +258,20 @@ impl Actor for Ingest {
             credits: args.credits,
             inflight: args.inflight.clone(),
             paused,
+            operator_pause: args.monitor.watch_pause(),
+            monitor: args.monitor.clone(),
         }));
         myself.send_interval(Duration::from_secs(1), || IngestMsg::Tick);
+        if !args.kafka.statistics_interval.is_zero() {
+            myself.send_interval(args.kafka.statistics_interval, || IngestMsg::MeasureLag);
+        }
         Ok(IngestState {
             consumer,
             flow: args.flow,
             names: args.names,
             inflight: args.inflight,
+            monitor: args.monitor,
+            measuring_lag: Arc::new(AtomicBool::new(false)),
             consume_loop: Some(AbortOnDrop(consume_loop)),
         })
     }
@@ -235,6 +292,11 @@ impl Actor for Ingest {
                     // The partition may have been revoked meanwhile; its new owner re-reads.
                     tracing::debug!(%error, "Could not store offset");
                 }
+                state
+                    .monitor
+                    .metrics
+                    .frames_in_flight
+                    .set(state.inflight.len() as i64);
             }
             IngestMsg::Redispatch(key) => {
                 if let Some(frame) = state.inflight.redispatch(&key) {
@@ -257,6 +319,12 @@ impl Actor for Ingest {
                 redispatch(state, frames).await;
             }
             IngestMsg::Tick => {
+                // Revokes forget frames too: keep the gauge true between acknowledgements.
+                state
+                    .monitor
+                    .metrics
+                    .frames_in_flight
+                    .set(state.inflight.len() as i64);
                 let frames = state
                     .inflight
                     .for_redispatch(Some(state.flow.frame_timeout));
@@ -265,6 +333,7 @@ impl Actor for Ingest {
                 }
                 redispatch(state, frames).await;
             }
+            IngestMsg::MeasureLag => measure_lag(state),
             IngestMsg::StopConsuming(reply) => {
                 if state.consume_loop.take().is_some() {
                     tracing::info!("Stopped consuming");
@@ -293,6 +362,38 @@ impl Actor for Ingest {
     }
 }
 
+/// Queries the assigned partitions' watermarks off the actor (each is a broker round trip)
+/// and hands them to the monitor, which derives the lag. One query at a time.
+fn measure_lag(state: &IngestState) {
+    if state.measuring_lag.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let (consumer, monitor, measuring) = (
+        state.consumer.clone(),
+        state.monitor.clone(),
+        state.measuring_lag.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let assignment = consumer.assignment().unwrap_or_default();
+        let watermarks = assignment
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let (low, high) = consumer
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+                    .ok()?;
+                let partition = PartitionId {
+                    topic: Arc::from(e.topic()),
+                    partition: e.partition(),
+                };
+                Some((partition, low, high))
+            })
+            .collect();
+        monitor.partition_watermarks(watermarks);
+        measuring.store(false, Ordering::SeqCst);
+    });
+}
+
 /// Dispatches frames again, or dead-letters those out of attempts.
 async fn redispatch(state: &IngestState, frames: Vec<Frame>) {
     if frames.is_empty() {
@@ -318,12 +419,12 @@ async fn redispatch(state: &IngestState, frames: Vec<Frame>) {
             }
             continue;
         }
-        dispatch(&state.names, frame).await;
+        dispatch(&state.names, &state.monitor, frame).await;
     }
 }
 
 /// Hands a frame to the prepare pool, waiting briefly if the pool is being restarted.
-async fn dispatch(names: &ActorNames, frame: Frame) {
+async fn dispatch(names: &ActorNames, monitor: &Monitor, frame: Frame) {
     let Some(prepare) =
         lookup_patiently::<PrepareMsg>(&names.prepare(), Duration::from_secs(30)).await
     else {
@@ -331,8 +432,9 @@ async fn dispatch(names: &ActorNames, frame: Frame) {
         tracing::error!("Prepare pool unavailable");
         return;
     };
-    if let Err(error) = prepare.dispatch((), frame) {
-        tracing::error!(%error, "Could not hand a frame to the prepare pool");
+    match prepare.dispatch((), frame) {
+        Ok(()) => monitor.metrics.queue(Queue::Prepare).pushed.inc(),
+        Err(error) => tracing::error!(%error, "Could not hand a frame to the prepare pool"),
     }
 }
 
@@ -343,7 +445,11 @@ fn commit(consumer: &IngestConsumer) {
         Err(rdkafka::error::KafkaError::ConsumerCommit(
             rdkafka::types::RDKafkaErrorCode::NoOffset,
         )) => {}
-        Err(error) => tracing::warn!(%error, "Offset commit failed"),
+        Err(error) => {
+            if let Some(held_back) = COMMIT_FAILED.allow() {
+                tracing::warn!(%error, held_back, "Offset commit failed");
+            }
+        }
     }
 }
 
@@ -353,59 +459,126 @@ struct ConsumeLoop {
     names: ActorNames,
     credits: Arc<Semaphore>,
     inflight: Arc<InFlight>,
+    /// Whether the assigned partitions are paused (shared with the rebalance callbacks).
     paused: Arc<AtomicBool>,
+    /// The operator pause (`POST /v1/pause`).
+    operator_pause: watch::Receiver<bool>,
+    monitor: Arc<Monitor>,
+}
+
+/// Why consumption is paused.
+#[derive(Debug, Clone, Copy)]
+enum PauseReason {
+    Budget,
+    Operator,
+}
+
+impl PauseReason {
+    fn describe(self) -> &'static str {
+        match self {
+            PauseReason::Budget => "Paused partitions: in-flight budget exhausted",
+            PauseReason::Operator => "Paused partitions: paused by an operator",
+        }
+    }
 }
 
 /// Polls the consumer while credits are available and hands each frame to the prepare pool.
-/// Without credits it pauses the assigned partitions (so nothing is fetched or buffered) but
-/// keeps polling, which serves rebalance callbacks, until a credit returns.
+/// Without credits, or while an operator has paused consumption, it pauses the assigned
+/// partitions (so nothing is fetched or buffered) but keeps polling, which serves rebalance
+/// callbacks, until it may go on.
 async fn consume_loop(ctx: ConsumeLoop) {
     // Records that arrived while pausing (fetched just before); processed first on resume.
     let mut held: VecDeque<OwnedMessage> = VecDeque::new();
     loop {
+        if *ctx.operator_pause.borrow() {
+            let mut pause = ctx.operator_pause.clone();
+            let resumed = async move { pause_becomes(&mut pause, false).await };
+            hold_paused(&ctx, &mut held, PauseReason::Operator, resumed).await;
+            continue;
+        }
         let credit = match ctx.credits.clone().try_acquire_owned() {
             Ok(credit) => credit,
             Err(TryAcquireError::Closed) => return,
             Err(TryAcquireError::NoPermits) => {
-                set_paused(&ctx, true);
-                let credit = loop {
-                    tokio::select! {
-                        biased;
-                        credit = ctx.credits.clone().acquire_owned() => match credit {
-                            Ok(credit) => break credit,
-                            Err(_) => return,
-                        },
-                        message = ctx.consumer.recv() => match message {
-                            Ok(message) => {
-                                held.push_back(message.detach());
-                                // A partition assigned meanwhile may have delivered it.
-                                set_paused(&ctx, true);
-                            }
-                            Err(error) => tracing::warn!(%error, "Kafka consumer error"),
-                        },
-                    }
-                };
-                set_paused(&ctx, false);
-                credit
+                let credits = ctx.credits.clone();
+                let credit = async move { credits.acquire_owned().await.ok() };
+                match hold_paused(&ctx, &mut held, PauseReason::Budget, credit).await {
+                    Some(credit) => credit,
+                    None => return,
+                }
             }
         };
         let frame = match held.pop_front() {
             Some(message) => register(&ctx.inflight, &message, credit),
-            None => match ctx.consumer.recv().await {
-                Ok(message) => register(&ctx.inflight, &message, credit),
-                Err(error) => {
-                    tracing::warn!(%error, "Kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+            None => {
+                let mut pause = ctx.operator_pause.clone();
+                tokio::select! {
+                    biased;
+                    // An operator pause takes effect while waiting for the next record too.
+                    () = pause_becomes(&mut pause, true) => continue,
+                    message = ctx.consumer.recv() => match message {
+                        Ok(message) => register(&ctx.inflight, &message, credit),
+                        Err(error) => {
+                            if let Some(held_back) = CONSUMER_ERROR.allow() {
+                                tracing::warn!(%error, held_back, "Kafka consumer error");
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
                 }
-            },
+            }
         };
-        dispatch(&ctx.names, frame).await;
+        let metrics = &ctx.monitor.metrics;
+        ctx.monitor.consumer_heartbeat();
+        metrics.frames_consumed.inc();
+        metrics.frames_in_flight.set(ctx.inflight.len() as i64);
+        dispatch(&ctx.names, &ctx.monitor, frame).await;
     }
 }
 
+/// Waits until the operator pause is `paused` (forever if its sender is gone, which cannot
+/// happen while the monitor lives).
+async fn pause_becomes(pause: &mut watch::Receiver<bool>, paused: bool) {
+    if pause.wait_for(|p| *p == paused).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Keeps the assigned partitions paused, polling (and holding what still arrives), until
+/// `until` completes.
+async fn hold_paused<T>(
+    ctx: &ConsumeLoop,
+    held: &mut VecDeque<OwnedMessage>,
+    reason: PauseReason,
+    until: impl Future<Output = T>,
+) -> T {
+    set_paused(ctx, true, reason);
+    let mut until = std::pin::pin!(until);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            outcome = &mut until => break outcome,
+            message = ctx.consumer.recv() => match message {
+                Ok(message) => {
+                    held.push_back(message.detach());
+                    // A partition assigned meanwhile may have delivered it.
+                    set_paused(ctx, true, reason);
+                }
+                Err(error) => {
+                    if let Some(held_back) = CONSUMER_ERROR.allow() {
+                        tracing::warn!(%error, held_back, "Kafka consumer error");
+                    }
+                }
+            },
+        }
+    };
+    set_paused(ctx, false, reason);
+    outcome
+}
+
 /// Pauses or resumes every assigned partition, logging transitions once.
-fn set_paused(ctx: &ConsumeLoop, pause: bool) {
+fn set_paused(ctx: &ConsumeLoop, pause: bool, reason: PauseReason) {
     let was = ctx.paused.swap(pause, Ordering::SeqCst);
     let assignment = match ctx.consumer.assignment() {
         Ok(assignment) => assignment,
@@ -422,11 +595,14 @@ fn set_paused(ctx: &ConsumeLoop, pause: bool) {
     if let Err(error) = result {
         tracing::warn!(%error, pause, "Could not change the partitions' pause state");
     }
+    let paused = if pause { assignment.count() } else { 0 };
+    ctx.monitor.metrics.partitions_paused.set(paused as i64);
     if pause && !was {
         tracing::info!(
             partitions = assignment.count(),
             in_flight = ctx.inflight.len(),
-            "Paused partitions: in-flight budget exhausted"
+            "{}",
+            reason.describe()
         );
     } else if !pause && was {
         tracing::info!(partitions = assignment.count(), "Resumed partitions");

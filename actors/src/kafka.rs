@@ -24,6 +24,10 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set(
             "queued.max.messages.kbytes",
             config.fetch_buffer_kbytes.to_string(),
+        )
+        .set(
+            "statistics.interval.ms",
+            config.statistics_interval.as_millis().to_string(),
         );
     for (key, value) in &config.consumer_properties {
         client.set(key, value);

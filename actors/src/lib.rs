@@ -8,6 +8,9 @@
 //!  ├─ Merge       tile results -> frame results, per-partition input order restored
 //!  └─ Publish     Kafka producer (results, dead letters); acks release offsets
 //! ```
+//!
+//! A [`Monitor`] beside the tree holds the metrics, health, status and operator pause that
+//! the `tessera` binary serves over HTTP.
 
 pub mod config;
 pub mod error;
@@ -16,6 +19,8 @@ pub mod inflight;
 pub mod ingest;
 pub mod kafka;
 pub mod merge;
+pub mod metrics;
+pub mod monitor;
 pub mod names;
 pub mod ordering;
 pub mod prepare;
@@ -24,6 +29,7 @@ pub mod recognize;
 pub mod recovery;
 pub mod result;
 pub mod supervisor;
+pub mod throttle;
 pub mod watermark;
 
 use std::path::Path;
@@ -37,6 +43,7 @@ use tokio::task::JoinHandle;
 
 pub use config::PipelineConfig;
 pub use error::{ConfigError, PipelineError};
+pub use monitor::{Monitor, Phase, StatusReport};
 pub use result::FrameResult;
 pub use supervisor::ShutdownReport;
 
@@ -53,14 +60,47 @@ pub struct PipelineHandle {
     exit: Arc<Mutex<Option<PipelineError>>>,
     model: Arc<Model>,
     execution_provider: String,
+    monitor: Arc<Monitor>,
 }
 
-/// Loads the model, then starts the actor tree. `assets_dir` is where model files are found
-/// when the configuration names none (see [`Model::load`]).
+/// Loads the model, then starts the actor tree, with a fresh [`Monitor`].
 pub async fn start(
     config: PipelineConfig,
     instance: &str,
     assets_dir: Option<&Path>,
+) -> Result<PipelineHandle, PipelineError> {
+    let monitor = Monitor::new(
+        instance,
+        &config.kafka.group_id,
+        config.http.liveness_timeout,
+    );
+    start_monitored(config, instance, assets_dir, monitor).await
+}
+
+/// Loads the model, then starts the actor tree reporting to `monitor` (created beforehand so
+/// that health and metrics can be served while the model loads). A failed start leaves the
+/// monitor in [`Phase::Failed`].
+pub async fn start_monitored(
+    config: PipelineConfig,
+    instance: &str,
+    assets_dir: Option<&Path>,
+    monitor: Arc<Monitor>,
+) -> Result<PipelineHandle, PipelineError> {
+    let started = start_tree(config, instance, assets_dir, monitor.clone()).await;
+    match &started {
+        Ok(_) => monitor.set_phase(Phase::Running),
+        Err(_) => monitor.set_phase(Phase::Failed),
+    }
+    started
+}
+
+/// Loads the model, then starts the actor tree. `assets_dir` is where model files are found
+/// when the configuration names none (see [`Model::load`]).
+async fn start_tree(
+    config: PipelineConfig,
+    instance: &str,
+    assets_dir: Option<&Path>,
+    monitor: Arc<Monitor>,
 ) -> Result<PipelineHandle, PipelineError> {
     config.validate()?;
     let config = Arc::new(config);
@@ -81,6 +121,17 @@ pub async fn start(
     let batch_dim = probe.batch_dim();
     let execution_provider = probe.execution_provider().to_owned();
     drop(probe);
+    monitor.set_model(monitor::ModelStatus {
+        name: model.manifest.name.clone(),
+        version: model.manifest.version.clone(),
+        head_version: None,
+        execution_provider: execution_provider.clone(),
+        input: [model.manifest.input.width, model.manifest.input.height],
+        batch: match batch_dim {
+            tessera_models::BatchDim::Fixed(n) => n.to_string(),
+            tessera_models::BatchDim::Dynamic => "dynamic".into(),
+        },
+    });
     tracing::info!(
         model = %model.manifest.name,
         version = %model.manifest.version,
@@ -103,9 +154,12 @@ pub async fn start(
     });
     let names = ActorNames::new(instance);
     let exit = Arc::new(Mutex::new(None));
+    let inflight = Arc::new(InFlight::default());
+    monitor.attach_inflight(inflight.clone());
     let args = SupervisorArgs {
         credits: Arc::new(Semaphore::new(config.flow.max_in_flight_frames)),
-        inflight: Arc::new(InFlight::default()),
+        inflight,
+        monitor: monitor.clone(),
         config,
         env,
         model: model.clone(),
@@ -122,6 +176,7 @@ pub async fn start(
         exit,
         model,
         execution_provider,
+        monitor,
     })
 }
 
@@ -129,6 +184,11 @@ impl PipelineHandle {
     /// The loaded model.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    /// Metrics, health, status and the operator pause of this pipeline.
+    pub fn monitor(&self) -> &Arc<Monitor> {
+        &self.monitor
     }
 
     /// The execution provider the sessions run on.

@@ -11,6 +11,8 @@ use tessera_operators::merge::MergeConfig;
 use tessera_operators::preprocess::InputTransform;
 
 use crate::frame::{FrameKey, FrameMeta, PartitionId, now_ms};
+use crate::metrics::{Queue, Stage};
+use crate::monitor::Monitor;
 use crate::names::{ActorNames, lookup_patiently};
 use crate::ordering::Reorder;
 use crate::prepare::PrepareFailure;
@@ -75,6 +77,7 @@ pub struct MergeArgs {
     pub model: Arc<Model>,
     pub merge: MergeConfig,
     pub names: ActorNames,
+    pub monitor: Arc<Monitor>,
 }
 
 /// A frame waiting for its tile outputs.
@@ -255,6 +258,10 @@ fn finish(args: &MergeArgs, pending: Pending) -> Outcome {
     let (detections, classifications) =
         finish_frame(&args.model, &tiles, frame.width, frame.height, &args.merge);
     let merge = started.elapsed();
+    args.monitor
+        .metrics
+        .stage(Stage::Merge)
+        .observe(merge.as_secs_f64());
     let meta = &frame.meta;
     let model = &args.model;
     let result = FrameResult {
@@ -368,8 +375,10 @@ async fn forward(state: &MergeState, ready: Vec<Outcome>) -> Result<(), ActorPro
         lookup_patiently::<PublishMsg>(&state.args.names.publish(), Duration::from_secs(30))
             .await
             .ok_or("publish actor unavailable")?;
+    let queue = state.args.monitor.metrics.queue(Queue::Publish);
     for outcome in ready {
         publish.cast(PublishMsg::Publish(outcome))?;
+        queue.pushed.inc();
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ use crate::frame::{
     Frame, FrameMeta, HEADER_CAPTURE_TS, HEADER_CONTENT_TYPE, HEADER_FRAME_ID, now_ms,
 };
 use crate::merge::{MergeMsg, PreparedFrame};
+use crate::metrics::{Queue, Stage};
+use crate::monitor::Monitor;
 use crate::names::{ActorNames, lookup_patiently};
 use crate::recognize::{RecognizeMsg, TileBatch};
 
@@ -60,6 +62,7 @@ impl PreparePlan {
 pub struct PrepareWorker {
     pub plan: Arc<PreparePlan>,
     pub names: ActorNames,
+    pub monitor: Arc<Monitor>,
 }
 
 /// State of a prepare worker: its preprocessor (buffers reused across frames).
@@ -118,6 +121,7 @@ impl Worker for PrepareWorker {
         }: Job<(), Frame>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        self.monitor.metrics.queue(Queue::Prepare).popped.inc();
         let frame_key = frame.meta.key.clone();
         if let Err(error) = self.process(frame, state).await {
             // Hand the frame back before this worker is restarted, so it is not lost.
@@ -166,6 +170,13 @@ impl PrepareWorker {
                 return Ok(());
             }
         };
+        let metrics = &self.monitor.metrics;
+        metrics
+            .stage(Stage::Decode)
+            .observe(prepared.decode.as_secs_f64());
+        metrics
+            .stage(Stage::TilePreprocess)
+            .observe(prepared.preprocess.as_secs_f64());
         let frame_key = frame.meta.key.clone();
         merge.cast(MergeMsg::Expect(Box::new(PreparedFrame {
             meta: frame.meta,
@@ -198,10 +209,12 @@ impl PrepareWorker {
                         tiles,
                         tensor,
                         batch,
+                        queued_at: Instant::now(),
                         _credit: Some(credit),
                     },
                 )
                 .map_err(|e| format!("dispatch to recognize pool: {e}"))?;
+            metrics.queue(Queue::Recognize).pushed.inc();
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! them, and tells ingest once Kafka has acknowledged each, so its offset may be stored.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::error::KafkaError;
@@ -11,13 +11,21 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
+use crate::frame::now_ms;
 use crate::frame::{
     FrameMeta, HEADER_ERROR, HEADER_ERROR_KIND, HEADER_PAYLOAD_OMITTED, HEADER_SOURCE,
 };
 use crate::ingest::IngestMsg;
 use crate::kafka::producer_config;
+use crate::metrics::{Metrics, Queue, Stage};
+use crate::monitor::Monitor;
 use crate::names::{ActorNames, lookup};
-use crate::result::FrameResult;
+use crate::result::{FrameResult, FrameStatus};
+use crate::throttle::{LOG_INTERVAL, Throttle};
+
+static DELIVERY_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
+static ENQUEUE_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
+static DEAD_LETTERED: Throttle = Throttle::new(LOG_INTERVAL);
 
 /// What becomes of one frame.
 #[derive(Debug)]
@@ -61,6 +69,7 @@ pub struct PublishArgs {
     pub names: ActorNames,
     /// Largest accepted input payload (`limits.max_bytes`): a dead letter carries it back.
     pub max_payload_bytes: usize,
+    pub monitor: Arc<Monitor>,
 }
 
 /// State of [`Publish`].
@@ -68,6 +77,7 @@ pub struct PublishState {
     producer: FutureProducer,
     kafka: KafkaConfig,
     names: ActorNames,
+    monitor: Arc<Monitor>,
 }
 
 impl std::fmt::Debug for PublishState {
@@ -147,6 +157,7 @@ impl Actor for Publish {
             producer,
             kafka: args.kafka,
             names: args.names,
+            monitor: args.monitor,
         })
     }
 
@@ -157,9 +168,14 @@ impl Actor for Publish {
         state: &mut PublishState,
     ) -> Result<(), ActorProcessingErr> {
         let PublishMsg::Publish(outcome) = message;
+        let metrics = state.monitor.metrics.clone();
+        metrics.queue(Queue::Publish).popped.inc();
         let meta = outcome.meta().clone();
+        let counted = Counted::of(&outcome);
         let mut record = to_record(&state.kafka, outcome)?;
+        let enqueued_at = Instant::now();
         let delivery = enqueue(&state.producer, &mut record).await;
+        metrics.queue(Queue::Delivery).pushed.inc();
         let producer = state.producer.clone();
         let ingest_name = state.names.ingest();
         // Awaiting delivery off the actor keeps later records flowing; idempotence keeps order.
@@ -175,14 +191,25 @@ impl Actor for Publish {
                         continue;
                     }
                     Ok(Err((error, _))) => {
-                        tracing::warn!(%error, topic = %record.topic, offset = meta.key.offset, "Delivery failed; retrying");
+                        if let Some(held_back) = DELIVERY_FAILED.allow() {
+                            tracing::warn!(%error, topic = %record.topic, offset = meta.key.offset, held_back, "Delivery failed; retrying");
+                        }
                     }
-                    Err(_) => tracing::warn!("Producer dropped a delivery; retrying"),
+                    Err(_) => {
+                        if let Some(held_back) = DELIVERY_FAILED.allow() {
+                            tracing::warn!(held_back, "Producer dropped a delivery; retrying");
+                        }
+                    }
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 delivery = enqueue(&producer, &mut record).await;
             }
+            metrics.queue(Queue::Delivery).popped.inc();
+            metrics
+                .stage(Stage::Publish)
+                .observe(enqueued_at.elapsed().as_secs_f64());
+            counted.count(&metrics, &meta);
             if let Some(ingest) = lookup::<IngestMsg>(&ingest_name) {
                 let _ = ingest.cast(IngestMsg::Acked(meta.key.clone()));
             }
@@ -201,6 +228,43 @@ impl Actor for Publish {
             tracing::error!(%error, "Producer flush failed at shutdown");
         }
         Ok(())
+    }
+}
+
+/// What an acknowledged output adds to the metrics.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    Published,
+    Skipped,
+    DeadLettered(&'static str),
+}
+
+impl Counted {
+    fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Result { result, .. } if result.status == FrameStatus::Skipped => {
+                Counted::Skipped
+            }
+            Outcome::Result { .. } => Counted::Published,
+            Outcome::DeadLetter { kind, .. } => Counted::DeadLettered(kind),
+        }
+    }
+
+    /// Counts the acknowledged output and, for results, the frame's end-to-end latency
+    /// (from its Kafka timestamp, else from its consumption).
+    fn count(self, metrics: &Metrics, meta: &FrameMeta) {
+        match self {
+            Counted::Published => metrics.frames_published.inc(),
+            Counted::Skipped => metrics.frames_skipped.inc(),
+            Counted::DeadLettered(kind) => metrics.dead_lettered(kind),
+        }
+        if !matches!(self, Counted::DeadLettered(_)) {
+            let latency = match meta.kafka_timestamp_ms {
+                Some(ts) if ts > 0 => now_ms().saturating_sub(ts).max(0) as f64 / 1000.0,
+                _ => meta.received_at.elapsed().as_secs_f64(),
+            };
+            metrics.end_to_end_latency.observe(latency);
+        }
     }
 }
 
@@ -226,7 +290,9 @@ async fn enqueue(
         } else if too_large(&error) && record.omit_value() {
             tracing::warn!(%error, topic = %record.topic, "Dead letter too large for the producer; sending it without its value");
         } else {
-            tracing::warn!(%error, "Could not enqueue a record; retrying");
+            if let Some(held_back) = ENQUEUE_FAILED.allow() {
+                tracing::warn!(%error, held_back, "Could not enqueue a record; retrying");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -247,7 +313,9 @@ fn to_record(kafka: &KafkaConfig, outcome: Outcome) -> Result<OwnedRecord, serde
             kind,
             message,
         } => {
-            tracing::info!(kind, error = %message, offset = meta.key.offset, "Frame dead-lettered");
+            if let Some(held_back) = DEAD_LETTERED.allow() {
+                tracing::warn!(kind, error = %message, offset = meta.key.offset, held_back, "Frame dead-lettered");
+            }
             let mut headers = OwnedHeaders::new_with_capacity(meta.headers.len() + 2);
             for (key, value) in &meta.headers {
                 headers = headers.insert(Header {

@@ -13,7 +13,12 @@ use tessera_models::{Model, ModelSession, SessionConfig};
 use crate::frame::FrameKey;
 use crate::ingest::IngestMsg;
 use crate::merge::MergeMsg;
+use crate::metrics::{Queue, Stage};
+use crate::monitor::Monitor;
 use crate::names::{ActorNames, lookup, lookup_patiently};
+use crate::throttle::{LOG_INTERVAL, Throttle};
+
+static MODEL_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
 /// A group of tiles of one frame, preprocessed into one input tensor.
 #[derive(Debug)]
@@ -25,6 +30,8 @@ pub struct TileBatch {
     pub tensor: Vec<f32>,
     /// The batch dimension of `tensor` (may exceed `tiles.len()` for fixed-batch models).
     pub batch: usize,
+    /// When the batch was handed to the pool (queue wait = until a worker takes it).
+    pub queued_at: Instant,
     /// Tile credits, returned when the batch is dropped (after its model run).
     pub _credit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -43,6 +50,7 @@ pub struct RecognizeWorker {
     pub names: ActorNames,
     /// Test hook: panic on every Nth model run of the pool (`recognize.panic_every_nth_batch`).
     pub fault: Option<Arc<InjectedFault>>,
+    pub monitor: Arc<Monitor>,
 }
 
 /// A deliberate, counted panic for fault-injection tests.
@@ -117,8 +125,14 @@ impl Worker for RecognizeWorker {
             tiles,
             tensor,
             batch: batch_size,
+            queued_at,
             _credit: credit,
         } = batch;
+        let metrics = &self.monitor.metrics;
+        metrics.queue(Queue::Recognize).popped.inc();
+        metrics
+            .stage(Stage::QueueWait)
+            .observe(queued_at.elapsed().as_secs_f64());
         let fault = self.fault.clone();
         let run = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -152,6 +166,11 @@ impl Worker for RecognizeWorker {
         match outcome {
             Ok(mut outputs) => {
                 outputs.truncate(tiles.len());
+                metrics
+                    .stage(Stage::Inference)
+                    .observe(elapsed.as_secs_f64());
+                metrics.tiles_inferred.inc_by(tiles.len() as u64);
+                metrics.batch_size.observe(tiles.len() as f64);
                 merge.cast(MergeMsg::Tiles {
                     frame,
                     tiles,
@@ -160,13 +179,17 @@ impl Worker for RecognizeWorker {
                 })?;
             }
             Err(error) if error.is_retryable() => {
-                tracing::warn!(%error, "Model run failed; retrying the frame");
+                if let Some(held_back) = MODEL_FAILED.allow() {
+                    tracing::warn!(%error, held_back, "Model run failed; retrying the frame");
+                }
                 if let Some(ingest) = lookup::<IngestMsg>(&self.names.ingest()) {
                     ingest.cast(IngestMsg::Redispatch(frame))?;
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "Model run failed");
+                if let Some(held_back) = MODEL_FAILED.allow() {
+                    tracing::warn!(%error, held_back, "Model run failed");
+                }
                 merge.cast(MergeMsg::TilesFailed {
                     frame,
                     kind: error.kind(),

@@ -23,6 +23,7 @@ use crate::frame::Frame;
 use crate::inflight::InFlight;
 use crate::ingest::{Ingest, IngestArgs, IngestMsg};
 use crate::merge::{Merge, MergeArgs};
+use crate::monitor::{Monitor, Phase};
 use crate::names::{ActorNames, lookup};
 use crate::prepare::{PreparePlan, PrepareWorker};
 use crate::publish::{Publish, PublishArgs};
@@ -77,6 +78,7 @@ pub struct SupervisorArgs {
     pub inflight: Arc<InFlight>,
     /// Where the supervisor leaves the reason it stopped on its own (restart storm).
     pub exit: Arc<Mutex<Option<PipelineError>>>,
+    pub monitor: Arc<Monitor>,
 }
 
 /// Messages to [`PipelineSupervisor`].
@@ -248,6 +250,7 @@ fn note_failure(
         state.restarts.pop_front();
     }
     state.restarts.push_back(now);
+    state.args.monitor.metrics.actor_restarted(what);
     if state.restarts.len() > policy.max_restarts {
         tracing::error!(
             restarts = state.restarts.len(),
@@ -262,6 +265,7 @@ fn note_failure(
             });
         }
         state.shutting_down = true;
+        state.args.monitor.set_phase(Phase::Failed);
         state.args.inflight.close();
         for cell in state.cells.values() {
             cell.stop(Some("restart storm".into()));
@@ -286,6 +290,7 @@ async fn spawn_child(
                 kafka: config.kafka.clone(),
                 names: args.names.clone(),
                 max_payload_bytes: config.limits.max_bytes,
+                monitor: args.monitor.clone(),
             };
             Actor::spawn_linked(
                 Some(args.names.publish()),
@@ -302,6 +307,7 @@ async fn spawn_child(
                 model: args.model.clone(),
                 merge: config.merge.clone(),
                 names: args.names.clone(),
+                monitor: args.monitor.clone(),
             };
             Actor::spawn_linked(Some(args.names.merge()), Merge, merge_args, supervisor)
                 .await?
@@ -309,11 +315,12 @@ async fn spawn_child(
                 .get_cell()
         }
         Child::Recognize => {
-            let (env, model, session, names) = (
+            let (env, model, session, names, monitor) = (
                 args.env.clone(),
                 args.model.clone(),
                 config.model.session.clone(),
                 args.names.clone(),
+                args.monitor.clone(),
             );
             let fault = config.recognize.panic_every_nth_batch.map(|every_nth| {
                 tracing::warn!(
@@ -333,6 +340,7 @@ async fn spawn_child(
                         session: session.clone(),
                         names: names.clone(),
                         fault: fault.clone(),
+                        monitor: monitor.clone(),
                     },
                     (),
                 )
@@ -362,12 +370,14 @@ async fn spawn_child(
             .get_cell()
         }
         Child::Prepare => {
-            let (plan, names) = (args.plan.clone(), args.names.clone());
+            let (plan, names, monitor) =
+                (args.plan.clone(), args.names.clone(), args.monitor.clone());
             let builder = worker_builder(move |_wid| {
                 (
                     PrepareWorker {
                         plan: plan.clone(),
                         names: names.clone(),
+                        monitor: monitor.clone(),
                     },
                     (),
                 )
@@ -403,6 +413,7 @@ async fn spawn_child(
                 names: args.names.clone(),
                 credits: args.credits.clone(),
                 inflight: args.inflight.clone(),
+                monitor: args.monitor.clone(),
             };
             Actor::spawn_linked(Some(args.names.ingest()), Ingest, ingest_args, supervisor)
                 .await?
@@ -418,6 +429,7 @@ async fn spawn_child(
 /// Shuts the tree down source first: stop consuming, drain, commit, then stop the stages.
 async fn shutdown(state: &mut SupervisorState, drain: Duration) -> ShutdownReport {
     state.shutting_down = true;
+    state.args.monitor.set_phase(Phase::Draining);
     let names = &state.args.names;
     let ingest = lookup::<IngestMsg>(&names.ingest());
     if let Some(ingest) = &ingest {
@@ -457,6 +469,7 @@ async fn shutdown(state: &mut SupervisorState, drain: Duration) -> ShutdownRepor
             "Drain deadline passed; unfinished frames will be re-consumed"
         );
     }
+    state.args.monitor.set_phase(Phase::Stopped);
     tracing::info!("Pipeline stopped");
     ShutdownReport { abandoned_frames }
 }

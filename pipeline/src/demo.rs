@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use tessera_actors::PipelineConfig;
+use tessera_actors::{Monitor, PipelineConfig};
 use tessera_operators::annotate::draw_detections;
 use tessera_operators::decode::{DecodeLimits, decode_image};
 use tessera_operators::detection::Detection;
@@ -13,6 +13,7 @@ use tessera_operators::geometry::BBox;
 
 use crate::assets;
 use crate::embedded::{CameraFrame, EmbeddedKafka, Output, publish_frames, read_outputs};
+use crate::http::HttpServer;
 
 /// Options of the demo.
 #[derive(Debug, Clone)]
@@ -28,6 +29,9 @@ pub struct DemoOptions {
 }
 
 const CAMERAS: [&str; 2] = ["cam-north", "cam-south"];
+
+/// Where the demo serves its HTTP endpoints.
+const DEMO_HTTP_ADDRESS: &str = "127.0.0.1:9464";
 
 /// Runs the demo; returns whether every frame got its result or dead-letter record.
 pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
@@ -92,7 +96,25 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     );
 
     let started = Instant::now();
-    let pipeline = tessera_actors::start(config.clone(), "demo", Some(&assets_dir)).await?;
+    let monitor = Monitor::new("demo", &config.kafka.group_id, config.http.liveness_timeout);
+    // The endpoints are a convenience here: a busy port must not stop the demo.
+    config.http.address = DEMO_HTTP_ADDRESS.into();
+    let http = match HttpServer::start(&config.http, monitor.clone()).await {
+        Ok(http) => {
+            println!(
+                "Metrics, health and status at http://{0}/metrics, /healthz, /readyz, /v1/status",
+                http.local_addr()
+            );
+            Some(http)
+        }
+        Err(error) => {
+            println!("HTTP endpoints off: {error:#}");
+            None
+        }
+    };
+    let pipeline =
+        tessera_actors::start_monitored(config.clone(), "demo", Some(&assets_dir), monitor.clone())
+            .await?;
     let model = pipeline.model().clone();
     println!(
         "Pipeline running: model {} {} on {}",
@@ -115,6 +137,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     .await?;
     let elapsed = started.elapsed();
     pipeline.shutdown(Duration::from_secs(10)).await?;
+    if let Some(http) = http {
+        http.stop().await;
+    }
+    let totals = monitor.status().totals;
 
     print_table(&outputs);
     let written = write_annotated(&outputs, &sources, &options.out, &model)?;
@@ -147,6 +173,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     println!("  results               {results}");
     println!("  dead-lettered         {}", outputs.len() - results);
     println!("  tiles inferred        {tiles}");
+    println!(
+        "  metrics               {} consumed, {} published, {} dead-lettered, {} tiles inferred",
+        totals.frames_consumed,
+        totals.frames_published,
+        totals.frames_dead_lettered,
+        totals.tiles_inferred
+    );
     println!("  detections            {detections}");
     println!(
         "  wall time             {:.2} s ({:.1} frames/s, including model load)",

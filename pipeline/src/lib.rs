@@ -1,7 +1,8 @@
-//! The `tessera` binary's library: layered configuration, the embedded broker and its client
-//! helpers, assets, and the demo. `main.rs` is the CLI over these.
+//! The `tessera` binary's library: layered configuration, the HTTP endpoints, the embedded
+//! broker and its client helpers, assets, and the demo. `main.rs` is the CLI over these.
 
 pub mod assets;
 pub mod config;
 pub mod demo;
 pub mod embedded;
+pub mod http;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tessera::http::HttpServer;
 use tessera::{assets, config, demo};
+use tessera_actors::Monitor;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -150,7 +152,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { config, overrides } => {
-            let config = config::load(config.as_deref(), &overrides)?;
+            let mut config = config::load(config.as_deref(), &overrides)?;
+            if config.http.admin_token.is_some() {
+                config.http.admin_token = Some("<redacted>".into());
+            }
             println!("{}", toml::to_string_pretty(&config)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -164,7 +169,28 @@ async fn run_until_signal(
     assets_dir: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let drain = config.flow.drain_timeout;
-    let mut pipeline = tessera_actors::start(config, "main", assets_dir.as_deref()).await?;
+    let monitor = Monitor::new("main", &config.kafka.group_id, config.http.liveness_timeout);
+    // HTTP first: probes and metrics answer while the model loads, and report a failed start.
+    let http = if config.http.enabled {
+        Some(HttpServer::start(&config.http, monitor.clone()).await?)
+    } else {
+        None
+    };
+    let outcome = run_pipeline(config, assets_dir, monitor, drain).await;
+    if let Some(http) = http {
+        http.stop().await;
+    }
+    outcome
+}
+
+async fn run_pipeline(
+    config: tessera_actors::PipelineConfig,
+    assets_dir: Option<PathBuf>,
+    monitor: std::sync::Arc<Monitor>,
+    drain: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut pipeline =
+        tessera_actors::start_monitored(config, "main", assets_dir.as_deref(), monitor).await?;
     tokio::select! {
         stopped = pipeline.stopped() => {
             stopped?;

@@ -84,6 +84,8 @@ impl Tessera {
     ) -> anyhow::Result<Self> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
         command.arg("run").arg("--config").arg(config);
+        // Several of these processes run at once: each takes a free port.
+        command.env("TESSERA__HTTP__ADDRESS", "127.0.0.1:0");
         for setting in overrides {
             command.args(["--set", setting]);
         }

@@ -49,12 +49,14 @@ async fn run_processes_until_sigterm_then_commits_and_exits_zero() -> anyhow::Re
             )
         ),
     )?;
+    let http_address = free_local_address()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .arg("run")
         .arg("--config")
         .arg(&config)
         .args(["--set", "kafka.results_topic=results"])
         .env("TESSERA__KAFKA__DLQ_TOPIC", "dead-letters")
+        .env("TESSERA__HTTP__ADDRESS", &http_address)
         .env("TESSERA_ASSETS", &assets)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -79,6 +81,20 @@ async fn run_processes_until_sigterm_then_commits_and_exits_zero() -> anyhow::Re
         .collect();
     assert_eq!(seen, expected);
 
+    // The binary serves its endpoints: ready, and its metrics count what it processed.
+    let base = format!("http://{http_address}");
+    let ready = get_until(&format!("{base}/readyz"), |status, _| status == 200).await?;
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    let metrics = get_until(&format!("{base}/metrics"), |_, body| {
+        body.contains("tessera_publish_frames_published_total 4")
+    })
+    .await?;
+    assert!(
+        metrics.1.contains("tessera_ingest_frames_consumed_total 4"),
+        "{}",
+        metrics.1
+    );
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
@@ -99,4 +115,36 @@ async fn run_processes_until_sigterm_then_commits_and_exits_zero() -> anyhow::Re
         .map(|p| p.offset());
     assert_eq!(offset, Some(Offset::Offset(frames.len() as i64)));
     Ok(())
+}
+
+/// A local address with a port that was free a moment ago.
+fn free_local_address() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// GETs `url` until `done(status, body)` holds or 60 s pass; returns the last answer.
+async fn get_until(url: &str, done: impl Fn(u16, &str) -> bool) -> anyhow::Result<(u16, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let url = url.to_owned();
+        let answer = tokio::task::spawn_blocking(move || -> Option<(u16, String)> {
+            let agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .new_agent();
+            let mut response = agent.get(&url).call().ok()?;
+            let status = response.status().as_u16();
+            let body = response.body_mut().read_to_string().ok()?;
+            Some((status, body))
+        })
+        .await?;
+        match answer {
+            Some((status, body)) if done(status, &body) => return Ok((status, body)),
+            answer if std::time::Instant::now() >= deadline => {
+                return Ok(answer.unwrap_or((0, "no answer".into())));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }

@@ -3,6 +3,7 @@
 pub mod delivery;
 pub mod harness;
 pub mod hostile;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 

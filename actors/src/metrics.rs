@@ -1,0 +1,507 @@
+//! Prometheus metrics of one pipeline: names and label keys as constants, handles resolved
+//! once (labelled children for every bounded label value are created up front, so every
+//! series exists, at zero, from the first scrape).
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::supervisor::Child;
+
+/// Metric names (`tessera_<subsystem>_<name>_<unit>`, `_total` for counters).
+pub mod names {
+    pub const FRAMES_CONSUMED: &str = "tessera_ingest_frames_consumed_total";
+    pub const PARTITIONS_ASSIGNED: &str = "tessera_ingest_partitions_assigned";
+    pub const PARTITIONS_PAUSED: &str = "tessera_ingest_partitions_paused";
+    pub const OPERATOR_PAUSED: &str = "tessera_ingest_operator_paused";
+    pub const CONSUMER_LAG: &str = "tessera_ingest_consumer_lag_messages";
+    pub const FRAMES_IN_FLIGHT: &str = "tessera_pipeline_frames_in_flight";
+    pub const STAGE_LATENCY: &str = "tessera_pipeline_stage_latency_seconds";
+    pub const END_TO_END_LATENCY: &str = "tessera_pipeline_end_to_end_latency_seconds";
+    pub const QUEUE_PUSHED: &str = "tessera_queue_items_pushed_total";
+    pub const QUEUE_POPPED: &str = "tessera_queue_items_popped_total";
+    pub const TILES_INFERRED: &str = "tessera_recognize_tiles_inferred_total";
+    pub const BATCH_SIZE: &str = "tessera_recognize_batch_size_tiles";
+    pub const FRAMES_PUBLISHED: &str = "tessera_publish_frames_published_total";
+    pub const FRAMES_SKIPPED: &str = "tessera_publish_frames_skipped_total";
+    pub const FRAMES_DEAD_LETTERED: &str = "tessera_publish_frames_dead_lettered_total";
+    pub const ACTOR_RESTARTS: &str = "tessera_supervisor_actor_restarts_total";
+    pub const MODEL_INFO: &str = "tessera_model_info";
+
+    /// Every tessera metric family, in exposition order of this list.
+    pub const ALL: [&str; 17] = [
+        FRAMES_CONSUMED,
+        PARTITIONS_ASSIGNED,
+        PARTITIONS_PAUSED,
+        OPERATOR_PAUSED,
+        CONSUMER_LAG,
+        FRAMES_IN_FLIGHT,
+        STAGE_LATENCY,
+        END_TO_END_LATENCY,
+        QUEUE_PUSHED,
+        QUEUE_POPPED,
+        TILES_INFERRED,
+        BATCH_SIZE,
+        FRAMES_PUBLISHED,
+        FRAMES_SKIPPED,
+        FRAMES_DEAD_LETTERED,
+        ACTOR_RESTARTS,
+        MODEL_INFO,
+    ];
+
+    /// The process metrics (Linux) registered beside tessera's own.
+    pub const PROCESS: [&str; 6] = [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ];
+}
+
+/// Label keys.
+pub mod labels {
+    pub const STAGE: &str = "stage";
+    pub const QUEUE: &str = "queue";
+    pub const KIND: &str = "kind";
+    pub const ACTOR: &str = "actor";
+    pub const TOPIC: &str = "topic";
+    pub const PARTITION: &str = "partition";
+    pub const MODEL: &str = "model";
+    pub const VERSION: &str = "version";
+    pub const HEAD_VERSION: &str = "head_version";
+    pub const EXECUTION_PROVIDER: &str = "execution_provider";
+}
+
+/// Every dead-letter kind tessera emits (the README's table): the bounded values of `kind`.
+pub const DEAD_LETTER_KINDS: [&str; 12] = [
+    "missing_key",
+    "invalid_key",
+    "invalid_header",
+    "empty_payload",
+    "payload_too_large",
+    "unsupported_format",
+    "dimensions_too_large",
+    "allocation_limit",
+    "corrupt_image",
+    "inference",
+    "shape_mismatch",
+    "processing_failed",
+];
+
+/// A pipeline stage whose latency is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Decode,
+    /// Tile grid plus preprocessing into the model tensors.
+    TilePreprocess,
+    /// From a tile batch's dispatch to a recognize worker taking it.
+    QueueWait,
+    /// One model run (a batch of tiles).
+    Inference,
+    /// Mapping and merging a frame's tile outputs.
+    Merge,
+    /// From handing a record to the producer to Kafka's acknowledgement.
+    Publish,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Decode,
+        Stage::TilePreprocess,
+        Stage::QueueWait,
+        Stage::Inference,
+        Stage::Merge,
+        Stage::Publish,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::TilePreprocess => "tile_preprocess",
+            Stage::QueueWait => "queue_wait",
+            Stage::Inference => "inference",
+            Stage::Merge => "merge",
+            Stage::Publish => "publish",
+        }
+    }
+}
+
+/// A queue between stages, observed as items pushed and popped (depth = pushed - popped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Frames handed to the prepare pool.
+    Prepare,
+    /// Tile batches handed to the recognize pool.
+    Recognize,
+    /// Finished frames handed to publish.
+    Publish,
+    /// Records in the producer awaiting Kafka's acknowledgement.
+    Delivery,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 4] = [
+        Queue::Prepare,
+        Queue::Recognize,
+        Queue::Publish,
+        Queue::Delivery,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Queue::Prepare => "prepare",
+            Queue::Recognize => "recognize",
+            Queue::Publish => "publish",
+            Queue::Delivery => "delivery",
+        }
+    }
+}
+
+/// Pushed and popped counters of one queue.
+#[derive(Debug, Clone)]
+pub struct QueueCounters {
+    pub pushed: IntCounter,
+    pub popped: IntCounter,
+}
+
+/// The metrics of one pipeline, in their own registry (several pipelines may share a
+/// process, as in tests).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub frames_consumed: IntCounter,
+    pub partitions_assigned: IntGauge,
+    pub partitions_paused: IntGauge,
+    pub operator_paused: IntGauge,
+    consumer_lag: IntGaugeVec,
+    pub frames_in_flight: IntGauge,
+    stage_latency: [Histogram; 6],
+    pub end_to_end_latency: Histogram,
+    queues: [QueueCounters; 4],
+    pub tiles_inferred: IntCounter,
+    pub batch_size: Histogram,
+    pub frames_published: IntCounter,
+    pub frames_skipped: IntCounter,
+    frames_dead_lettered: IntCounterVec,
+    actor_restarts: IntCounterVec,
+    model_info: IntGaugeVec,
+}
+
+/// Latency buckets from 0.5 ms to 60 s (stages span sub-millisecond merges to queued frames).
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0, 45.0, 60.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric, plus the process collector where supported.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let stage_latency = HistogramVec::new(
+            HistogramOpts::new(
+                names::STAGE_LATENCY,
+                "Latency of each pipeline stage, per frame (per batch for inference and queue wait)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &[labels::STAGE],
+        )
+        .expect("valid metric");
+        let queue_pushed = IntCounterVec::new(
+            Opts::new(
+                names::QUEUE_PUSHED,
+                "Items pushed into a queue between stages",
+            ),
+            &[labels::QUEUE],
+        )
+        .expect("valid metric");
+        let queue_popped = IntCounterVec::new(
+            Opts::new(
+                names::QUEUE_POPPED,
+                "Items taken from a queue between stages",
+            ),
+            &[labels::QUEUE],
+        )
+        .expect("valid metric");
+        let frames_dead_lettered = IntCounterVec::new(
+            Opts::new(
+                names::FRAMES_DEAD_LETTERED,
+                "Frames sent to the dead-letter topic (acknowledged by Kafka), by error kind",
+            ),
+            &[labels::KIND],
+        )
+        .expect("valid metric");
+        let actor_restarts = IntCounterVec::new(
+            Opts::new(
+                names::ACTOR_RESTARTS,
+                "Failures of supervised actors (pool workers included) that led to a restart",
+            ),
+            &[labels::ACTOR],
+        )
+        .expect("valid metric");
+        let metrics = Self {
+            frames_consumed: IntCounter::new(
+                names::FRAMES_CONSUMED,
+                "Frames (Kafka records) consumed from the input topics",
+            )
+            .expect("valid metric"),
+            partitions_assigned: IntGauge::new(
+                names::PARTITIONS_ASSIGNED,
+                "Input partitions assigned to this consumer",
+            )
+            .expect("valid metric"),
+            partitions_paused: IntGauge::new(
+                names::PARTITIONS_PAUSED,
+                "Input partitions paused (flow control or operator pause)",
+            )
+            .expect("valid metric"),
+            operator_paused: IntGauge::new(
+                names::OPERATOR_PAUSED,
+                "1 while an operator has paused consumption (POST /v1/pause)",
+            )
+            .expect("valid metric"),
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    names::CONSUMER_LAG,
+                    "Records between the partition's high watermark and the stored offset",
+                ),
+                &[labels::TOPIC, labels::PARTITION],
+            )
+            .expect("valid metric"),
+            frames_in_flight: IntGauge::new(
+                names::FRAMES_IN_FLIGHT,
+                "Frames consumed whose output Kafka has not acknowledged yet",
+            )
+            .expect("valid metric"),
+            stage_latency: Stage::ALL.map(|s| stage_latency.with_label_values(&[s.label()])),
+            end_to_end_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    names::END_TO_END_LATENCY,
+                    "From the frame's Kafka timestamp to Kafka acknowledging its output",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            queues: Queue::ALL.map(|q| QueueCounters {
+                pushed: queue_pushed.with_label_values(&[q.label()]),
+                popped: queue_popped.with_label_values(&[q.label()]),
+            }),
+            tiles_inferred: IntCounter::new(
+                names::TILES_INFERRED,
+                "Tiles run through the model (full-frame passes included, padding excluded)",
+            )
+            .expect("valid metric"),
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new(names::BATCH_SIZE, "Tiles per model run")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )
+            .expect("valid metric"),
+            frames_published: IntCounter::new(
+                names::FRAMES_PUBLISHED,
+                "Results with status ok acknowledged by Kafka",
+            )
+            .expect("valid metric"),
+            frames_skipped: IntCounter::new(
+                names::FRAMES_SKIPPED,
+                "Results with status skipped (lag policy drop_stale) acknowledged by Kafka",
+            )
+            .expect("valid metric"),
+            model_info: IntGaugeVec::new(
+                Opts::new(
+                    names::MODEL_INFO,
+                    "The model in use: 1 for its name, version, head version and execution provider",
+                ),
+                &[
+                    labels::MODEL,
+                    labels::VERSION,
+                    labels::HEAD_VERSION,
+                    labels::EXECUTION_PROVIDER,
+                ],
+            )
+            .expect("valid metric"),
+            frames_dead_lettered,
+            actor_restarts,
+            registry,
+        };
+        for kind in DEAD_LETTER_KINDS {
+            metrics.frames_dead_lettered.with_label_values(&[kind]);
+        }
+        for child in Child::START_ORDER {
+            metrics.actor_restarts.with_label_values(&[child.name()]);
+        }
+        let collectors: [Box<dyn Collector>; 17] = [
+            Box::new(metrics.frames_consumed.clone()),
+            Box::new(metrics.partitions_assigned.clone()),
+            Box::new(metrics.partitions_paused.clone()),
+            Box::new(metrics.operator_paused.clone()),
+            Box::new(metrics.consumer_lag.clone()),
+            Box::new(metrics.frames_in_flight.clone()),
+            Box::new(stage_latency),
+            Box::new(metrics.end_to_end_latency.clone()),
+            Box::new(queue_pushed),
+            Box::new(queue_popped),
+            Box::new(metrics.tiles_inferred.clone()),
+            Box::new(metrics.batch_size.clone()),
+            Box::new(metrics.frames_published.clone()),
+            Box::new(metrics.frames_skipped.clone()),
+            Box::new(metrics.frames_dead_lettered.clone()),
+            Box::new(metrics.actor_restarts.clone()),
+            Box::new(metrics.model_info.clone()),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            metrics
+                .registry
+                .register(Box::new(process))
+                .expect("process metrics are registered once");
+        }
+        metrics
+    }
+
+    /// The latency histogram of `stage`.
+    pub fn stage(&self, stage: Stage) -> &Histogram {
+        &self.stage_latency[stage as usize]
+    }
+
+    /// The pushed/popped counters of `queue`.
+    pub fn queue(&self, queue: Queue) -> &QueueCounters {
+        &self.queues[queue as usize]
+    }
+
+    /// Counts an acknowledged dead letter of `kind`.
+    pub fn dead_lettered(&self, kind: &str) {
+        self.frames_dead_lettered.with_label_values(&[kind]).inc();
+    }
+
+    /// Dead letters acknowledged since start, over every kind.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.frames_dead_lettered
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    /// Counts a failure of a supervised actor (`Child::name`) that leads to a restart.
+    pub fn actor_restarted(&self, actor: &str) {
+        self.actor_restarts.with_label_values(&[actor]).inc();
+    }
+
+    /// Sets the consumer lag of one partition.
+    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .with_label_values(&[topic, &partition.to_string()])
+            .set(lag);
+    }
+
+    /// Forgets a partition's lag (it was revoked: another replica reports it now).
+    pub fn forget_consumer_lag(&self, topic: &str, partition: i32) {
+        let _ = self
+            .consumer_lag
+            .remove_label_values(&[topic, &partition.to_string()]);
+    }
+
+    /// Publishes the model in use (replacing any earlier model or head).
+    pub fn set_model(&self, model: &str, version: &str, head_version: &str, provider: &str) {
+        self.model_info.reset();
+        self.model_info
+            .with_label_values(&[model, version, head_version, provider])
+            .set(1);
+    }
+
+    /// The metric families, for exposition.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// The text exposition format (`text/plain; version=0.0.4`).
+    pub fn encode_text(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding well-formed families into memory cannot fail.
+        let _ = TextEncoder::new().encode(&self.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exposed_from_the_start() {
+        let metrics = Metrics::new();
+        metrics.set_consumer_lag("frames", 0, 3);
+        metrics.set_model("yolox-nano", "1", "base", "cpu");
+        let exposed: Vec<String> = metrics
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        for name in names::ALL {
+            assert!(exposed.iter().any(|e| e == name), "{name} missing");
+        }
+        #[cfg(target_os = "linux")]
+        for name in names::PROCESS {
+            assert!(exposed.iter().any(|e| e == name), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn names_follow_the_convention() {
+        for name in names::ALL {
+            assert!(name.starts_with("tessera_"), "{name}");
+            let counter = name.ends_with("_total");
+            let family = Metrics::new()
+                .gather()
+                .into_iter()
+                .find(|f| f.name() == name);
+            if let Some(family) = family {
+                assert_eq!(
+                    counter,
+                    family.get_field_type() == prometheus::proto::MetricType::COUNTER,
+                    "{name}: counters, and only counters, end in _total"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn labelled_series_are_created_up_front() {
+        let text = Metrics::new().encode_text();
+        assert!(
+            text.contains(r#"tessera_publish_frames_dead_lettered_total{kind="corrupt_image"} 0"#)
+        );
+        assert!(text.contains(r#"tessera_supervisor_actor_restarts_total{actor="recognize"} 0"#));
+        assert!(
+            text.contains(r#"tessera_pipeline_stage_latency_seconds_count{stage="queue_wait"} 0"#)
+        );
+        assert!(text.contains(r#"tessera_queue_items_pushed_total{queue="delivery"} 0"#));
+    }
+
+    #[test]
+    fn model_info_is_replaced_not_accumulated() {
+        let metrics = Metrics::new();
+        metrics.set_model("m", "1", "base", "cpu");
+        metrics.set_model("m", "1", "head-2", "cpu");
+        let text = metrics.encode_text();
+        assert!(!text.contains(r#"head_version="base""#));
+        assert!(text.contains(r#"head_version="head-2""#));
+    }
+}
