@@ -30,6 +30,9 @@ use crate::names::{ActorNames, lookup, lookup_patiently};
 use crate::prepare::{PrepareFailure, PrepareMsg};
 use crate::throttle::{LOG_INTERVAL, Throttle};
 
+/// Dead-letter kind of a frame that failed every attempt (`flow.max_attempts`).
+pub const PROCESSING_FAILED: &str = "processing_failed";
+
 static CONSUMER_ERROR: Throttle = Throttle::new(LOG_INTERVAL);
 static COMMIT_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
@@ -412,7 +415,7 @@ async fn redispatch(state: &IngestState, frames: Vec<Frame>) {
                     meta: frame.meta,
                     payload: frame.payload,
                     failure: PrepareFailure {
-                        kind: "processing_failed",
+                        kind: PROCESSING_FAILED,
                         message: format!("processing failed {max_attempts} times"),
                     },
                 });

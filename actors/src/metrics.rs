@@ -8,6 +8,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use tessera_models::ModelError;
+use tessera_operators::decode::DecodeError;
+
 use crate::supervisor::Child;
 
 /// Metric names (`tessera_<subsystem>_<name>_<unit>`, `_total` for counters).
@@ -77,20 +80,13 @@ pub mod labels {
 }
 
 /// Every dead-letter kind tessera emits (the README's table): the bounded values of `kind`.
-pub const DEAD_LETTER_KINDS: [&str; 12] = [
-    "missing_key",
-    "invalid_key",
-    "invalid_header",
-    "empty_payload",
-    "payload_too_large",
-    "unsupported_format",
-    "dimensions_too_large",
-    "allocation_limit",
-    "corrupt_image",
-    "inference",
-    "shape_mismatch",
-    "processing_failed",
-];
+pub fn dead_letter_kinds() -> impl Iterator<Item = &'static str> {
+    crate::prepare::RECORD_KINDS
+        .into_iter()
+        .chain(DecodeError::KINDS)
+        .chain(ModelError::FRAME_KINDS)
+        .chain([crate::ingest::PROCESSING_FAILED])
+}
 
 /// A pipeline stage whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,7 +322,7 @@ impl Metrics {
             actor_restarts,
             registry,
         };
-        for kind in DEAD_LETTER_KINDS {
+        for kind in dead_letter_kinds() {
             metrics.frames_dead_lettered.with_label_values(&[kind]);
         }
         for child in Child::START_ORDER {
@@ -460,6 +456,19 @@ mod tests {
         #[cfg(target_os = "linux")]
         for name in names::PROCESS {
             assert!(exposed.iter().any(|e| e == name), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn every_dead_letter_kind_is_documented() {
+        let readme = include_str!("../../README.md");
+        let kinds: Vec<&str> = dead_letter_kinds().collect();
+        assert_eq!(kinds.len(), 12);
+        for kind in kinds {
+            assert!(
+                readme.contains(&format!("`{kind}`")),
+                "{kind} not in README"
+            );
         }
     }
 

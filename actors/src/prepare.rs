@@ -22,6 +22,12 @@ use crate::monitor::Monitor;
 use crate::names::{ActorNames, lookup_patiently};
 use crate::recognize::{RecognizeMsg, TileBatch};
 
+/// Dead-letter kinds of records that break the data contract before their image is looked at.
+pub const MISSING_KEY: &str = "missing_key";
+pub const INVALID_KEY: &str = "invalid_key";
+pub const INVALID_HEADER: &str = "invalid_header";
+pub const RECORD_KINDS: [&str; 3] = [MISSING_KEY, INVALID_KEY, INVALID_HEADER];
+
 /// Messages of the prepare factory.
 pub type PrepareMsg = FactoryMessage<(), Frame>;
 /// Reference to the prepare factory.
@@ -227,13 +233,13 @@ fn validate_record(meta: &FrameMeta) -> Result<(), PrepareFailure> {
     match meta.record_key.as_deref() {
         None | Some([]) => {
             return Err(PrepareFailure {
-                kind: "missing_key",
+                kind: MISSING_KEY,
                 message: "the record has no key; the key must be the camera id".into(),
             });
         }
         Some(key) if std::str::from_utf8(key).is_err() => {
             return Err(PrepareFailure {
-                kind: "invalid_key",
+                kind: INVALID_KEY,
                 message: "the record key (camera id) is not valid UTF-8".into(),
             });
         }
@@ -252,7 +258,7 @@ fn validate_record(meta: &FrameMeta) -> Result<(), PrepareFailure> {
         };
         if !valid {
             return Err(PrepareFailure {
-                kind: "invalid_header",
+                kind: INVALID_HEADER,
                 message: format!(
                     "header {name:?} must be {}",
                     if name == HEADER_CAPTURE_TS {

@@ -6,19 +6,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tessera_operators::decode::{DecodeLimits, decode_image};
+use tessera_operators::decode::{DecodeError, DecodeLimits, decode_image};
 use tessera_operators::preprocess::{ChannelOrder, PreprocessSpec, Preprocessor, ResizeMode};
 use tessera_operators::tiling::TilingConfig;
 
 /// The decode error kinds documented in the README's dead-letter table.
-const DECODE_KINDS: [&str; 6] = [
-    "empty_payload",
-    "payload_too_large",
-    "unsupported_format",
-    "dimensions_too_large",
-    "allocation_limit",
-    "corrupt_image",
-];
+const DECODE_KINDS: [&str; 6] = DecodeError::KINDS;
 
 /// `models/manifests/yolox-nano/model.toml`'s input (this crate depends on operators only).
 fn yolox_spec() -> PreprocessSpec {

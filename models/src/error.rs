@@ -69,6 +69,9 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    /// The kinds a model run of one frame can fail with (its dead-letter kinds).
+    pub const FRAME_KINDS: [&'static str; 2] = ["inference", "shape_mismatch"];
+
     /// Stable snake_case name, for metrics labels and error headers.
     pub fn kind(&self) -> &'static str {
         match self {

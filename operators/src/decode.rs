@@ -127,6 +127,16 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every value [`DecodeError::kind`] returns.
+    pub const KINDS: [&'static str; 6] = [
+        "empty_payload",
+        "payload_too_large",
+        "unsupported_format",
+        "dimensions_too_large",
+        "allocation_limit",
+        "corrupt_image",
+    ];
+
     /// Stable snake_case name: the DLQ header `tessera-error-kind` and a metric label.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -153,20 +153,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         .iter()
         .filter(|o| matches!(o, Output::Result { .. }))
         .count();
-    let detections: usize = outputs
-        .iter()
-        .map(|o| match o {
-            Output::Result { result, .. } => result.detections.len(),
-            Output::DeadLetter { .. } => 0,
-        })
-        .sum();
-    let tiles: usize = outputs
-        .iter()
-        .map(|o| match o {
-            Output::Result { result, .. } => result.tile_count,
-            Output::DeadLetter { .. } => 0,
-        })
-        .sum();
+    let results_only = || outputs.iter().filter_map(Output::result);
+    let detections: usize = results_only().map(|r| r.detections.len()).sum();
+    let tiles: usize = results_only().map(|r| r.tile_count).sum();
     println!();
     println!("Summary");
     println!("  frames published      {}", frames.len());

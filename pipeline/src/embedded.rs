@@ -171,6 +171,14 @@ impl Output {
             Output::DeadLetter { frame_id, .. } => frame_id.as_deref(),
         }
     }
+
+    /// The result, for a result record.
+    pub fn result(&self) -> Option<&FrameResult> {
+        match self {
+            Output::Result { result, .. } => Some(result),
+            Output::DeadLetter { .. } => None,
+        }
+    }
 }
 
 /// Reads the results and dead-letter topics from the beginning until `done` says enough was

@@ -9,21 +9,14 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use tessera_models::ModelManifest;
-use tessera_operators::decode::{DecodeLimits, decode_image};
+use tessera_operators::decode::{DecodeError, DecodeLimits, decode_image};
 use tessera_operators::preprocess::{PreprocessSpec, Preprocessor};
 use tessera_operators::tiling::TilingConfig;
 use tessera_tests::hostile::{jpeg_header_markers, sample_jpeg, with_exif_orientation};
 use tessera_tests::manifest;
 
 /// The decode error kinds documented in the README's dead-letter table.
-const DECODE_KINDS: [&str; 6] = [
-    "empty_payload",
-    "payload_too_large",
-    "unsupported_format",
-    "dimensions_too_large",
-    "allocation_limit",
-    "corrupt_image",
-];
+const DECODE_KINDS: [&str; 6] = DecodeError::KINDS;
 
 /// Default limits but a 32 MiB allocation cap: a mutated header may claim up to 8192 x 8192,
 /// and decoding and tiling such frames hundreds of times would make this test slow, not

@@ -129,10 +129,8 @@ async fn metrics_health_status_and_admin_over_http() -> anyhow::Result<()> {
     assert_eq!(outputs.len(), frames.len());
     let tiles: usize = outputs
         .iter()
-        .map(|o| match o {
-            Output::Result { result, .. } => result.tile_count,
-            Output::DeadLetter { .. } => 0,
-        })
+        .filter_map(Output::result)
+        .map(|r| r.tile_count)
         .sum();
     let mut kinds: HashMap<String, usize> = HashMap::new();
     for output in &outputs {
