@@ -170,6 +170,7 @@ async fn start_tree(
     let (supervisor, join) = Actor::spawn(Some(names.supervisor()), PipelineSupervisor, args)
         .await
         .map_err(|e| PipelineError::Actor(e.to_string()))?;
+    monitor.attach_supervisor(supervisor.get_cell());
     Ok(PipelineHandle {
         supervisor,
         join,

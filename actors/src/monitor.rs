@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use ractor::{ActorCell, ActorStatus};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -129,6 +130,8 @@ pub struct Monitor {
     /// The operator pause; ingest watches it.
     pause: watch::Sender<bool>,
     inflight: OnceLock<Arc<InFlight>>,
+    /// The root of the actor tree.
+    supervisor: OnceLock<ActorCell>,
     /// Last time (ms since start) the consumer was seen serving its client (statistics are
     /// delivered from its poll), or 0 before the first time.
     consumer_heartbeat_ms: AtomicI64,
@@ -151,6 +154,7 @@ impl Monitor {
             consumer: Mutex::new(ConsumerState::default()),
             pause: watch::Sender::new(false),
             inflight: OnceLock::new(),
+            supervisor: OnceLock::new(),
             consumer_heartbeat_ms: AtomicI64::new(0),
             liveness_timeout,
         })
@@ -186,6 +190,11 @@ impl Monitor {
     /// Gives the monitor the registry of frames in flight (once, at start).
     pub(crate) fn attach_inflight(&self, inflight: Arc<InFlight>) {
         let _ = self.inflight.set(inflight);
+    }
+
+    /// Gives the monitor the root of the actor tree (once, at start).
+    pub(crate) fn attach_supervisor(&self, supervisor: ActorCell) {
+        let _ = self.supervisor.set(supervisor);
     }
 
     /// The consumer joined its group and got `partitions` (possibly none: idle).
@@ -294,6 +303,15 @@ impl Monitor {
         let phase = self.phase();
         if phase == Phase::Failed {
             return Err(NotReady("the pipeline failed".into()));
+        }
+        if phase == Phase::Running
+            && let Some(supervisor) = self.supervisor.get()
+            && matches!(
+                supervisor.get_status(),
+                ActorStatus::Stopping | ActorStatus::Stopped
+            )
+        {
+            return Err(NotReady("the actor tree has stopped".into()));
         }
         if phase == Phase::Running && !self.liveness_timeout.is_zero() {
             let last = self.consumer_heartbeat_ms.load(Ordering::Relaxed);

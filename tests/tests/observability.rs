@@ -87,8 +87,15 @@ async fn metrics_health_status_and_admin_over_http() -> anyhow::Result<()> {
     config.http.address = "127.0.0.1:0".into();
     config.http.admin_token = Some(TOKEN.into());
     config.kafka.statistics_interval = Duration::from_millis(500);
+    // Shorter than the paused window below: liveness must come from the consumer's polling,
+    // not from frames flowing.
+    config.http.liveness_timeout = Duration::from_secs(2);
 
-    let monitor = Monitor::new("observability", "observability", Duration::ZERO);
+    let monitor = Monitor::new(
+        "observability",
+        "observability",
+        config.http.liveness_timeout,
+    );
     let http = HttpServer::start(&config.http, monitor.clone()).await?;
     let base = format!("http://{}", http.local_addr());
 
@@ -291,6 +298,12 @@ async fn metrics_health_status_and_admin_over_http() -> anyhow::Result<()> {
     );
     let lag = total(&still, names::CONSUMER_LAG);
     assert!(lag >= 1.0, "the waiting frames show as lag: {lag}");
+    let health = request("GET", &format!("{base}/healthz"), None).await?;
+    assert_eq!(
+        health.as_ref().map(|a| a.status),
+        Some(200),
+        "a paused consumer still polls: {health:?}"
+    );
 
     // Resumed: they are processed.
     let answer = request("POST", &format!("{base}/v1/resume"), Some(TOKEN)).await?;

@@ -48,6 +48,13 @@ async fn a_killed_stage_is_restarted_and_the_stream_goes_on() -> anyhow::Result<
     })
     .await;
     assert!(restarted.is_some(), "merge was not restarted");
+    let monitor = pipeline.monitor();
+    let metrics = monitor.metrics.encode_text();
+    assert!(
+        metrics.contains(r#"tessera_supervisor_actor_restarts_total{actor="merge"} 1"#),
+        "{metrics}"
+    );
+    assert!(monitor.liveness().is_ok(), "a restarted tree is alive");
 
     // The restarted stage is wired in: frames published now all come out.
     let sent = camera_frames("cam-1", &dog, 0..3);
@@ -92,5 +99,18 @@ async fn a_restart_storm_stops_the_pipeline_with_an_error() -> anyhow::Result<()
         }
         other => panic!("expected a restart storm, got {other:?}"),
     }
+    // Operators see it: not live, not ready, and the restarts counted.
+    let monitor = pipeline.monitor();
+    assert!(monitor.liveness().is_err());
+    assert!(monitor.readiness().is_err());
+    assert_eq!(monitor.status().phase, tessera_actors::Phase::Failed);
+    let metrics = monitor.metrics.encode_text();
+    let counted = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"tessera_supervisor_actor_restarts_total{actor="recognize"} "#)
+        })
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(counted.is_some_and(|n| n > 3), "{metrics}");
     Ok(())
 }
