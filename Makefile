@@ -15,7 +15,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: setup demo test lint bench reference clean-setup
+.PHONY: setup demo test lint bench bench-e2e baseline-setup reference clean-setup
 
 ## Install the ONNX Runtime library into .tessera/ (idempotent).
 setup: $(ORT_LIB)
@@ -38,7 +38,18 @@ lint:
 
 ## Criterion micro-benchmarks.
 bench: setup
-	$(CARGO) bench -p tessera-benches
+	$(CARGO) bench -p tessera-benches --bench micro
+
+## End-to-end benchmark: tessera against the ONNX Runtime ceiling and the Python baseline
+## (BENCHMARKS.md). Extra flags: make bench-e2e BENCH_ARGS="--workload yolox --soak 2m".
+BENCH_ARGS ?=
+bench-e2e: setup baseline-setup
+	$(CARGO) build --release -p tessera -p tessera-benches
+	target/release/tessera-bench $(BENCH_ARGS)
+
+## The Python baseline's virtual environment (.tessera/baseline-venv).
+baseline-setup:
+	@benches/baseline/setup.sh $(CURDIR)/.tessera/baseline-venv >/dev/null
 
 ## Regenerate the goldens and tiny test models with the independent Python references.
 reference:

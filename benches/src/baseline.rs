@@ -1,0 +1,81 @@
+//! The Python baseline (`benches/baseline/pipeline.py`), run as a child process on the same
+//! broker and frames; it prints one JSON line of figures when done.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use serde::{Deserialize, Serialize};
+
+/// What the baseline reports (see `benches/baseline/README.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaselineReport {
+    pub frames: usize,
+    pub tiles: usize,
+    pub seconds: f64,
+    pub frames_per_s: f64,
+    pub tiles_per_s: f64,
+    pub cpu_seconds: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// One baseline run.
+#[derive(Debug)]
+pub struct Run<'a> {
+    pub python: &'a Path,
+    pub brokers: &'a str,
+    pub input_topic: &'a str,
+    pub results_topic: &'a str,
+    pub group: &'a str,
+    pub model: &'a Path,
+    pub manifest: &'a Path,
+    pub frames: usize,
+    pub batch: usize,
+    /// Where its stderr goes.
+    pub log: &'a Path,
+}
+
+/// Runs the baseline to completion and parses its report.
+pub async fn run(run: &Run<'_>) -> anyhow::Result<BaselineReport> {
+    anyhow::ensure!(
+        run.python.is_file(),
+        "{} not found: run benches/baseline/setup.sh (or pass --no-baseline)",
+        run.python.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("baseline/pipeline.py");
+    let output = tokio::process::Command::new(run.python)
+        .arg(script)
+        .args(["--brokers", run.brokers])
+        .args(["--input-topic", run.input_topic])
+        .args(["--results-topic", run.results_topic])
+        .args(["--group", run.group])
+        .arg("--model")
+        .arg(run.model)
+        .arg("--manifest")
+        .arg(run.manifest)
+        .args(["--frames", &run.frames.to_string()])
+        .args(["--batch", &run.batch.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(run.log)?)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the baseline failed ({}); see {}",
+        output.status,
+        run.log.display()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("the baseline printed no report: {stdout}"))?;
+    let report: BaselineReport = serde_json::from_str(line)?;
+    anyhow::ensure!(
+        report.frames == run.frames,
+        "the baseline processed {} of {} frames",
+        report.frames,
+        run.frames
+    );
+    Ok(report)
+}

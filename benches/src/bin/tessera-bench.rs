@@ -1,0 +1,526 @@
+//! `tessera-bench`: the end-to-end benchmark. For each workload, in one run on one machine:
+//!
+//! 1. throughput: a fixed set of 1080p frames, published to the embedded broker beforehand,
+//!    through the `tessera` binary (frames/s, tiles/s, backlog latency, CPU, peak RSS);
+//! 2. the ceiling: ONNX Runtime alone, the same number of model runs, best session layout;
+//! 3. the baseline: the plain Python pipeline (`benches/baseline/`) on the same frames;
+//! 4. latency at half the measured rate (p50/p95/p99, end to end);
+//! 5. optionally a soak: frames continuously for `--soak`, resident memory per minute.
+//!
+//! Build both binaries first: `cargo build --release -p tessera -p tessera-benches`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use tessera::embedded::EmbeddedKafka;
+use tessera_actors::FrameResult;
+use tessera_benches::baseline::{self, BaselineReport};
+use tessera_benches::ceiling::{self, Ceiling};
+use tessera_benches::stats::Latency;
+use tessera_benches::tessera_run::{TesseraProcess, cpu_between, read_results};
+use tessera_benches::{frames, publish};
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "End-to-end benchmark of tessera against the ONNX Runtime ceiling and the Python baseline"
+)]
+struct Args {
+    /// Which workloads to run.
+    #[arg(long, value_enum, default_value_t = WorkloadName::All)]
+    workload: WorkloadName,
+    /// Frames in the throughput run.
+    #[arg(long, default_value_t = 60)]
+    frames: usize,
+    /// Length of the half-rate latency run.
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    latency_run: Duration,
+    /// Length of the continuous-load memory run (0s: skip).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    soak: Duration,
+    /// Skip the Python baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Python interpreter with the baseline's requirements (benches/baseline/setup.sh).
+    #[arg(long, default_value = ".tessera/baseline-venv/bin/python")]
+    python: PathBuf,
+    /// Assets folder (models, images); default `$TESSERA_ASSETS`.
+    #[arg(long, env = "TESSERA_ASSETS")]
+    assets: PathBuf,
+    /// Where the JSON reports and logs go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WorkloadName {
+    Yolox,
+    Mobilenet,
+    All,
+}
+
+/// One workload: a model, its tiling and batching.
+#[derive(Debug, Clone)]
+struct Workload {
+    name: &'static str,
+    model: &'static str,
+    /// `--set` overrides on top of the defaults.
+    settings: Vec<String>,
+    /// Tiles per model run (dynamic-batch models).
+    batch: usize,
+}
+
+fn workloads(which: WorkloadName) -> Vec<Workload> {
+    let yolox = Workload {
+        name: "yolox",
+        model: "yolox-nano",
+        settings: Vec::new(),
+        batch: 1,
+    };
+    let mobilenet = Workload {
+        name: "mobilenet",
+        model: "mobilenetv2",
+        settings: vec!["recognize.max_batch=8".into()],
+        batch: 8,
+    };
+    match which {
+        WorkloadName::Yolox => vec![yolox],
+        WorkloadName::Mobilenet => vec![mobilenet],
+        WorkloadName::All => vec![yolox, mobilenet],
+    }
+}
+
+/// What one tessera run measured.
+#[derive(Debug, Clone, Serialize)]
+struct PipelineFigures {
+    frames: usize,
+    tiles: usize,
+    seconds: f64,
+    frames_per_s: f64,
+    tiles_per_s: f64,
+    /// From consumption to the finished result, per frame.
+    latency_ms: Latency,
+    cpu_utilisation: Option<f64>,
+    peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct LatencyRun {
+    rate_per_s: f64,
+    frames: usize,
+    latency_ms: Latency,
+    p99_over_p50: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SoakRun {
+    seconds: f64,
+    frames: usize,
+    peak_rss_mib: Option<f64>,
+    max_rss_first_minute_mib: f64,
+    max_rss_second_minute_mib: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    workload: String,
+    cores: usize,
+    tessera: PipelineFigures,
+    ceiling: Ceiling,
+    pipeline_over_ceiling: f64,
+    baseline: Option<BaselineReport>,
+    tessera_over_baseline: Option<f64>,
+    latency_at_half_rate: Option<LatencyRun>,
+    soak: Option<SoakRun>,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.out)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jpegs = frames::jpegs_1080p(&args.assets)?;
+    eprintln!(
+        "{} distinct 1080p frames ({} KiB on average), {cores} cores",
+        jpegs.len(),
+        jpegs.iter().map(Vec::len).sum::<usize>() / jpegs.len() / 1024
+    );
+    let mut reports = Vec::new();
+    for workload in workloads(args.workload) {
+        let report = run_workload(&args, &workload, &jpegs, cores).await?;
+        let path = args.out.join(format!("report-{}.json", workload.name));
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("Report written to {}", path.display());
+        reports.push(report);
+    }
+    print_summary(&reports);
+    Ok(())
+}
+
+async fn run_workload(
+    args: &Args,
+    workload: &Workload,
+    jpegs: &[Vec<u8>],
+    cores: usize,
+) -> anyhow::Result<Report> {
+    eprintln!("== workload {} ({})", workload.name, workload.model);
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    let sample = frames::camera_frames(jpegs, args.frames, 1);
+    let partitions = publish::partitions_for(&sample);
+    let frames = frames::camera_frames(jpegs, args.frames, partitions as usize);
+    let topics = Topics::new(workload.name);
+    for topic in [&topics.input, &topics.results, &topics.baseline_results] {
+        kafka.create_topic(topic, partitions)?;
+    }
+    kafka.create_topic(&topics.dlq, 1)?;
+    publish::publish_all(&brokers, &topics.input, partitions, &frames).await?;
+    eprintln!(
+        "Published {} frames over {partitions} partitions",
+        frames.len()
+    );
+
+    // 1. tessera, throughput over a backlog.
+    let settings = pipeline_settings(workload, &brokers, &topics.input, &topics, "throughput");
+    let log = args
+        .out
+        .join(format!("tessera-{}-throughput.log", workload.name));
+    let process = TesseraProcess::start(&settings, &args.assets, &log)?;
+    let results = read_results(
+        &brokers,
+        &topics.results,
+        &topics.dlq,
+        frames.len(),
+        Duration::from_secs(1800),
+    )
+    .await?;
+    let samples = process.samples();
+    let peak_rss_mib = process.peak_rss_mib();
+    process.stop()?;
+    let tessera = figures(&results, &samples, peak_rss_mib, cores);
+    eprintln!(
+        "tessera: {:.2} frames/s, {:.1} tiles/s, CPU {:.0}%, peak RSS {:.0} MiB",
+        tessera.frames_per_s,
+        tessera.tiles_per_s,
+        tessera.cpu_utilisation.unwrap_or(f64::NAN) * 100.0,
+        tessera.peak_rss_mib.unwrap_or(f64::NAN)
+    );
+
+    // 2. The ceiling: the same number of model runs, ONNX Runtime alone.
+    let env = tessera_models::init_runtime(None)?;
+    let model = ceiling::load_model(&manifest(workload.model), &args.assets)?;
+    let ceiling = ceiling::measure(&env, &model, tessera.tiles, workload.batch, cores)?;
+    let ceiling_frames_per_s =
+        ceiling.best.images_per_s / (tessera.tiles as f64 / tessera.frames as f64);
+    let pipeline_over_ceiling = tessera.frames_per_s / ceiling_frames_per_s;
+    eprintln!(
+        "ceiling: {:.1} images/s = {ceiling_frames_per_s:.2} frames/s; tessera / ceiling = {pipeline_over_ceiling:.3}",
+        ceiling.best.images_per_s
+    );
+
+    // 3. The Python baseline on the same frames (same topic, its own group).
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        let run = baseline::Run {
+            python: &args.python,
+            brokers: &brokers,
+            input_topic: &topics.input,
+            results_topic: &topics.baseline_results,
+            group: &format!("baseline-{}", workload.name),
+            model: &model.onnx_path,
+            manifest: &manifest(workload.model),
+            frames: frames.len(),
+            batch: workload.batch,
+            log: &args.out.join(format!("baseline-{}.log", workload.name)),
+        };
+        let report = baseline::run(&run).await?;
+        eprintln!("baseline: {:.2} frames/s", report.frames_per_s);
+        Some(report)
+    };
+    let tessera_over_baseline = baseline
+        .as_ref()
+        .map(|b| tessera.frames_per_s / b.frames_per_s);
+
+    // 4. Latency at half the sustained rate.
+    let latency_at_half_rate = if args.latency_run.is_zero() {
+        None
+    } else {
+        Some(
+            latency_run(
+                args,
+                workload,
+                &kafka,
+                jpegs,
+                tessera.frames_per_s / 2.0,
+                partitions,
+            )
+            .await?,
+        )
+    };
+
+    // 5. Memory under continuous load.
+    let soak = if args.soak.is_zero() {
+        None
+    } else {
+        Some(
+            soak_run(
+                args,
+                workload,
+                &kafka,
+                jpegs,
+                tessera.frames_per_s,
+                partitions,
+            )
+            .await?,
+        )
+    };
+
+    Ok(Report {
+        workload: workload.name.into(),
+        cores,
+        tessera,
+        ceiling,
+        pipeline_over_ceiling,
+        baseline,
+        tessera_over_baseline,
+        latency_at_half_rate,
+        soak,
+    })
+}
+
+/// The topics of one workload.
+struct Topics {
+    input: String,
+    results: String,
+    baseline_results: String,
+    dlq: String,
+}
+
+impl Topics {
+    fn new(workload: &str) -> Self {
+        Self {
+            input: format!("{workload}-frames"),
+            results: format!("{workload}-results"),
+            baseline_results: format!("{workload}-baseline-results"),
+            dlq: format!("{workload}-dlq"),
+        }
+    }
+}
+
+fn manifest(model: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/manifests")
+        .join(model)
+        .join("model.toml")
+}
+
+/// `--set` settings of a tessera run of `workload` reading `input`.
+fn pipeline_settings(
+    workload: &Workload,
+    brokers: &str,
+    input: &str,
+    topics: &Topics,
+    run: &str,
+) -> Vec<String> {
+    let mut settings = vec![
+        format!("kafka.brokers={brokers}"),
+        format!("kafka.group_id=bench-{}-{run}", workload.name),
+        format!("kafka.input_topics=[\"{input}\"]"),
+        format!("kafka.results_topic={}", topics.results_for(run)),
+        format!("kafka.dlq_topic={}", topics.dlq),
+        format!("model.manifest={}", manifest(workload.model).display()),
+    ];
+    settings.extend(workload.settings.iter().cloned());
+    settings
+}
+
+impl Topics {
+    fn results_for(&self, run: &str) -> String {
+        match run {
+            "throughput" => self.results.clone(),
+            other => format!("{}-{other}", self.results),
+        }
+    }
+}
+
+/// Throughput, latency and resources from a backlog run's results and process samples.
+fn figures(
+    results: &[FrameResult],
+    samples: &[tessera_benches::tessera_run::Sample],
+    peak_rss_mib: Option<f64>,
+    cores: usize,
+) -> PipelineFigures {
+    let first = results
+        .iter()
+        .map(|r| r.timestamps.received_ms)
+        .min()
+        .unwrap_or(0);
+    let last = results
+        .iter()
+        .map(|r| r.timestamps.completed_ms)
+        .max()
+        .unwrap_or(0);
+    let seconds = ((last - first) as f64 / 1000.0).max(0.001);
+    let tiles: usize = results.iter().map(|r| r.tile_count).sum();
+    // Over a backlog, time since publishing is mostly waiting in Kafka: measure from
+    // consumption instead (the end-to-end figure is the half-rate run's).
+    let latencies: Vec<f64> = results
+        .iter()
+        .map(|r| (r.timestamps.completed_ms - r.timestamps.received_ms) as f64)
+        .collect();
+    PipelineFigures {
+        frames: results.len(),
+        tiles,
+        seconds,
+        frames_per_s: results.len() as f64 / seconds,
+        tiles_per_s: tiles as f64 / seconds,
+        latency_ms: Latency::of(&latencies),
+        cpu_utilisation: cpu_between(samples, first, last).map(|cpu| cpu / seconds / cores as f64),
+        peak_rss_mib,
+    }
+}
+
+/// From the frame's capture stamp (set when it was published) to its result.
+fn end_to_end_ms(result: &FrameResult) -> Option<f64> {
+    let capture = result.timestamps.capture_ms?;
+    Some((result.timestamps.completed_ms - capture) as f64)
+}
+
+async fn latency_run(
+    args: &Args,
+    workload: &Workload,
+    kafka: &EmbeddedKafka,
+    jpegs: &[Vec<u8>],
+    rate: f64,
+    partitions: i32,
+) -> anyhow::Result<LatencyRun> {
+    let brokers = kafka.bootstrap_servers();
+    let topics = Topics::new(workload.name);
+    let input = format!("{}-paced", workload.name);
+    let results_topic = topics.results_for("paced");
+    kafka.create_topic(&input, partitions)?;
+    kafka.create_topic(&results_topic, partitions)?;
+    let count = ((rate * args.latency_run.as_secs_f64()).ceil() as usize).max(4);
+    let frames = frames::camera_frames(jpegs, count, partitions as usize);
+    let settings = pipeline_settings(workload, &brokers, &input, &topics, "paced");
+    let log = args
+        .out
+        .join(format!("tessera-{}-paced.log", workload.name));
+    let process = TesseraProcess::start(&settings, &args.assets, &log)?;
+    // The model loads before the first frame is due, so the run measures steady state.
+    process.wait_ready(Duration::from_secs(120)).await?;
+    eprintln!("latency: {count} frames at {rate:.2} frames/s");
+    let publishing = {
+        let (brokers, input) = (brokers.clone(), input.clone());
+        tokio::spawn(async move {
+            publish::publish_paced(&brokers, &input, partitions, &frames, rate, Duration::MAX).await
+        })
+    };
+    let results = read_results(
+        &brokers,
+        &results_topic,
+        &topics.dlq,
+        count,
+        Duration::from_secs_f64(count as f64 / rate + 300.0),
+    )
+    .await?;
+    publishing.await??;
+    process.stop()?;
+    let latencies: Vec<f64> = results.iter().filter_map(end_to_end_ms).collect();
+    let latency_ms = Latency::of(&latencies);
+    eprintln!(
+        "latency at {rate:.2} frames/s: p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
+        latency_ms.p50, latency_ms.p95, latency_ms.p99
+    );
+    Ok(LatencyRun {
+        rate_per_s: rate,
+        frames: results.len(),
+        p99_over_p50: latency_ms.p99 / latency_ms.p50,
+        latency_ms,
+    })
+}
+
+async fn soak_run(
+    args: &Args,
+    workload: &Workload,
+    kafka: &EmbeddedKafka,
+    jpegs: &[Vec<u8>],
+    rate: f64,
+    partitions: i32,
+) -> anyhow::Result<SoakRun> {
+    let brokers = kafka.bootstrap_servers();
+    let topics = Topics::new(workload.name);
+    let input = format!("{}-soak", workload.name);
+    let results_topic = topics.results_for("soak");
+    kafka.create_topic(&input, partitions)?;
+    kafka.create_topic(&results_topic, partitions)?;
+    let count = (rate * args.soak.as_secs_f64()).ceil() as usize + 1;
+    let frames = frames::camera_frames(jpegs, count, partitions as usize);
+    let settings = pipeline_settings(workload, &brokers, &input, &topics, "soak");
+    let log = args.out.join(format!("tessera-{}-soak.log", workload.name));
+    let process = TesseraProcess::start(&settings, &args.assets, &log)?;
+    process.wait_ready(Duration::from_secs(120)).await?;
+    eprintln!("soak: {:?} at {rate:.2} frames/s", args.soak);
+    let started_ms = tessera_actors::frame::now_ms();
+    let sent =
+        publish::publish_paced(&brokers, &input, partitions, &frames, rate, args.soak).await?;
+    let samples = process.samples();
+    let peak_rss_mib = process.peak_rss_mib();
+    process.stop()?;
+    let max_in = |from_s: i64, to_s: i64| {
+        samples
+            .iter()
+            .filter(|s| s.at_ms >= started_ms + from_s * 1000 && s.at_ms < started_ms + to_s * 1000)
+            .map(|s| s.rss_mib)
+            .fold(0.0, f64::max)
+    };
+    let soak = SoakRun {
+        seconds: args.soak.as_secs_f64(),
+        frames: sent,
+        peak_rss_mib,
+        max_rss_first_minute_mib: max_in(0, 60),
+        max_rss_second_minute_mib: max_in(60, 120),
+    };
+    eprintln!(
+        "soak: peak RSS {:.0} MiB; max RSS minute 1 {:.0} MiB, minute 2 {:.0} MiB",
+        soak.peak_rss_mib.unwrap_or(f64::NAN),
+        soak.max_rss_first_minute_mib,
+        soak.max_rss_second_minute_mib
+    );
+    Ok(soak)
+}
+
+fn print_summary(reports: &[Report]) {
+    println!();
+    println!(
+        "| workload | tessera frames/s | tiles/s | ceiling frames/s | tessera / ceiling | baseline frames/s | tessera / baseline | p50 / p95 / p99 at half rate (ms) | CPU | peak RSS (MiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in reports {
+        let tiles_per_frame = r.tessera.tiles as f64 / r.tessera.frames.max(1) as f64;
+        let opt = |v: Option<f64>, digits: usize| {
+            v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+        };
+        println!(
+            "| {} | {:.2} | {:.1} | {:.2} | {:.3} | {} | {} | {} | {} | {} |",
+            r.workload,
+            r.tessera.frames_per_s,
+            r.tessera.tiles_per_s,
+            r.ceiling.best.images_per_s / tiles_per_frame,
+            r.pipeline_over_ceiling,
+            opt(r.baseline.as_ref().map(|b| b.frames_per_s), 2),
+            opt(r.tessera_over_baseline, 2),
+            r.latency_at_half_rate.as_ref().map_or_else(
+                || "-".to_owned(),
+                |l| format!(
+                    "{:.0} / {:.0} / {:.0}",
+                    l.latency_ms.p50, l.latency_ms.p95, l.latency_ms.p99
+                )
+            ),
+            opt(r.tessera.cpu_utilisation.map(|c| c * 100.0), 0) + "%",
+            opt(r.tessera.peak_rss_mib, 0),
+        );
+    }
+}

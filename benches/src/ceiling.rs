@@ -1,0 +1,126 @@
+//! The ceiling: ONNX Runtime alone running the same number of model runs as the pipeline, on
+//! the same cores, with the best session layout it can find (sessions x intra-op threads),
+//! no Kafka, no decoding, no preprocessing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tessera_models::{BatchDim, Environment, Model, ModelSession, SessionConfig};
+
+/// One layout tried.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Layout {
+    pub sessions: usize,
+    pub intra_op_threads: usize,
+    pub batch: usize,
+    pub seconds: f64,
+    /// Images (tiles) per second.
+    pub images_per_s: f64,
+}
+
+/// Every layout tried, and the best.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ceiling {
+    pub images: usize,
+    pub layouts: Vec<Layout>,
+    pub best: Layout,
+}
+
+/// Runs `images` model inputs through `model` in batches of `batch` (forced to the model's
+/// own batch when it is fixed) with every layout of at most `cores` threads in all.
+pub fn measure(
+    env: &Arc<Environment>,
+    model: &Arc<Model>,
+    images: usize,
+    batch: usize,
+    cores: usize,
+) -> anyhow::Result<Ceiling> {
+    let mut layouts = Vec::new();
+    for sessions in 1..=cores {
+        for intra_op_threads in 1..=cores / sessions {
+            let layout = run_layout(env, model, images, batch, sessions, intra_op_threads)?;
+            eprintln!(
+                "  ceiling: {sessions} session(s) x {intra_op_threads} thread(s), batch {}: {:.1} images/s",
+                layout.batch, layout.images_per_s
+            );
+            layouts.push(layout);
+        }
+    }
+    let best = layouts
+        .iter()
+        .max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no layout"))?;
+    Ok(Ceiling {
+        images,
+        layouts,
+        best,
+    })
+}
+
+fn run_layout(
+    env: &Arc<Environment>,
+    model: &Arc<Model>,
+    images: usize,
+    batch: usize,
+    sessions: usize,
+    intra_op_threads: usize,
+) -> anyhow::Result<Layout> {
+    let config = SessionConfig {
+        intra_op_threads,
+        ..SessionConfig::default()
+    };
+    let mut loaded = (0..sessions)
+        .map(|_| ModelSession::load(env, model.clone(), &config))
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = match loaded[0].batch_dim() {
+        BatchDim::Fixed(n) => n,
+        BatchDim::Dynamic => batch.max(1),
+    };
+    let tensor_len = loaded[0].tensor_len();
+    // Deterministic, image-like values in [0, 1]; the run time does not depend on them.
+    let input: Arc<Vec<f32>> = Arc::new(
+        (0..batch * tensor_len)
+            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+            .collect(),
+    );
+    for session in &mut loaded {
+        session.run(&input, batch)?; // warm-up: first runs allocate
+    }
+    let runs = images.div_ceil(batch);
+    let started = Instant::now();
+    let workers: Vec<_> = loaded
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut session)| {
+            let input = input.clone();
+            // Runs split evenly; the first sessions take the remainder.
+            let mine = runs / sessions + usize::from(i < runs % sessions);
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                for _ in 0..mine {
+                    session.run(&input, batch)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("ceiling worker panicked"))??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Layout {
+        sessions,
+        intra_op_threads,
+        batch,
+        seconds,
+        images_per_s: (runs * batch) as f64 / seconds.max(f64::EPSILON),
+    })
+}
+
+/// Loads `manifest`'s model from `assets`.
+pub fn load_model(manifest: &Path, assets: &Path) -> anyhow::Result<Arc<Model>> {
+    Ok(Arc::new(Model::load(manifest, None, Some(assets))?))
+}

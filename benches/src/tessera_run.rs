@@ -1,0 +1,180 @@
+//! Runs the `tessera` binary as an operator would (`tessera run --set ...`) against the
+//! benchmark's broker, samples its CPU time and memory from /proc while it works, and reads
+//! its results back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tessera::embedded::{Output, read_outputs};
+use tessera_actors::FrameResult;
+use tessera_actors::frame::now_ms;
+
+use crate::stats;
+
+/// One sample of the process: wall time (ms since the epoch), CPU time so far, resident MiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub at_ms: i64,
+    pub cpu: Duration,
+    pub rss_mib: f64,
+}
+
+/// A running `tessera run` process and its sampler.
+#[derive(Debug)]
+pub struct TesseraProcess {
+    child: Child,
+    /// Where its HTTP endpoints listen.
+    http: String,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The `tessera` binary beside this one (both are built by `cargo build --release`).
+pub fn tessera_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let binary = exe.with_file_name("tessera");
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} not found: build it first (cargo build --release -p tessera)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+impl TesseraProcess {
+    /// Starts `tessera run` with these `--set` overrides, serving HTTP on a free local port;
+    /// its logs go to `log`.
+    pub fn start(overrides: &[String], assets: &Path, log: &Path) -> anyhow::Result<Self> {
+        let http = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .to_string();
+        let mut command = Command::new(tessera_binary()?);
+        command.arg("run");
+        for setting in overrides {
+            command.args(["--set", setting]);
+        }
+        command.args(["--set", &format!("http.address={http}")]);
+        let child = command
+            .env("TESSERA_ASSETS", assets)
+            .env("RUST_LOG", "info,ort=warn,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?;
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pid = child.id();
+        {
+            let (samples, stop) = (samples.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (Some(cpu), Some(rss_mib)) = (stats::cpu_time(pid), stats::rss_mib(pid))
+                    else {
+                        break;
+                    };
+                    if let Ok(mut samples) = samples.lock() {
+                        samples.push(Sample {
+                            at_ms: now_ms(),
+                            cpu,
+                            rss_mib,
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            });
+        }
+        Ok(Self {
+            child,
+            http,
+            samples,
+            stop,
+        })
+    }
+
+    /// Waits until `/readyz` answers 200 (model loaded, consumer in its group).
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let url = format!("http://{}/readyz", self.http);
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let url = url.clone();
+            let ready = tokio::task::spawn_blocking(move || {
+                ureq::get(&url).call().is_ok_and(|r| r.status() == 200)
+            })
+            .await?;
+            if ready {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        anyhow::bail!("tessera was not ready within {timeout:?}")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The samples so far.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Peak resident memory so far (the kernel's high-water mark), MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        stats::peak_rss_mib(self.pid())
+    }
+
+    /// Graceful stop (SIGTERM), then waits for the exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "tessera exited with {status}");
+        Ok(())
+    }
+}
+
+/// CPU seconds the process used between two wall-clock instants (nearest samples).
+pub fn cpu_between(samples: &[Sample], from_ms: i64, to_ms: i64) -> Option<f64> {
+    let nearest = |t: i64| samples.iter().min_by_key(|s| (s.at_ms - t).abs());
+    let (a, b) = (nearest(from_ms)?, nearest(to_ms)?);
+    Some(b.cpu.saturating_sub(a.cpu).as_secs_f64())
+}
+
+/// Reads `count` results from `results_topic` (failing on dead letters: benchmark frames
+/// are all valid).
+pub async fn read_results(
+    brokers: &str,
+    results_topic: &str,
+    dlq_topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<FrameResult>> {
+    let outputs = read_outputs(
+        brokers,
+        results_topic,
+        dlq_topic,
+        timeout,
+        |_| {},
+        |outputs| outputs.len() >= count,
+    )
+    .await?;
+    let mut results = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        match output {
+            Output::Result { result, .. } => results.push(*result),
+            Output::DeadLetter { kind, error, .. } => {
+                anyhow::bail!("a benchmark frame was dead-lettered: {kind}: {error}")
+            }
+        }
+    }
+    anyhow::ensure!(
+        results.len() >= count,
+        "only {} of {count} results within {timeout:?}",
+        results.len()
+    );
+    Ok(results)
+}
