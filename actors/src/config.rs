@@ -77,10 +77,12 @@ impl PipelineConfig {
                 "must be at least 1",
             ));
         }
-        if self.flow.max_queued_tiles == 0 {
+        if self.flow.max_queued_tiles < self.recognize.max_batch {
+            // A filling batch holds a credit per tile: fewer credits than a batch could
+            // never fill one.
             return Err(ConfigError::invalid(
                 "flow.max_queued_tiles",
-                "must be at least 1",
+                "must be at least recognize.max_batch",
             ));
         }
         if self.flow.max_attempts == 0 {
@@ -257,8 +259,12 @@ pub struct RecognizeConfig {
     /// Inference workers, each owning one ONNX Runtime session. With single-threaded
     /// sessions, one worker per core fills the machine.
     pub workers: usize,
-    /// Most tiles per model run, for models with a dynamic batch dimension.
+    /// Most tiles per model run, for models with a dynamic batch dimension. Batches fill
+    /// with tiles of consecutive frames.
     pub max_batch: usize,
+    /// Longest a batch that is not full waits for tiles of the next frame before it runs.
+    #[serde(with = "humantime_serde")]
+    pub max_batch_delay: Duration,
     /// Test hook for fault-injection tests: a worker panics on every Nth model run of the
     /// pool. Never set it in production.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -270,6 +276,7 @@ impl Default for RecognizeConfig {
         Self {
             workers: default_recognize_workers(),
             max_batch: 8,
+            max_batch_delay: Duration::from_millis(10),
             panic_every_nth_batch: None,
         }
     }

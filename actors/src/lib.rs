@@ -29,6 +29,7 @@ pub mod recognize;
 pub mod recovery;
 pub mod result;
 pub mod supervisor;
+pub mod tensor_pool;
 pub mod throttle;
 pub mod watermark;
 
@@ -141,16 +142,24 @@ async fn start_tree(
     );
 
     let (width, height) = (model.manifest.input.width, model.manifest.input.height);
+    let batch_capacity = prepare::batch_capacity(batch_dim, config.recognize.max_batch);
     let plan = Arc::new(PreparePlan {
         limits: config.limits.clone(),
         grid: config.tiling.grid(width, height),
         preprocess: model.preprocess_spec(),
         batch_dim,
         max_batch: config.recognize.max_batch,
+        max_batch_delay: config.recognize.max_batch_delay,
         lag_policy: config.flow.lag_policy,
         max_age: config.flow.max_age,
         tile_credits: Arc::new(Semaphore::new(config.flow.max_queued_tiles)),
-        max_queued_tiles: config.flow.max_queued_tiles,
+        // Idle buffers for as many full batches as the tile credits allow, one filling per
+        // prepare worker and one running per recognize worker.
+        tensors: tensor_pool::TensorPool::new(
+            config.flow.max_queued_tiles.div_ceil(batch_capacity)
+                + config.prepare.workers
+                + config.recognize.workers,
+        ),
     });
     let names = ActorNames::new(instance);
     let exit = Arc::new(Mutex::new(None));

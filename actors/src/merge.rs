@@ -33,7 +33,6 @@ pub struct PreparedFrame {
     /// Model-input to frame mapping per tile index.
     pub transforms: Vec<InputTransform>,
     pub decode: Duration,
-    pub preprocess: Duration,
 }
 
 /// Messages to [`Merge`].
@@ -46,6 +45,9 @@ pub enum MergeMsg {
         frame: FrameKey,
         tiles: Vec<usize>,
         outputs: Vec<TileOutput>,
+        /// Preparation time of these tiles.
+        preprocess: Duration,
+        /// This frame's share of the model runs' time.
         inference: Duration,
     },
     /// A model run failed for some tiles of a frame, in a way retrying will not fix.
@@ -87,6 +89,7 @@ struct Pending {
     /// Tile outputs by tile index.
     outputs: Vec<Option<TileOutput>>,
     remaining: usize,
+    preprocess: Duration,
     inference: Duration,
     /// Set when a model run failed: the frame is dead-lettered once all tiles are accounted for.
     failure: Option<PrepareFailure>,
@@ -139,6 +142,7 @@ impl Actor for Merge {
                         frame,
                         outputs: (0..tiles).map(|_| None).collect(),
                         remaining: tiles,
+                        preprocess: Duration::ZERO,
                         inference: Duration::ZERO,
                         failure: None,
                     });
@@ -148,12 +152,14 @@ impl Actor for Merge {
                 frame,
                 tiles,
                 outputs,
+                preprocess,
                 inference,
             } => {
                 let Some(pending) = state.pending.get_mut(&frame) else {
                     // The frame already finished (a re-dispatched duplicate's late output).
                     return Ok(());
                 };
+                pending.preprocess += preprocess;
                 pending.inference += inference;
                 for (index, output) in tiles.into_iter().zip(outputs) {
                     if let Some(slot) = pending.outputs.get_mut(index)
@@ -236,6 +242,7 @@ fn finish(args: &MergeArgs, pending: Pending) -> Outcome {
     let Pending {
         frame,
         outputs,
+        preprocess,
         inference,
         failure,
         ..
@@ -295,7 +302,7 @@ fn finish(args: &MergeArgs, pending: Pending) -> Outcome {
             .collect(),
         latency_ms: Latencies {
             decode: millis(frame.decode),
-            preprocess: millis(frame.preprocess),
+            preprocess: millis(preprocess),
             inference: millis(inference),
             merge: millis(merge),
             total: millis(meta.received_at.elapsed()),

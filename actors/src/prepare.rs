@@ -1,16 +1,16 @@
 //! Prepare pool: decode (with limits) -> tile grid -> preprocess into model tensors.
 //! A ractor factory; each worker does the CPU-heavy part on a blocking thread.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
 use ractor::{ActorProcessingErr, ActorRef};
 use tessera_models::BatchDim;
 use tessera_operators::decode::{DecodeLimits, decode_image};
-use tessera_operators::preprocess::{InputTransform, Preprocessor};
+use tessera_operators::preprocess::Preprocessor;
 use tessera_operators::tiling::TileGrid;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::LagPolicy;
 use crate::frame::{
@@ -19,8 +19,9 @@ use crate::frame::{
 use crate::merge::{MergeMsg, PreparedFrame};
 use crate::metrics::{Queue, Stage};
 use crate::monitor::Monitor;
-use crate::names::{ActorNames, lookup_patiently};
-use crate::recognize::{RecognizeMsg, TileBatch};
+use crate::names::{ActorNames, lookup, lookup_patiently};
+use crate::recognize::{RecognizeMsg, RecognizeRef, TileBatch, TileSlot};
+use crate::tensor_pool::{PooledTensor, TensorPool};
 
 /// Dead-letter kinds of records that break the data contract before their image is looked at.
 pub const MISSING_KEY: &str = "missing_key";
@@ -43,14 +44,16 @@ pub struct PreparePlan {
     pub batch_dim: BatchDim,
     /// Most tiles per run for a dynamic batch dimension.
     pub max_batch: usize,
+    /// Longest a batch that is not full waits for the next frame's tiles.
+    pub max_batch_delay: Duration,
     /// Lag policy and the age beyond which `drop_stale` skips a frame.
     pub lag_policy: LagPolicy,
     pub max_age: Duration,
     /// Tile credits (`flow.max_queued_tiles`): a batch holds one per tile until its model run
     /// is done, which bounds the tensors waiting for inference.
     pub tile_credits: Arc<Semaphore>,
-    /// Capacity of `tile_credits`.
-    pub max_queued_tiles: usize,
+    /// Input tensors, reused across batches.
+    pub tensors: TensorPool,
 }
 
 impl PreparePlan {
@@ -60,6 +63,19 @@ impl PreparePlan {
             && meta
                 .capture_ms()
                 .is_some_and(|ts| now_ms().saturating_sub(ts) > self.max_age.as_millis() as i64)
+    }
+
+    /// Slots of one model run.
+    fn batch_capacity(&self) -> usize {
+        batch_capacity(self.batch_dim, self.max_batch)
+    }
+}
+
+/// Slots of one model run: the model's fixed batch, else `max_batch`.
+pub fn batch_capacity(batch_dim: BatchDim, max_batch: usize) -> usize {
+    match batch_dim {
+        BatchDim::Fixed(n) => n.max(1),
+        BatchDim::Dynamic => max_batch.max(1),
     }
 }
 
@@ -71,10 +87,12 @@ pub struct PrepareWorker {
     pub monitor: Arc<Monitor>,
 }
 
-/// State of a prepare worker: its preprocessor (buffers reused across frames).
+/// State of a prepare worker: its preprocessor (buffers reused across frames) and the batch
+/// it is filling.
 pub struct PrepareState {
     /// Taken while a frame is being prepared on a blocking thread.
     preprocessor: Option<Preprocessor>,
+    batcher: Batcher,
 }
 
 impl std::fmt::Debug for PrepareState {
@@ -91,14 +109,18 @@ pub struct PrepareFailure {
     pub message: String,
 }
 
-/// The outcome of preparing one frame.
-struct Prepared {
-    width: u32,
-    height: u32,
-    transforms: Vec<InputTransform>,
-    batches: Vec<(Vec<usize>, Vec<f32>, usize)>,
-    decode: Duration,
-    preprocess: Duration,
+/// How preparing a frame ended badly.
+enum PrepareError {
+    /// The frame is bad input: dead-letter it.
+    Rejected(PrepareFailure),
+    /// The stage cannot go on (a peer is gone): the worker fails and the frame is retried.
+    Failed(String),
+}
+
+impl From<PrepareFailure> for PrepareError {
+    fn from(failure: PrepareFailure) -> Self {
+        PrepareError::Rejected(failure)
+    }
 }
 
 impl Worker for PrepareWorker {
@@ -115,6 +137,7 @@ impl Worker for PrepareWorker {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(PrepareState {
             preprocessor: Some(Preprocessor::new(self.plan.preprocess.clone())),
+            batcher: Batcher::default(),
         })
     }
 
@@ -131,10 +154,30 @@ impl Worker for PrepareWorker {
         let frame_key = frame.meta.key.clone();
         if let Err(error) = self.process(frame, state).await {
             // Hand the frame back before this worker is restarted, so it is not lost.
-            crate::recovery::stage_failed(&self.names, &frame_key, "prepare", &error.to_string());
+            crate::recovery::stage_failed(
+                &self.names,
+                std::slice::from_ref(&frame_key),
+                "prepare",
+                &error.to_string(),
+            );
             return Err(error);
         }
         Ok(key)
+    }
+
+    async fn post_stop(
+        &self,
+        _wid: WorkerId,
+        _factory: &ActorRef<PrepareMsg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Tiles waiting for more of their batch run now rather than wait for a timeout.
+        if let Some(recognize) = lookup::<RecognizeMsg>(&self.names.recognize()) {
+            state
+                .batcher
+                .flush_now(&recognize, &self.plan, &self.monitor);
+        }
+        Ok(())
     }
 }
 
@@ -151,78 +194,308 @@ impl PrepareWorker {
             merge.cast(MergeMsg::Skipped { meta: frame.meta })?;
             return Ok(());
         }
+        let recognize =
+            lookup_patiently::<RecognizeMsg>(&self.names.recognize(), Duration::from_secs(30))
+                .await
+                .ok_or("recognize pool unavailable")?;
         let mut preprocessor = state
             .preprocessor
             .take()
             .unwrap_or_else(|| Preprocessor::new(self.plan.preprocess.clone()));
-        let plan = self.plan.clone();
-        let (payload, meta) = (frame.payload.clone(), frame.meta.clone());
+        let job = FrameJob {
+            plan: self.plan.clone(),
+            names: self.names.clone(),
+            monitor: self.monitor.clone(),
+            batcher: state.batcher.clone(),
+            merge: merge.clone(),
+            recognize,
+            frame: frame.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
         let (preprocessor, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome = validate_record(&meta)
-                .and_then(|()| prepare_frame(&payload, &plan, &mut preprocessor));
+            job.batcher.set_filling(true);
+            let outcome = job.run(&mut preprocessor);
+            job.batcher.set_filling(false);
+            job.batcher.flush_if_due(&job);
             (preprocessor, outcome)
         })
         .await?;
         state.preprocessor = Some(preprocessor);
-
-        let prepared = match outcome {
-            Ok(prepared) => prepared,
-            Err(failure) => {
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(PrepareError::Rejected(failure)) => {
                 merge.cast(MergeMsg::Failed {
                     meta: frame.meta,
                     payload: frame.payload,
                     failure,
                 })?;
-                return Ok(());
+                Ok(())
             }
-        };
+            Err(PrepareError::Failed(error)) => Err(error.into()),
+        }
+    }
+}
+
+/// Everything the blocking part of preparing one frame needs.
+struct FrameJob {
+    plan: Arc<PreparePlan>,
+    names: ActorNames,
+    monitor: Arc<Monitor>,
+    batcher: Batcher,
+    merge: ActorRef<MergeMsg>,
+    recognize: RecognizeRef,
+    frame: Frame,
+    runtime: tokio::runtime::Handle,
+}
+
+impl FrameJob {
+    /// Decodes the frame, tells merge what to expect, then preprocesses each tile straight
+    /// into the batch being filled, dispatching batches as they fill. Pure CPU work but for
+    /// waiting on tile credits; runs on a blocking thread.
+    fn run(&self, preprocessor: &mut Preprocessor) -> Result<(), PrepareError> {
+        let meta = &self.frame.meta;
+        validate_record(meta)?;
+        let started = Instant::now();
+        let image =
+            decode_image(&self.frame.payload, &self.plan.limits).map_err(|e| PrepareFailure {
+                kind: e.kind(),
+                message: e.to_string(),
+            })?;
+        let decode = started.elapsed();
         let metrics = &self.monitor.metrics;
-        metrics
-            .stage(Stage::Decode)
-            .observe(prepared.decode.as_secs_f64());
-        metrics
-            .stage(Stage::TilePreprocess)
-            .observe(prepared.preprocess.as_secs_f64());
-        let frame_key = frame.meta.key.clone();
-        merge.cast(MergeMsg::Expect(Box::new(PreparedFrame {
-            meta: frame.meta,
-            payload: frame.payload,
-            width: prepared.width,
-            height: prepared.height,
-            transforms: prepared.transforms,
-            decode: prepared.decode,
-            preprocess: prepared.preprocess,
-        })))?;
-        let recognize =
-            lookup_patiently::<RecognizeMsg>(&self.names.recognize(), Duration::from_secs(30))
-                .await
-                .ok_or("recognize pool unavailable")?;
-        for (tiles, tensor, batch) in prepared.batches {
+        metrics.stage(Stage::Decode).observe(decode.as_secs_f64());
+
+        let started = Instant::now();
+        let tiles = self.plan.grid.tiles(image.width(), image.height());
+        let transforms = tiles
+            .iter()
+            .map(|tile| preprocessor.transform_for(tile.rect))
+            .collect();
+        // Before any tile is dispatched, so merge knows the frame when its outputs arrive.
+        self.merge
+            .cast(MergeMsg::Expect(Box::new(PreparedFrame {
+                meta: meta.clone(),
+                payload: self.frame.payload.clone(),
+                width: image.width(),
+                height: image.height(),
+                transforms,
+                decode,
+            })))
+            .map_err(|e| PrepareError::Failed(format!("merge: {e}")))?;
+
+        let tensor_len = preprocessor.tensor_len();
+        for tile in &tiles {
             // Waiting here stalls preparation, which (through the frame budget) pauses
             // consumption: pressure never turns into queued tensors.
-            let wanted = u32::try_from(tiles.len().min(self.plan.max_queued_tiles)).unwrap_or(1);
             let credit = self
-                .plan
-                .tile_credits
-                .clone()
-                .acquire_many_owned(wanted)
-                .await?;
-            recognize
-                .dispatch(
-                    (),
-                    TileBatch {
-                        frame: frame_key.clone(),
-                        tiles,
-                        tensor,
-                        batch,
-                        queued_at: Instant::now(),
-                        _credit: Some(credit),
-                    },
-                )
-                .map_err(|e| format!("dispatch to recognize pool: {e}"))?;
-            metrics.queue(Queue::Recognize).pushed.inc();
+                .runtime
+                .block_on(self.plan.tile_credits.clone().acquire_owned())
+                .map_err(|e| PrepareError::Failed(format!("tile credits: {e}")))?;
+            let tile_started = Instant::now();
+            let full = self.batcher.with_open(self, |open| {
+                let slot = open.slots.len();
+                let out = &mut open.tensor[slot * tensor_len..(slot + 1) * tensor_len];
+                preprocessor
+                    .prepare_into(&image, tile.rect, out)
+                    .map_err(|e| PrepareFailure {
+                        kind: e.kind(),
+                        message: e.to_string(),
+                    })?;
+                open.slots.push(TileSlot {
+                    frame: meta.key.clone(),
+                    tile: tile.index,
+                    preprocess: tile_started.elapsed(),
+                });
+                open.add_credit(credit);
+                Ok(open.slots.len() == open.capacity)
+            })?;
+            if full {
+                self.batcher.dispatch_open(self);
+            }
         }
+        metrics
+            .stage(Stage::TilePreprocess)
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+}
+
+/// The batch a prepare worker is filling: tiles of consecutive frames, preprocessed straight
+/// into its input tensor.
+#[derive(Debug)]
+struct OpenBatch {
+    id: u64,
+    slots: Vec<TileSlot>,
+    tensor: PooledTensor,
+    capacity: usize,
+    opened_at: Instant,
+    credits: Option<OwnedSemaphorePermit>,
+}
+
+impl OpenBatch {
+    fn add_credit(&mut self, credit: OwnedSemaphorePermit) {
+        match &mut self.credits {
+            Some(credits) => credits.merge(credit),
+            None => self.credits = Some(credit),
+        }
+    }
+
+    /// The batch as the recognize pool takes it: a fixed batch keeps its size (unused slots
+    /// zeroed), a dynamic one shrinks to its tiles.
+    fn into_batch(mut self, batch_dim: BatchDim) -> TileBatch {
+        let tensor_len = self.tensor.len() / self.capacity.max(1);
+        let filled = self.slots.len();
+        let batch = match batch_dim {
+            BatchDim::Fixed(n) => {
+                self.tensor[filled * tensor_len..].fill(0.0);
+                n.max(1)
+            }
+            BatchDim::Dynamic => {
+                self.tensor.truncate(filled * tensor_len);
+                filled
+            }
+        };
+        TileBatch {
+            slots: self.slots,
+            tensor: self.tensor,
+            batch,
+            queued_at: Instant::now(),
+            _credit: self.credits,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct BatcherState {
+    open: Option<OpenBatch>,
+    /// Whether the worker is preparing a frame (its tiles may still join the open batch).
+    filling: bool,
+    next_id: u64,
+}
+
+/// A prepare worker's batching: the open batch, dispatched when full, at the end of a frame
+/// once `max_batch_delay` has passed, or by a timer when the worker goes idle.
+#[derive(Debug, Clone, Default)]
+struct Batcher {
+    state: Arc<Mutex<BatcherState>>,
+}
+
+impl Batcher {
+    fn lock(&self) -> MutexGuard<'_, BatcherState> {
+        // A panic while filling leaves the batch usable: a slot counts once written.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_filling(&self, filling: bool) {
+        self.lock().filling = filling;
+    }
+
+    /// Runs `fill` on the open batch, opening one (and arming its timer) if there is none.
+    fn with_open<T>(
+        &self,
+        job: &FrameJob,
+        fill: impl FnOnce(&mut OpenBatch) -> Result<T, PrepareFailure>,
+    ) -> Result<T, PrepareError> {
+        let mut state = self.lock();
+        if state.open.is_none() {
+            state.next_id += 1;
+            let capacity = job.plan.batch_capacity();
+            let tensor_len =
+                3 * job.plan.preprocess.width as usize * job.plan.preprocess.height as usize;
+            state.open = Some(OpenBatch {
+                id: state.next_id,
+                slots: Vec::with_capacity(capacity),
+                tensor: job.plan.tensors.take(capacity * tensor_len),
+                capacity,
+                opened_at: Instant::now(),
+                credits: None,
+            });
+            self.arm_timer(job, state.next_id);
+        }
+        let open = state
+            .open
+            .as_mut()
+            .ok_or_else(|| PrepareError::Failed("no open batch".into()))?;
+        Ok(fill(open)?)
+    }
+
+    /// Dispatches the open batch now.
+    fn dispatch_open(&self, job: &FrameJob) {
+        let open = self.lock().open.take();
+        if let Some(open) = open {
+            dispatch(&job.recognize, open, &job.plan, &job.monitor);
+        }
+    }
+
+    /// At the end of a frame: dispatches the open batch if it has waited `max_batch_delay`.
+    fn flush_if_due(&self, job: &FrameJob) {
+        let due = {
+            let mut state = self.lock();
+            match &state.open {
+                Some(open) if open.opened_at.elapsed() >= job.plan.max_batch_delay => {
+                    state.open.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(open) = due {
+            dispatch(&job.recognize, open, &job.plan, &job.monitor);
+        }
+    }
+
+    /// Dispatches whatever is open (the worker is stopping).
+    fn flush_now(&self, recognize: &RecognizeRef, plan: &PreparePlan, monitor: &Monitor) {
+        let open = self.lock().open.take();
+        if let Some(open) = open {
+            dispatch(recognize, open, plan, monitor);
+        }
+    }
+
+    /// After `max_batch_delay`, dispatches batch `id` if it is still open and the worker is
+    /// idle; while the worker is busy with a frame, the frame's end decides.
+    fn arm_timer(&self, job: &FrameJob, id: u64) {
+        let (batcher, plan, monitor, names) = (
+            self.clone(),
+            job.plan.clone(),
+            job.monitor.clone(),
+            job.names.clone(),
+        );
+        job.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(plan.max_batch_delay).await;
+                let open = {
+                    let mut state = batcher.lock();
+                    match &state.open {
+                        Some(open) if open.id == id && !state.filling => state.open.take(),
+                        Some(open) if open.id == id => continue,
+                        _ => return,
+                    }
+                };
+                if let Some(open) = open {
+                    let recognize = lookup_patiently::<RecognizeMsg>(
+                        &names.recognize(),
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                    match recognize {
+                        Some(recognize) => dispatch(&recognize, open, &plan, &monitor),
+                        // Its frames stay in flight; the frame timeout re-dispatches them.
+                        None => tracing::error!("Recognize pool unavailable; batch dropped"),
+                    }
+                }
+                return;
+            }
+        });
+    }
+}
+
+/// Hands a batch to the recognize pool.
+fn dispatch(recognize: &RecognizeRef, open: OpenBatch, plan: &PreparePlan, monitor: &Monitor) {
+    let batch = open.into_batch(plan.batch_dim);
+    match recognize.dispatch((), batch) {
+        Ok(()) => monitor.metrics.queue(Queue::Recognize).pushed.inc(),
+        // Its frames stay in flight; the frame timeout re-dispatches them.
+        Err(error) => tracing::error!(%error, "Could not hand a batch to the recognize pool"),
     }
 }
 
@@ -271,57 +544,6 @@ fn validate_record(meta: &FrameMeta) -> Result<(), PrepareFailure> {
         }
     }
     Ok(())
-}
-
-/// Decodes, tiles and preprocesses one frame. Pure CPU work; runs on a blocking thread.
-fn prepare_frame(
-    payload: &[u8],
-    plan: &PreparePlan,
-    preprocessor: &mut Preprocessor,
-) -> Result<Prepared, PrepareFailure> {
-    let started = Instant::now();
-    let image = decode_image(payload, &plan.limits).map_err(|e| PrepareFailure {
-        kind: e.kind(),
-        message: e.to_string(),
-    })?;
-    let decode = started.elapsed();
-
-    let started = Instant::now();
-    let tiles = plan.grid.tiles(image.width(), image.height());
-    let tensor_len = preprocessor.tensor_len();
-    let per_run = match plan.batch_dim {
-        BatchDim::Fixed(n) => n.max(1),
-        BatchDim::Dynamic => plan.max_batch.max(1),
-    };
-    let mut transforms = Vec::with_capacity(tiles.len());
-    let mut batches = Vec::with_capacity(tiles.len().div_ceil(per_run));
-    for chunk in tiles.chunks(per_run) {
-        // A fixed batch dimension must be filled; unused slots stay zero and are ignored.
-        let batch = match plan.batch_dim {
-            BatchDim::Fixed(n) => n.max(1),
-            BatchDim::Dynamic => chunk.len(),
-        };
-        let mut tensor = vec![0.0f32; batch * tensor_len];
-        for (slot, tile) in chunk.iter().enumerate() {
-            let out = &mut tensor[slot * tensor_len..(slot + 1) * tensor_len];
-            let transform = preprocessor
-                .prepare_into(&image, tile.rect, out)
-                .map_err(|e| PrepareFailure {
-                    kind: e.kind(),
-                    message: e.to_string(),
-                })?;
-            transforms.push(transform);
-        }
-        batches.push((chunk.iter().map(|t| t.index).collect(), tensor, batch));
-    }
-    Ok(Prepared {
-        width: image.width(),
-        height: image.height(),
-        transforms,
-        batches,
-        decode,
-        preprocess: started.elapsed(),
-    })
 }
 
 #[cfg(test)]

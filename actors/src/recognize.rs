@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ort::environment::Environment;
 use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
 use ractor::{ActorProcessingErr, ActorRef};
-use tessera_models::{Model, ModelSession, SessionConfig};
+use tessera_models::{Model, ModelSession, SessionConfig, TileOutput};
 
 use crate::frame::FrameKey;
 use crate::ingest::IngestMsg;
@@ -16,19 +16,29 @@ use crate::merge::MergeMsg;
 use crate::metrics::{Queue, Stage};
 use crate::monitor::Monitor;
 use crate::names::{ActorNames, lookup, lookup_patiently};
+use crate::tensor_pool::PooledTensor;
 use crate::throttle::{LOG_INTERVAL, Throttle};
 
 static MODEL_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
-/// A group of tiles of one frame, preprocessed into one input tensor.
+/// Which tile of which frame a batch slot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TileSlot {
+    pub frame: FrameKey,
+    /// Tile index within the frame.
+    pub tile: usize,
+    /// Time spent preparing this tile (crop, resize, normalise).
+    pub preprocess: Duration,
+}
+
+/// Tiles of one or more consecutive frames, preprocessed into one input tensor.
 #[derive(Debug)]
 pub struct TileBatch {
-    pub frame: FrameKey,
-    /// Tile indices (within the frame) of the batch's first `tiles.len()` slots.
-    pub tiles: Vec<usize>,
-    /// NCHW input, `batch` slots.
-    pub tensor: Vec<f32>,
-    /// The batch dimension of `tensor` (may exceed `tiles.len()` for fixed-batch models).
+    /// What the batch's first `slots.len()` slots hold, in order.
+    pub slots: Vec<TileSlot>,
+    /// NCHW input, `batch` slots, from the preparation's buffer pool.
+    pub tensor: PooledTensor,
+    /// The batch dimension of `tensor` (may exceed `slots.len()` for fixed-batch models).
     pub batch: usize,
     /// When the batch was handed to the pool (queue wait = until a worker takes it).
     pub queued_at: Instant,
@@ -121,13 +131,13 @@ impl Worker for RecognizeWorker {
             .take()
             .ok_or("session lost by an earlier failure")?;
         let TileBatch {
-            frame,
-            tiles,
+            slots,
             tensor,
             batch: batch_size,
             queued_at,
             _credit: credit,
         } = batch;
+        let frames = frames_of(&slots);
         let metrics = &self.monitor.metrics;
         metrics.queue(Queue::Recognize).popped.inc();
         metrics
@@ -151,7 +161,7 @@ impl Worker for RecognizeWorker {
                 // The session went down with the panic; the worker restarts with a new one.
                 crate::recovery::stage_failed(
                     &self.names,
-                    &frame,
+                    &frames,
                     "recognize",
                     &panicked.to_string(),
                 );
@@ -165,38 +175,141 @@ impl Worker for RecognizeWorker {
             .ok_or("merge actor unavailable")?;
         match outcome {
             Ok(mut outputs) => {
-                outputs.truncate(tiles.len());
+                outputs.truncate(slots.len());
                 metrics
                     .stage(Stage::Inference)
                     .observe(elapsed.as_secs_f64());
-                metrics.tiles_inferred.inc_by(tiles.len() as u64);
-                metrics.batch_size.observe(tiles.len() as f64);
-                merge.cast(MergeMsg::Tiles {
-                    frame,
-                    tiles,
-                    outputs,
-                    inference: elapsed,
-                })?;
+                metrics.tiles_inferred.inc_by(slots.len() as u64);
+                metrics.batch_size.observe(slots.len() as f64);
+                let filled = slots.len().max(1);
+                for share in split_by_frame(slots, outputs) {
+                    // A shared run's time is split by the frames' share of its tiles.
+                    let inference = elapsed.mul_f64(share.tiles.len() as f64 / filled as f64);
+                    merge.cast(MergeMsg::Tiles {
+                        frame: share.frame,
+                        tiles: share.tiles,
+                        outputs: share.outputs,
+                        preprocess: share.preprocess,
+                        inference,
+                    })?;
+                }
             }
             Err(error) if error.is_retryable() => {
                 if let Some(held_back) = MODEL_FAILED.allow() {
                     tracing::warn!(%error, held_back, "Model run failed; retrying the frame");
                 }
                 if let Some(ingest) = lookup::<IngestMsg>(&self.names.ingest()) {
-                    ingest.cast(IngestMsg::Redispatch(frame))?;
+                    for frame in frames {
+                        ingest.cast(IngestMsg::Redispatch(frame))?;
+                    }
                 }
             }
             Err(error) => {
                 if let Some(held_back) = MODEL_FAILED.allow() {
                     tracing::warn!(%error, held_back, "Model run failed");
                 }
-                merge.cast(MergeMsg::TilesFailed {
-                    frame,
-                    kind: error.kind(),
-                    message: error.to_string(),
-                })?;
+                for frame in frames {
+                    merge.cast(MergeMsg::TilesFailed {
+                        frame,
+                        kind: error.kind(),
+                        message: error.to_string(),
+                    })?;
+                }
             }
         }
         Ok(key)
+    }
+}
+
+/// The distinct frames of a batch, in slot order.
+fn frames_of(slots: &[TileSlot]) -> Vec<FrameKey> {
+    let mut frames: Vec<FrameKey> = Vec::new();
+    for slot in slots {
+        if !frames.contains(&slot.frame) {
+            frames.push(slot.frame.clone());
+        }
+    }
+    frames
+}
+
+/// One frame's part of a batch.
+#[derive(Debug)]
+struct FrameShare {
+    frame: FrameKey,
+    tiles: Vec<usize>,
+    outputs: Vec<TileOutput>,
+    /// Preparation time of these tiles.
+    preprocess: Duration,
+}
+
+/// Groups a batch's outputs by frame, frames in slot order.
+fn split_by_frame(slots: Vec<TileSlot>, outputs: Vec<TileOutput>) -> Vec<FrameShare> {
+    let mut shares: Vec<FrameShare> = Vec::new();
+    for (slot, output) in slots.into_iter().zip(outputs) {
+        let index = match shares.iter().position(|s| s.frame == slot.frame) {
+            Some(index) => index,
+            None => {
+                shares.push(FrameShare {
+                    frame: slot.frame,
+                    tiles: Vec::new(),
+                    outputs: Vec::new(),
+                    preprocess: Duration::ZERO,
+                });
+                shares.len() - 1
+            }
+        };
+        let share = &mut shares[index];
+        share.tiles.push(slot.tile);
+        share.outputs.push(output);
+        share.preprocess += slot.preprocess;
+    }
+    shares
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tessera_operators::detection::Classification;
+
+    use super::*;
+    use crate::frame::PartitionId;
+
+    fn key(seq: u64) -> FrameKey {
+        FrameKey {
+            partition: PartitionId {
+                topic: Arc::from("frames"),
+                partition: 0,
+            },
+            generation: 1,
+            seq,
+            offset: seq as i64,
+        }
+    }
+
+    #[test]
+    fn outputs_go_back_to_their_frames() {
+        let slot = |seq, tile| TileSlot {
+            frame: key(seq),
+            tile,
+            preprocess: Duration::from_millis(1),
+        };
+        let slots = vec![slot(1, 5), slot(1, 6), slot(2, 0)];
+        let outputs = (0..3)
+            .map(|class_id| TileOutput {
+                classifications: vec![Classification {
+                    class_id,
+                    score: 1.0,
+                }],
+                ..TileOutput::default()
+            })
+            .collect();
+        assert_eq!(frames_of(&slots), vec![key(1), key(2)]);
+        let shares = split_by_frame(slots, outputs);
+        assert_eq!(shares.len(), 2);
+        assert_eq!(shares[0].tiles, vec![5, 6]);
+        assert_eq!(shares[0].preprocess, Duration::from_millis(2));
+        assert_eq!(shares[1].tiles, vec![0]);
+        assert_eq!(shares[1].outputs[0].classifications[0].class_id, 2);
     }
 }

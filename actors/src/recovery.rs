@@ -6,12 +6,15 @@ use crate::ingest::IngestMsg;
 use crate::names::{ActorNames, lookup};
 use crate::supervisor::SupervisorMsg;
 
-/// Reports a failed stage: the frame is re-dispatched, the failure counted towards the
-/// restart-storm limit. The caller then returns the error so its worker is restarted.
-pub fn stage_failed(names: &ActorNames, frame: &FrameKey, stage: &'static str, error: &str) {
-    tracing::warn!(stage, %error, offset = frame.offset, "Stage failed holding a frame; re-dispatching it");
+/// Reports a failed stage: the frames it held are re-dispatched, the failure counted (once)
+/// towards the restart-storm limit. The caller then returns the error so its worker is
+/// restarted.
+pub fn stage_failed(names: &ActorNames, frames: &[FrameKey], stage: &'static str, error: &str) {
+    tracing::warn!(stage, %error, frames = frames.len(), "Stage failed holding frames; re-dispatching them");
     if let Some(ingest) = lookup::<IngestMsg>(&names.ingest()) {
-        let _ = ingest.cast(IngestMsg::Redispatch(frame.clone()));
+        for frame in frames {
+            let _ = ingest.cast(IngestMsg::Redispatch(frame.clone()));
+        }
     }
     if let Some(supervisor) = lookup::<SupervisorMsg>(&names.supervisor()) {
         let _ = supervisor.cast(SupervisorMsg::WorkerFailed {
