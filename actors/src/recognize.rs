@@ -1,14 +1,15 @@
 //! Recognize pool: a ractor factory whose workers each own an ONNX Runtime session
 //! (`Session::run` takes `&mut self`). Model runs happen on blocking threads.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
 use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
 use ractor::{ActorProcessingErr, ActorRef};
 use tessera_models::{Model, ModelSession, SessionConfig, TileOutput};
+use tokio::sync::Semaphore;
 
 use crate::frame::FrameKey;
 use crate::ingest::IngestMsg;
@@ -52,7 +53,7 @@ pub type RecognizeMsg = FactoryMessage<(), TileBatch>;
 pub type RecognizeRef = FactoryRef<(), TileBatch>;
 
 /// One recognize worker.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RecognizeWorker {
     pub env: Arc<Environment>,
     pub model: Arc<Model>,
@@ -82,8 +83,11 @@ impl InjectedFault {
 
 /// State of a recognize worker.
 pub struct RecognizeState {
-    /// Taken while a model run is in progress on a blocking thread.
-    session: Option<ModelSession>,
+    session: Arc<Mutex<ModelSession>>,
+    /// Runs handed to blocking threads and not finished: at most two, so that the next run
+    /// waits ready at the session's lock while one runs, and the model never idles between
+    /// runs for the hops through the actor system.
+    runs: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for RecognizeState {
@@ -91,6 +95,9 @@ impl std::fmt::Debug for RecognizeState {
         f.debug_struct("RecognizeState").finish_non_exhaustive()
     }
 }
+
+/// Runs a worker may have started at once (one running, one ready).
+const RUNS_AHEAD: usize = 2;
 
 impl Worker for RecognizeWorker {
     type Key = ();
@@ -104,16 +111,16 @@ impl Worker for RecognizeWorker {
         _factory: &ActorRef<RecognizeMsg>,
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (env, model, config) = (self.env.clone(), self.model.clone(), self.session.clone());
-        let session =
-            tokio::task::spawn_blocking(move || ModelSession::load(&env, model, &config)).await??;
+        let worker = self.clone();
+        let session = tokio::task::spawn_blocking(move || worker.new_session()).await??;
         tracing::debug!(
             worker = wid,
             provider = session.execution_provider(),
             "Session ready"
         );
         Ok(RecognizeState {
-            session: Some(session),
+            session: Arc::new(Mutex::new(session)),
+            runs: Arc::new(Semaphore::new(RUNS_AHEAD)),
         })
     }
 
@@ -126,10 +133,39 @@ impl Worker for RecognizeWorker {
         }: Job<(), TileBatch>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let mut session = state
-            .session
-            .take()
-            .ok_or("session lost by an earlier failure")?;
+        // Waits while two runs are under way: the factory keeps the rest queued, for
+        // whichever worker frees up first.
+        let permit = state.runs.clone().acquire_owned().await?;
+        self.monitor.metrics.queue(Queue::Recognize).popped.inc();
+        let run = Run {
+            worker: self.clone(),
+            session: state.session.clone(),
+        };
+        tokio::spawn(async move {
+            run.run(batch).await;
+            drop(permit);
+        });
+        Ok(key)
+    }
+}
+
+impl RecognizeWorker {
+    /// A warmed-up session of the worker's model.
+    fn new_session(&self) -> Result<ModelSession, tessera_models::ModelError> {
+        let mut session = ModelSession::load(&self.env, self.model.clone(), &self.session)?;
+        warm_up(&mut session)?;
+        Ok(session)
+    }
+}
+
+/// One model run and the delivery of its outputs.
+struct Run {
+    worker: RecognizeWorker,
+    session: Arc<Mutex<ModelSession>>,
+}
+
+impl Run {
+    async fn run(self, batch: TileBatch) {
         let TileBatch {
             slots,
             tensor,
@@ -138,41 +174,70 @@ impl Worker for RecognizeWorker {
             _credit: credit,
         } = batch;
         let frames = frames_of(&slots);
-        let metrics = &self.monitor.metrics;
-        metrics.queue(Queue::Recognize).popped.inc();
-        metrics
-            .stage(Stage::QueueWait)
-            .observe(queued_at.elapsed().as_secs_f64());
-        let fault = self.fault.clone();
-        let run = tokio::task::spawn_blocking(move || {
+        let (session, worker) = (self.session.clone(), self.worker.clone());
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut session = match session.lock() {
+                Ok(session) => session,
+                // A run panicked holding the session: go on with a new one, as a restarted
+                // worker would.
+                Err(poisoned) => {
+                    session.clear_poison();
+                    let mut session = poisoned.into_inner();
+                    match worker.new_session() {
+                        Ok(fresh) => *session = fresh,
+                        Err(error) => return (Err(error), Duration::ZERO),
+                    }
+                    tracing::info!("Model session replaced after a panicked run");
+                    session
+                }
+            };
+            worker
+                .monitor
+                .metrics
+                .stage(Stage::QueueWait)
+                .observe(queued_at.elapsed().as_secs_f64());
             let started = Instant::now();
-            if let Some(fault) = &fault {
+            if let Some(fault) = &worker.fault {
                 fault.maybe_panic();
             }
             let outcome = session.run(&tensor, batch_size);
             // The tensor is consumed: let preparation fill the next one.
             drop((tensor, credit));
-            (session, outcome, started.elapsed())
+            (outcome, started.elapsed())
         })
         .await;
-        let (session, outcome, elapsed) = match run {
-            Ok(done) => done,
+        match outcome {
             Err(panicked) => {
-                // The session went down with the panic; the worker restarts with a new one.
+                // Its frames go back for another attempt; the next run replaces the session.
                 crate::recovery::stage_failed(
-                    &self.names,
+                    &self.worker.names,
                     &frames,
                     "recognize",
                     &panicked.to_string(),
                 );
-                return Err(panicked.into());
             }
-        };
-        state.session = Some(session);
+            Ok((outcome, elapsed)) => self.deliver(slots, frames, outcome, elapsed).await,
+        }
+    }
 
-        let merge = lookup_patiently::<MergeMsg>(&self.names.merge(), Duration::from_secs(30))
-            .await
-            .ok_or("merge actor unavailable")?;
+    /// Sends a run's outputs to merge, split by frame; or the frames back for another
+    /// attempt, or to the dead-letter topic, when the run failed.
+    async fn deliver(
+        &self,
+        slots: Vec<TileSlot>,
+        frames: Vec<FrameKey>,
+        outcome: Result<Vec<TileOutput>, tessera_models::ModelError>,
+        elapsed: Duration,
+    ) {
+        let names = &self.worker.names;
+        let Some(merge) =
+            lookup_patiently::<MergeMsg>(&names.merge(), Duration::from_secs(30)).await
+        else {
+            // The frames stay in flight; the frame timeout re-dispatches them.
+            tracing::error!("Merge actor unavailable; model outputs dropped");
+            return;
+        };
+        let metrics = &self.worker.monitor.metrics;
         match outcome {
             Ok(mut outputs) => {
                 outputs.truncate(slots.len());
@@ -185,40 +250,55 @@ impl Worker for RecognizeWorker {
                 for share in split_by_frame(slots, outputs) {
                     // A shared run's time is split by the frames' share of its tiles.
                     let inference = elapsed.mul_f64(share.tiles.len() as f64 / filled as f64);
-                    merge.cast(MergeMsg::Tiles {
+                    let _ = merge.cast(MergeMsg::Tiles {
                         frame: share.frame,
                         tiles: share.tiles,
                         outputs: share.outputs,
                         preprocess: share.preprocess,
                         inference,
-                    })?;
+                    });
                 }
             }
             Err(error) if error.is_retryable() => {
                 if let Some(held_back) = MODEL_FAILED.allow() {
-                    tracing::warn!(%error, held_back, "Model run failed; retrying the frame");
+                    tracing::warn!(%error, held_back, "Model run failed; retrying the frames");
                 }
-                if let Some(ingest) = lookup::<IngestMsg>(&self.names.ingest()) {
-                    for frame in frames {
-                        ingest.cast(IngestMsg::Redispatch(frame))?;
-                    }
-                }
+                redispatch(names, &frames);
             }
             Err(error) => {
                 if let Some(held_back) = MODEL_FAILED.allow() {
                     tracing::warn!(%error, held_back, "Model run failed");
                 }
                 for frame in frames {
-                    merge.cast(MergeMsg::TilesFailed {
+                    let _ = merge.cast(MergeMsg::TilesFailed {
                         frame,
                         kind: error.kind(),
                         message: error.to_string(),
-                    })?;
+                    });
                 }
             }
         }
-        Ok(key)
     }
+}
+
+/// Hands frames back to ingest for another attempt.
+fn redispatch(names: &ActorNames, frames: &[FrameKey]) {
+    if let Some(ingest) = lookup::<IngestMsg>(&names.ingest()) {
+        for frame in frames {
+            let _ = ingest.cast(IngestMsg::Redispatch(frame.clone()));
+        }
+    }
+}
+
+/// One model run on a blank input: ONNX Runtime allocates and plans on the first run, which
+/// would otherwise land on the first frame.
+fn warm_up(session: &mut ModelSession) -> Result<(), tessera_models::ModelError> {
+    let batch = match session.batch_dim() {
+        tessera_models::BatchDim::Fixed(n) => n.max(1),
+        tessera_models::BatchDim::Dynamic => 1,
+    };
+    let blank = vec![0.0f32; batch * session.tensor_len()];
+    session.run(&blank, batch).map(drop)
 }
 
 /// The distinct frames of a batch, in slot order.

@@ -61,7 +61,10 @@ async fn tiles_of_consecutive_frames_share_model_runs() -> anyhow::Result<()> {
     let vehicles = std::fs::read(assets.join("images/small-vehicles1.jpeg"))?;
     let expected_dog = top_class_alone(&assets, &dog)?;
     let expected_vehicles = top_class_alone(&assets, &vehicles)?;
-    assert_ne!(expected_dog, expected_vehicles, "the images must tell apart");
+    assert_ne!(
+        expected_dog, expected_vehicles,
+        "the images must tell apart"
+    );
 
     let harness = Harness::start(1, 1)?;
     // A long delay: batches only run when full (or once the stream stops).
