@@ -397,6 +397,52 @@ fn end_to_end_ms(result: &FrameResult) -> Option<f64> {
     Some((result.timestamps.completed_ms - capture) as f64)
 }
 
+/// A fresh tessera process, ready, reading its own topic `<workload>-<run>`, and the frames
+/// to publish to it.
+struct PacedRun {
+    brokers: String,
+    input: String,
+    results_topic: String,
+    dlq: String,
+    frames: Vec<tessera::embedded::CameraFrame>,
+    process: TesseraProcess,
+}
+
+impl PacedRun {
+    async fn start(
+        args: &Args,
+        workload: &Workload,
+        kafka: &EmbeddedKafka,
+        jpegs: &[Vec<u8>],
+        count: usize,
+        partitions: i32,
+        run: &str,
+    ) -> anyhow::Result<Self> {
+        let brokers = kafka.bootstrap_servers();
+        let topics = Topics::new(workload.name);
+        let input = format!("{}-{run}", workload.name);
+        let results_topic = topics.results_for(run);
+        kafka.create_topic(&input, partitions)?;
+        kafka.create_topic(&results_topic, partitions)?;
+        let frames = frames::camera_frames(jpegs, count, partitions as usize);
+        let settings = pipeline_settings(workload, &brokers, &input, &topics, run);
+        let log = args
+            .out
+            .join(format!("tessera-{}-{run}.log", workload.name));
+        let process = TesseraProcess::start(&settings, &args.assets, &log)?;
+        // The model loads before the first frame is due: the run measures steady state.
+        process.wait_ready(Duration::from_secs(120)).await?;
+        Ok(Self {
+            brokers,
+            input,
+            results_topic,
+            dlq: topics.dlq,
+            frames,
+            process,
+        })
+    }
+}
+
 async fn latency_run(
     args: &Args,
     workload: &Workload,
@@ -405,21 +451,15 @@ async fn latency_run(
     rate: f64,
     partitions: i32,
 ) -> anyhow::Result<LatencyRun> {
-    let brokers = kafka.bootstrap_servers();
-    let topics = Topics::new(workload.name);
-    let input = format!("{}-paced", workload.name);
-    let results_topic = topics.results_for("paced");
-    kafka.create_topic(&input, partitions)?;
-    kafka.create_topic(&results_topic, partitions)?;
     let count = ((rate * args.latency_run.as_secs_f64()).ceil() as usize).max(4);
-    let frames = frames::camera_frames(jpegs, count, partitions as usize);
-    let settings = pipeline_settings(workload, &brokers, &input, &topics, "paced");
-    let log = args
-        .out
-        .join(format!("tessera-{}-paced.log", workload.name));
-    let process = TesseraProcess::start(&settings, &args.assets, &log)?;
-    // The model loads before the first frame is due, so the run measures steady state.
-    process.wait_ready(Duration::from_secs(120)).await?;
+    let PacedRun {
+        brokers,
+        input,
+        results_topic,
+        dlq,
+        frames,
+        process,
+    } = PacedRun::start(args, workload, kafka, jpegs, count, partitions, "paced").await?;
     eprintln!("latency: {count} frames at {rate:.2} frames/s");
     let publishing = {
         let (brokers, input) = (brokers.clone(), input.clone());
@@ -430,7 +470,7 @@ async fn latency_run(
     let results = read_results(
         &brokers,
         &results_topic,
-        &topics.dlq,
+        &dlq,
         count,
         Duration::from_secs_f64(count as f64 / rate + 300.0),
     )
@@ -465,18 +505,14 @@ async fn soak_run(
     rate: f64,
     partitions: i32,
 ) -> anyhow::Result<SoakRun> {
-    let brokers = kafka.bootstrap_servers();
-    let topics = Topics::new(workload.name);
-    let input = format!("{}-soak", workload.name);
-    let results_topic = topics.results_for("soak");
-    kafka.create_topic(&input, partitions)?;
-    kafka.create_topic(&results_topic, partitions)?;
     let count = (rate * args.soak.as_secs_f64()).ceil() as usize + 1;
-    let frames = frames::camera_frames(jpegs, count, partitions as usize);
-    let settings = pipeline_settings(workload, &brokers, &input, &topics, "soak");
-    let log = args.out.join(format!("tessera-{}-soak.log", workload.name));
-    let process = TesseraProcess::start(&settings, &args.assets, &log)?;
-    process.wait_ready(Duration::from_secs(120)).await?;
+    let PacedRun {
+        brokers,
+        input,
+        frames,
+        process,
+        ..
+    } = PacedRun::start(args, workload, kafka, jpegs, count, partitions, "soak").await?;
     eprintln!("soak: {:?} at {rate:.2} frames/s", args.soak);
     let started_ms = tessera_actors::frame::now_ms();
     let sent =
