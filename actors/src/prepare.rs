@@ -265,6 +265,7 @@ impl FrameJob {
         let metrics = &self.monitor.metrics;
         metrics.stage(Stage::Decode).observe(decode.as_secs_f64());
 
+        // Preparation time only: waits for tile credits (model back-pressure) are left out.
         let started = Instant::now();
         let tiles = self.plan.grid.tiles(image.width(), image.height());
         let transforms = tiles
@@ -282,6 +283,7 @@ impl FrameJob {
                 decode,
             })))
             .map_err(|e| PrepareError::Failed(format!("merge: {e}")))?;
+        let mut preparing = started.elapsed();
 
         let tensor_len = preprocessor.tensor_len();
         for tile in &tiles {
@@ -309,13 +311,14 @@ impl FrameJob {
                 open.add_credit(credit);
                 Ok(open.slots.len() == open.capacity)
             })?;
+            preparing += tile_started.elapsed();
             if full {
                 self.batcher.dispatch_open(self);
             }
         }
         metrics
             .stage(Stage::TilePreprocess)
-            .observe(started.elapsed().as_secs_f64());
+            .observe(preparing.as_secs_f64());
         Ok(())
     }
 }
