@@ -413,7 +413,10 @@ impl Batcher {
                 opened_at: Instant::now(),
                 credits: None,
             });
-            self.arm_timer(job, state.next_id);
+            // A one-slot batch is full with its first tile and never waits.
+            if capacity > 1 {
+                self.arm_timer(job, state.next_id);
+            }
         }
         let open = state
             .open

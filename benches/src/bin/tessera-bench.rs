@@ -316,6 +316,13 @@ impl Topics {
             dlq: format!("{workload}-dlq"),
         }
     }
+
+    fn results_for(&self, run: &str) -> String {
+        match run {
+            "throughput" => self.results.clone(),
+            other => format!("{}-{other}", self.results),
+        }
+    }
 }
 
 fn manifest(model: &str) -> PathBuf {
@@ -343,15 +350,6 @@ fn pipeline_settings(
     ];
     settings.extend(workload.settings.iter().cloned());
     settings
-}
-
-impl Topics {
-    fn results_for(&self, run: &str) -> String {
-        match run {
-            "throughput" => self.results.clone(),
-            other => format!("{}-{other}", self.results),
-        }
-    }
 }
 
 /// Throughput, latency and resources from a backlog run's results and process samples.
