@@ -4,7 +4,7 @@
 //! PipelineSupervisor
 //!  ├─ Ingest      Kafka consumer; in-flight credits; per-partition offset watermarks
 //!  ├─ Prepare     factory: decode -> tiles -> model tensors (blocking threads)
-//!  ├─ Recognize   factory: one ONNX Runtime session per worker (blocking threads)
+//!  ├─ Recognize   pool: one ONNX Runtime session per dedicated thread, one shared queue
 //!  ├─ Merge       tile results -> frame results, per-partition input order restored
 //!  └─ Publish     Kafka producer (results, dead letters); acks release offsets
 //! ```
@@ -173,6 +173,7 @@ async fn start_tree(
         env,
         model: model.clone(),
         plan,
+        batches: recognize::BatchQueue::default(),
         names: names.clone(),
         exit: exit.clone(),
     };

@@ -19,8 +19,8 @@ use crate::frame::{
 use crate::merge::{MergeMsg, PreparedFrame};
 use crate::metrics::{Queue, Stage};
 use crate::monitor::Monitor;
-use crate::names::{ActorNames, lookup, lookup_patiently};
-use crate::recognize::{RecognizeMsg, RecognizeRef, TileBatch, TileSlot};
+use crate::names::{ActorNames, lookup_patiently};
+use crate::recognize::{BatchQueue, TileBatch, TileSlot};
 use crate::tensor_pool::{PooledTensor, TensorPool};
 
 /// Dead-letter kinds of records that break the data contract before their image is looked at.
@@ -83,6 +83,8 @@ pub fn batch_capacity(batch_dim: BatchDim, max_batch: usize) -> usize {
 #[derive(Debug)]
 pub struct PrepareWorker {
     pub plan: Arc<PreparePlan>,
+    /// Where full batches go (the recognize pool).
+    pub batches: BatchQueue,
     pub names: ActorNames,
     pub monitor: Arc<Monitor>,
 }
@@ -172,11 +174,9 @@ impl Worker for PrepareWorker {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Tiles waiting for more of their batch run now rather than wait for a timeout.
-        if let Some(recognize) = lookup::<RecognizeMsg>(&self.names.recognize()) {
-            state
-                .batcher
-                .flush_now(&recognize, &self.plan, &self.monitor);
-        }
+        state
+            .batcher
+            .flush_now(&self.batches, &self.plan, &self.monitor);
         Ok(())
     }
 }
@@ -194,21 +194,16 @@ impl PrepareWorker {
             merge.cast(MergeMsg::Skipped { meta: frame.meta })?;
             return Ok(());
         }
-        let recognize =
-            lookup_patiently::<RecognizeMsg>(&self.names.recognize(), Duration::from_secs(30))
-                .await
-                .ok_or("recognize pool unavailable")?;
         let mut preprocessor = state
             .preprocessor
             .take()
             .unwrap_or_else(|| Preprocessor::new(self.plan.preprocess.clone()));
         let job = FrameJob {
             plan: self.plan.clone(),
-            names: self.names.clone(),
             monitor: self.monitor.clone(),
             batcher: state.batcher.clone(),
             merge: merge.clone(),
-            recognize,
+            batches: self.batches.clone(),
             frame: frame.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
@@ -239,11 +234,10 @@ impl PrepareWorker {
 /// Everything the blocking part of preparing one frame needs.
 struct FrameJob {
     plan: Arc<PreparePlan>,
-    names: ActorNames,
     monitor: Arc<Monitor>,
     batcher: Batcher,
     merge: ActorRef<MergeMsg>,
-    recognize: RecognizeRef,
+    batches: BatchQueue,
     frame: Frame,
     runtime: tokio::runtime::Handle,
 }
@@ -429,7 +423,7 @@ impl Batcher {
     fn dispatch_open(&self, job: &FrameJob) {
         let open = self.lock().open.take();
         if let Some(open) = open {
-            dispatch(&job.recognize, open, &job.plan, &job.monitor);
+            dispatch(&job.batches, open, &job.plan, &job.monitor);
         }
     }
 
@@ -445,26 +439,26 @@ impl Batcher {
             }
         };
         if let Some(open) = due {
-            dispatch(&job.recognize, open, &job.plan, &job.monitor);
+            dispatch(&job.batches, open, &job.plan, &job.monitor);
         }
     }
 
     /// Dispatches whatever is open (the worker is stopping).
-    fn flush_now(&self, recognize: &RecognizeRef, plan: &PreparePlan, monitor: &Monitor) {
+    fn flush_now(&self, batches: &BatchQueue, plan: &PreparePlan, monitor: &Monitor) {
         let open = self.lock().open.take();
         if let Some(open) = open {
-            dispatch(recognize, open, plan, monitor);
+            dispatch(batches, open, plan, monitor);
         }
     }
 
     /// After `max_batch_delay`, dispatches batch `id` if it is still open and the worker is
     /// idle; while the worker is busy with a frame, the frame's end decides.
     fn arm_timer(&self, job: &FrameJob, id: u64) {
-        let (batcher, plan, monitor, names) = (
+        let (batcher, plan, monitor, batches) = (
             self.clone(),
             job.plan.clone(),
             job.monitor.clone(),
-            job.names.clone(),
+            job.batches.clone(),
         );
         job.runtime.spawn(async move {
             loop {
@@ -478,16 +472,7 @@ impl Batcher {
                     }
                 };
                 if let Some(open) = open {
-                    let recognize = lookup_patiently::<RecognizeMsg>(
-                        &names.recognize(),
-                        Duration::from_secs(30),
-                    )
-                    .await;
-                    match recognize {
-                        Some(recognize) => dispatch(&recognize, open, &plan, &monitor),
-                        // Its frames stay in flight; the frame timeout re-dispatches them.
-                        None => tracing::error!("Recognize pool unavailable; batch dropped"),
-                    }
+                    dispatch(&batches, open, &plan, &monitor);
                 }
                 return;
             }
@@ -496,13 +481,8 @@ impl Batcher {
 }
 
 /// Hands a batch to the recognize pool.
-fn dispatch(recognize: &RecognizeRef, open: OpenBatch, plan: &PreparePlan, monitor: &Monitor) {
-    let batch = open.into_batch(plan.batch_dim);
-    match recognize.dispatch((), batch) {
-        Ok(()) => monitor.metrics.queue(Queue::Recognize).pushed.inc(),
-        // Its frames stay in flight; the frame timeout re-dispatches them.
-        Err(error) => tracing::error!(%error, "Could not hand a batch to the recognize pool"),
-    }
+fn dispatch(batches: &BatchQueue, open: OpenBatch, plan: &PreparePlan, monitor: &Monitor) {
+    batches.send(open.into_batch(plan.batch_dim), monitor);
 }
 
 /// Checks the record's key and tessera headers against the data contract: the key is the

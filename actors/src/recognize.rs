@@ -1,25 +1,28 @@
-//! Recognize pool: a ractor factory whose workers each own an ONNX Runtime session
-//! (`Session::run` takes `&mut self`). Model runs happen on blocking threads.
+//! Recognize pool: one dedicated OS thread per ONNX Runtime session (`Session::run` takes
+//! `&mut self`), all taking tile batches from one shared queue, so whichever session is free
+//! runs the next batch. A session stays on its thread: no hop through a thread pool or the
+//! actor system between model runs, which on a small machine costs idle cores and cache.
+//! The pool is an actor so the supervisor restarts it (with fresh threads) if a thread dies.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use ort::environment::Environment;
-use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
-use ractor::{ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tessera_models::{Model, ModelSession, SessionConfig, TileOutput};
-use tokio::sync::Semaphore;
 
 use crate::frame::FrameKey;
 use crate::ingest::IngestMsg;
 use crate::merge::MergeMsg;
 use crate::metrics::{Queue, Stage};
 use crate::monitor::Monitor;
-use crate::names::{ActorNames, lookup, lookup_patiently};
+use crate::names::{ActorNames, lookup};
 use crate::tensor_pool::PooledTensor;
 use crate::throttle::{LOG_INTERVAL, Throttle};
-
 static MODEL_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
 /// Which tile of which frame a batch slot holds.
@@ -47,17 +50,53 @@ pub struct TileBatch {
     pub _credit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// Messages of the recognize factory.
-pub type RecognizeMsg = FactoryMessage<(), TileBatch>;
-/// Reference to the recognize factory.
-pub type RecognizeRef = FactoryRef<(), TileBatch>;
-
-/// One recognize worker.
+/// The queue from preparation to the recognize pool. It outlives the pool's actor, so batches
+/// wait through a pool restart instead of being lost. Its length is bounded by the tile
+/// credits the batches hold, not by the channel.
 #[derive(Debug, Clone)]
-pub struct RecognizeWorker {
+pub struct BatchQueue {
+    sender: Sender<TileBatch>,
+    receiver: Receiver<TileBatch>,
+}
+
+impl Default for BatchQueue {
+    fn default() -> Self {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        BatchQueue { sender, receiver }
+    }
+}
+
+impl BatchQueue {
+    /// Hands a batch to the pool.
+    pub fn send(&self, batch: TileBatch, monitor: &Monitor) {
+        // Cannot fail: the queue holds its own receiver.
+        if self.sender.send(batch).is_ok() {
+            monitor.metrics.queue(Queue::Recognize).pushed.inc();
+        }
+    }
+}
+
+/// Messages of the recognize pool.
+#[derive(Debug)]
+pub enum RecognizeMsg {
+    /// A session thread stopped on its own (its session could not be replaced): the pool
+    /// fails, and the supervisor restarts it.
+    SessionLost(String),
+}
+
+/// The recognize pool actor.
+#[derive(Debug)]
+pub struct RecognizePool;
+
+/// What the pool needs to (re)build its sessions.
+#[derive(Debug, Clone)]
+pub struct RecognizeArgs {
     pub env: Arc<Environment>,
     pub model: Arc<Model>,
     pub session: SessionConfig,
+    /// Sessions, each on its own thread (`recognize.workers`).
+    pub workers: usize,
+    pub batches: BatchQueue,
     pub names: ActorNames,
     /// Test hook: panic on every Nth model run of the pool (`recognize.panic_every_nth_batch`).
     pub fault: Option<Arc<InjectedFault>>,
@@ -81,91 +120,135 @@ impl InjectedFault {
     }
 }
 
-/// State of a recognize worker.
+/// State of the pool: its session threads, which stop when `stop` is dropped.
+#[derive(Debug)]
 pub struct RecognizeState {
-    session: Arc<Mutex<ModelSession>>,
-    /// Runs handed to blocking threads and not finished: at most two, so that the next run
-    /// waits ready at the session's lock while one runs, and the model never idles between
-    /// runs for the hops through the actor system.
-    runs: Arc<Semaphore>,
+    stop: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for RecognizeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecognizeState").finish_non_exhaustive()
-    }
-}
-
-/// Runs a worker may have started at once (one running, one ready).
-const RUNS_AHEAD: usize = 2;
-
-impl Worker for RecognizeWorker {
-    type Key = ();
-    type Message = TileBatch;
-    type Arguments = ();
+impl Actor for RecognizePool {
+    type Msg = RecognizeMsg;
     type State = RecognizeState;
+    type Arguments = RecognizeArgs;
 
     async fn pre_start(
         &self,
-        wid: WorkerId,
-        _factory: &ActorRef<RecognizeMsg>,
-        _args: (),
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let worker = self.clone();
-        let session = tokio::task::spawn_blocking(move || worker.new_session()).await??;
-        tracing::debug!(
-            worker = wid,
-            provider = session.execution_provider(),
-            "Session ready"
-        );
-        Ok(RecognizeState {
-            session: Arc::new(Mutex::new(session)),
-            runs: Arc::new(Semaphore::new(RUNS_AHEAD)),
-        })
+        myself: ActorRef<RecognizeMsg>,
+        args: RecognizeArgs,
+    ) -> Result<RecognizeState, ActorProcessingErr> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let mut threads = Vec::with_capacity(args.workers);
+        let mut ready = Vec::with_capacity(args.workers);
+        for index in 0..args.workers.max(1) {
+            let (loaded, load_outcome) = tokio::sync::oneshot::channel();
+            let thread = SessionThread {
+                args: args.clone(),
+                pool: myself.clone(),
+                stopped: stopped.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("tessera-recognize-{index}"))
+                .spawn(move || thread.run(loaded))?;
+            threads.push(handle);
+            ready.push(load_outcome);
+        }
+        let mut state = RecognizeState {
+            stop: Some(stop),
+            threads,
+        };
+        for outcome in ready {
+            let loaded = outcome
+                .await
+                .map_err(|_| ActorProcessingErr::from("session thread ended while loading"))
+                .and_then(|loaded| loaded.map_err(ActorProcessingErr::from));
+            if let Err(error) = loaded {
+                stop_threads(&mut state).await;
+                return Err(error);
+            }
+        }
+        tracing::debug!(sessions = state.threads.len(), "Recognize sessions ready");
+        Ok(state)
     }
 
     async fn handle(
         &self,
-        _wid: WorkerId,
-        _factory: &ActorRef<RecognizeMsg>,
-        Job {
-            key, msg: batch, ..
-        }: Job<(), TileBatch>,
-        state: &mut Self::State,
+        _myself: ActorRef<RecognizeMsg>,
+        message: RecognizeMsg,
+        _state: &mut RecognizeState,
     ) -> Result<(), ActorProcessingErr> {
-        // Waits while two runs are under way: the factory keeps the rest queued, for
-        // whichever worker frees up first.
-        let permit = state.runs.clone().acquire_owned().await?;
-        self.monitor.metrics.queue(Queue::Recognize).popped.inc();
-        let run = Run {
-            worker: self.clone(),
-            session: state.session.clone(),
+        match message {
+            RecognizeMsg::SessionLost(reason) => Err(reason.into()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RecognizeMsg>,
+        state: &mut RecognizeState,
+    ) -> Result<(), ActorProcessingErr> {
+        stop_threads(state).await;
+        Ok(())
+    }
+}
+
+/// Stops the session threads and waits for each to finish its current run.
+async fn stop_threads(state: &mut RecognizeState) {
+    drop(state.stop.take());
+    let threads = std::mem::take(&mut state.threads);
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
+    if let Err(error) = joined {
+        tracing::warn!(%error, "Could not join the session threads");
+    }
+}
+
+/// One session's thread: loads and warms up its session, then runs batches from the queue
+/// until the pool stops.
+struct SessionThread {
+    args: RecognizeArgs,
+    pool: ActorRef<RecognizeMsg>,
+    /// Disconnected when the pool stops.
+    stopped: Receiver<()>,
+}
+
+impl SessionThread {
+    fn run(self, loaded: tokio::sync::oneshot::Sender<Result<(), String>>) {
+        let mut session = match new_session(&self.args) {
+            Ok(session) => session,
+            Err(error) => {
+                let _ = loaded.send(Err(error.to_string()));
+                return;
+            }
         };
-        tokio::spawn(async move {
-            run.run(batch).await;
-            drop(permit);
-        });
-        Ok(key)
+        tracing::debug!(provider = session.execution_provider(), "Session ready");
+        if loaded.send(Ok(())).is_err() {
+            return;
+        }
+        let batches = self.args.batches.receiver.clone();
+        loop {
+            let batch = crossbeam_channel::select! {
+                recv(batches) -> batch => match batch {
+                    Ok(batch) => batch,
+                    Err(_) => return,
+                },
+                recv(self.stopped) -> _ => return,
+            };
+            if let Err(error) = self.run_batch(&mut session, batch) {
+                tracing::error!(%error, "Model session lost");
+                let _ = self.pool.cast(RecognizeMsg::SessionLost(error));
+                return;
+            }
+        }
     }
-}
 
-impl RecognizeWorker {
-    /// A warmed-up session of the worker's model.
-    fn new_session(&self) -> Result<ModelSession, tessera_models::ModelError> {
-        let mut session = ModelSession::load(&self.env, self.model.clone(), &self.session)?;
-        warm_up(&mut session)?;
-        Ok(session)
-    }
-}
-
-/// One model run and the delivery of its outputs.
-struct Run {
-    worker: RecognizeWorker,
-    session: Arc<Mutex<ModelSession>>,
-}
-
-impl Run {
-    async fn run(self, batch: TileBatch) {
+    /// Runs one batch and delivers its outputs. After a panicked run the session is replaced;
+    /// an error means that failed too.
+    fn run_batch(&self, session: &mut ModelSession, batch: TileBatch) -> Result<(), String> {
         let TileBatch {
             slots,
             tensor,
@@ -173,109 +256,125 @@ impl Run {
             queued_at,
             _credit: credit,
         } = batch;
-        let frames = frames_of(&slots);
-        let (session, worker) = (self.session.clone(), self.worker.clone());
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut session = match session.lock() {
-                Ok(session) => session,
-                // A run panicked holding the session: go on with a new one, as a restarted
-                // worker would.
-                Err(poisoned) => {
-                    session.clear_poison();
-                    let mut session = poisoned.into_inner();
-                    match worker.new_session() {
-                        Ok(fresh) => *session = fresh,
-                        Err(error) => return (Err(error), Duration::ZERO),
-                    }
-                    tracing::info!("Model session replaced after a panicked run");
-                    session
-                }
-            };
-            worker
-                .monitor
-                .metrics
-                .stage(Stage::QueueWait)
-                .observe(queued_at.elapsed().as_secs_f64());
-            let started = Instant::now();
-            if let Some(fault) = &worker.fault {
+        let metrics = &self.args.monitor.metrics;
+        metrics.queue(Queue::Recognize).popped.inc();
+        metrics
+            .stage(Stage::QueueWait)
+            .observe(queued_at.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(fault) = &self.args.fault {
                 fault.maybe_panic();
             }
-            let outcome = session.run(&tensor, batch_size);
-            // The tensor is consumed: let preparation fill the next one.
-            drop((tensor, credit));
-            (outcome, started.elapsed())
-        })
-        .await;
+            session.run(&tensor, batch_size)
+        }));
+        let elapsed = started.elapsed();
+        // The tensor is consumed: let preparation fill the next one.
+        drop((tensor, credit));
         match outcome {
-            Err(panicked) => {
-                // Its frames go back for another attempt; the next run replaces the session.
-                crate::recovery::stage_failed(
-                    &self.worker.names,
-                    &frames,
-                    "recognize",
-                    &panicked.to_string(),
-                );
+            Ok(outcome) => {
+                deliver(&self.args, slots, outcome, elapsed);
+                Ok(())
             }
-            Ok((outcome, elapsed)) => self.deliver(slots, frames, outcome, elapsed).await,
+            Err(panic) => {
+                // Its frames go back for another attempt, on a new session (the panic may
+                // have left this one inconsistent), as a restarted worker would.
+                crate::recovery::stage_failed(
+                    &self.args.names,
+                    &frames_of(&slots),
+                    "recognize",
+                    &panic_message(panic.as_ref()),
+                );
+                *session = new_session(&self.args).map_err(|e| e.to_string())?;
+                tracing::info!("Model session replaced after a panicked run");
+                Ok(())
+            }
         }
     }
+}
 
-    /// Sends a run's outputs to merge, split by frame; or the frames back for another
-    /// attempt, or to the dead-letter topic, when the run failed.
-    async fn deliver(
-        &self,
-        slots: Vec<TileSlot>,
-        frames: Vec<FrameKey>,
-        outcome: Result<Vec<TileOutput>, tessera_models::ModelError>,
-        elapsed: Duration,
-    ) {
-        let names = &self.worker.names;
-        let Some(merge) =
-            lookup_patiently::<MergeMsg>(&names.merge(), Duration::from_secs(30)).await
-        else {
-            // The frames stay in flight; the frame timeout re-dispatches them.
-            tracing::error!("Merge actor unavailable; model outputs dropped");
-            return;
-        };
-        let metrics = &self.worker.monitor.metrics;
-        match outcome {
-            Ok(mut outputs) => {
-                outputs.truncate(slots.len());
-                metrics
-                    .stage(Stage::Inference)
-                    .observe(elapsed.as_secs_f64());
-                metrics.tiles_inferred.inc_by(slots.len() as u64);
-                metrics.batch_size.observe(slots.len() as f64);
-                let filled = slots.len().max(1);
-                for share in split_by_frame(slots, outputs) {
-                    // A shared run's time is split by the frames' share of its tiles.
-                    let inference = elapsed.mul_f64(share.tiles.len() as f64 / filled as f64);
-                    let _ = merge.cast(MergeMsg::Tiles {
-                        frame: share.frame,
-                        tiles: share.tiles,
-                        outputs: share.outputs,
-                        preprocess: share.preprocess,
-                        inference,
-                    });
-                }
+/// A warmed-up session of the pool's model.
+fn new_session(args: &RecognizeArgs) -> Result<ModelSession, tessera_models::ModelError> {
+    let mut session = ModelSession::load(&args.env, args.model.clone(), &args.session)?;
+    warm_up(&mut session)?;
+    Ok(session)
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "model run panicked".into())
+}
+
+/// Looks up merge from a session thread, waiting while it is being restarted.
+fn merge_patiently(names: &ActorNames, patience: Duration) -> Option<ActorRef<MergeMsg>> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(merge) = lookup::<MergeMsg>(&names.merge()) {
+            return Some(merge);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends a run's outputs to merge, split by frame; or the frames back for another attempt,
+/// or to the dead-letter topic, when the run failed.
+fn deliver(
+    args: &RecognizeArgs,
+    slots: Vec<TileSlot>,
+    outcome: Result<Vec<TileOutput>, tessera_models::ModelError>,
+    elapsed: Duration,
+) {
+    let names = &args.names;
+    let Some(merge) = merge_patiently(names, Duration::from_secs(30)) else {
+        // The frames stay in flight; the frame timeout re-dispatches them.
+        tracing::error!("Merge actor unavailable; model outputs dropped");
+        return;
+    };
+    let metrics = &args.monitor.metrics;
+    match outcome {
+        Ok(mut outputs) => {
+            outputs.truncate(slots.len());
+            metrics
+                .stage(Stage::Inference)
+                .observe(elapsed.as_secs_f64());
+            metrics.tiles_inferred.inc_by(slots.len() as u64);
+            metrics.batch_size.observe(slots.len() as f64);
+            let filled = slots.len().max(1);
+            for share in split_by_frame(slots, outputs) {
+                // A shared run's time is split by the frames' share of its tiles.
+                let inference = elapsed.mul_f64(share.tiles.len() as f64 / filled as f64);
+                let _ = merge.cast(MergeMsg::Tiles {
+                    frame: share.frame,
+                    tiles: share.tiles,
+                    outputs: share.outputs,
+                    preprocess: share.preprocess,
+                    inference,
+                });
             }
-            Err(error) if error.is_retryable() => {
-                if let Some(held_back) = MODEL_FAILED.allow() {
-                    tracing::warn!(%error, held_back, "Model run failed; retrying the frames");
-                }
-                redispatch(names, &frames);
+        }
+        Err(error) if error.is_retryable() => {
+            if let Some(held_back) = MODEL_FAILED.allow() {
+                tracing::warn!(%error, held_back, "Model run failed; retrying the frames");
             }
-            Err(error) => {
-                if let Some(held_back) = MODEL_FAILED.allow() {
-                    tracing::warn!(%error, held_back, "Model run failed");
-                }
-                for frame in frames {
-                    let _ = merge.cast(MergeMsg::TilesFailed {
-                        frame,
-                        kind: error.kind(),
-                        message: error.to_string(),
-                    });
-                }
+            redispatch(names, &frames_of(&slots));
+        }
+        Err(error) => {
+            if let Some(held_back) = MODEL_FAILED.allow() {
+                tracing::warn!(%error, held_back, "Model run failed");
+            }
+            for frame in frames_of(&slots) {
+                let _ = merge.cast(MergeMsg::TilesFailed {
+                    frame,
+                    kind: error.kind(),
+                    message: error.to_string(),
+                });
             }
         }
     }

@@ -27,7 +27,7 @@ use crate::monitor::{Monitor, Phase};
 use crate::names::{ActorNames, lookup};
 use crate::prepare::{PreparePlan, PrepareWorker};
 use crate::publish::{Publish, PublishArgs};
-use crate::recognize::{InjectedFault, RecognizeWorker, TileBatch};
+use crate::recognize::{BatchQueue, InjectedFault, RecognizeArgs, RecognizePool};
 
 /// The children of the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +71,8 @@ pub struct SupervisorArgs {
     pub env: Arc<Environment>,
     pub model: Arc<Model>,
     pub plan: Arc<PreparePlan>,
+    /// Batches from preparation to the recognize pool; outlives either's restart.
+    pub batches: BatchQueue,
     pub names: ActorNames,
     /// In-flight frame credits; all returned means nothing is in flight.
     pub credits: Arc<Semaphore>,
@@ -315,13 +317,6 @@ async fn spawn_child(
                 .get_cell()
         }
         Child::Recognize => {
-            let (env, model, session, names, monitor) = (
-                args.env.clone(),
-                args.model.clone(),
-                config.model.session.clone(),
-                args.names.clone(),
-                args.monitor.clone(),
-            );
             let fault = config.recognize.panic_every_nth_batch.map(|every_nth| {
                 tracing::warn!(
                     every_nth,
@@ -332,37 +327,20 @@ async fn spawn_child(
                     runs: AtomicU64::new(0),
                 })
             });
-            let builder = worker_builder(move |_wid| {
-                (
-                    RecognizeWorker {
-                        env: env.clone(),
-                        model: model.clone(),
-                        session: session.clone(),
-                        names: names.clone(),
-                        fault: fault.clone(),
-                        monitor: monitor.clone(),
-                    },
-                    (),
-                )
-            });
-            let factory = Factory::<
-                (),
-                TileBatch,
-                (),
-                RecognizeWorker,
-                QueuerRouting<(), TileBatch>,
-                DefaultQueue<(), TileBatch>,
-            >::default();
-            let factory_args = FactoryArguments::builder()
-                .worker_builder(Box::new(builder))
-                .num_initial_workers(config.recognize.workers)
-                .router(QueuerRouting::default())
-                .queue(DefaultQueue::default())
-                .build();
+            let recognize_args = RecognizeArgs {
+                env: args.env.clone(),
+                model: args.model.clone(),
+                session: config.model.session.clone(),
+                workers: config.recognize.workers,
+                batches: args.batches.clone(),
+                names: args.names.clone(),
+                fault,
+                monitor: args.monitor.clone(),
+            };
             Actor::spawn_linked(
                 Some(args.names.recognize()),
-                factory,
-                factory_args,
+                RecognizePool,
+                recognize_args,
                 supervisor,
             )
             .await?
@@ -370,12 +348,17 @@ async fn spawn_child(
             .get_cell()
         }
         Child::Prepare => {
-            let (plan, names, monitor) =
-                (args.plan.clone(), args.names.clone(), args.monitor.clone());
+            let (plan, batches, names, monitor) = (
+                args.plan.clone(),
+                args.batches.clone(),
+                args.names.clone(),
+                args.monitor.clone(),
+            );
             let builder = worker_builder(move |_wid| {
                 (
                     PrepareWorker {
                         plan: plan.clone(),
+                        batches: batches.clone(),
                         names: names.clone(),
                         monitor: monitor.clone(),
                     },

@@ -1,12 +1,16 @@
 //! The ceiling: ONNX Runtime alone running the same number of model runs as the pipeline, on
 //! the same cores, with the best session layout it can find (sessions x intra-op threads),
-//! no Kafka, no decoding, no preprocessing.
+//! no Kafka, no decoding, no preprocessing. Its inputs are the real tiles of the benchmark's
+//! frames, prepared beforehand, so it runs exactly the inferences tessera runs.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_models::{BatchDim, Environment, Model, ModelSession, SessionConfig};
+use tessera_operators::decode::{DecodeLimits, decode_image};
+use tessera_operators::preprocess::Preprocessor;
+use tessera_operators::tiling::TilingConfig;
 
 /// One layout tried.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -27,11 +31,31 @@ pub struct Ceiling {
     pub best: Layout,
 }
 
-/// Runs `images` model inputs through `model` in batches of `batch` (forced to the model's
-/// own batch when it is fixed) with every layout of at most `cores` threads in all.
+/// The model inputs of every tile of `jpegs` (default tiling), in frame and tile order.
+pub fn real_tiles(model: &Model, jpegs: &[Vec<u8>]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let input = &model.manifest.input;
+    let grid = TilingConfig::default().grid(input.width, input.height);
+    let mut preprocessor = Preprocessor::new(model.preprocess_spec());
+    let mut tiles = Vec::new();
+    for jpeg in jpegs {
+        let image = decode_image(jpeg, &DecodeLimits::default())?;
+        for tile in grid.tiles(image.width(), image.height()) {
+            let mut tensor = vec![0.0; preprocessor.tensor_len()];
+            preprocessor.prepare_into(&image, tile.rect, &mut tensor)?;
+            tiles.push(tensor);
+        }
+    }
+    anyhow::ensure!(!tiles.is_empty(), "no tiles");
+    Ok(tiles)
+}
+
+/// Runs `images` model inputs (cycling through `tiles`) through `model` in batches of `batch`
+/// (forced to the model's own batch when it is fixed) with every layout of at most `cores`
+/// threads in all.
 pub fn measure(
     env: &Arc<Environment>,
     model: &Arc<Model>,
+    tiles: &[Vec<f32>],
     images: usize,
     batch: usize,
     cores: usize,
@@ -39,7 +63,7 @@ pub fn measure(
     let mut layouts = Vec::new();
     for sessions in 1..=cores {
         for intra_op_threads in 1..=cores / sessions {
-            let layout = run_layout(env, model, images, batch, sessions, intra_op_threads)?;
+            let layout = run_layout(env, model, tiles, images, batch, sessions, intra_op_threads)?;
             eprintln!(
                 "  ceiling: {sessions} session(s) x {intra_op_threads} thread(s), batch {}: {:.1} images/s",
                 layout.batch, layout.images_per_s
@@ -62,6 +86,7 @@ pub fn measure(
 fn run_layout(
     env: &Arc<Environment>,
     model: &Arc<Model>,
+    tiles: &[Vec<f32>],
     images: usize,
     batch: usize,
     sessions: usize,
@@ -78,15 +103,23 @@ fn run_layout(
         BatchDim::Fixed(n) => n,
         BatchDim::Dynamic => batch.max(1),
     };
-    let tensor_len = loaded[0].tensor_len();
-    // Deterministic, image-like values in [0, 1]; the run time does not depend on them.
-    let input: Arc<Vec<f32>> = Arc::new(
-        (0..batch * tensor_len)
-            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+    // Batches of consecutive tiles, as the pipeline forms them.
+    let inputs: Arc<Vec<Vec<f32>>> = Arc::new(
+        tiles
+            .chunks(batch)
+            .map(|chunk| {
+                let mut input: Vec<f32> = chunk.concat();
+                input.resize(batch * tiles[0].len(), 0.0);
+                input
+            })
             .collect(),
     );
+    anyhow::ensure!(
+        inputs[0].len() == batch * loaded[0].tensor_len(),
+        "tile tensors do not fit the model input"
+    );
     for session in &mut loaded {
-        session.run(&input, batch)?; // warm-up: first runs allocate
+        session.run(&inputs[0], batch)?; // warm-up: first runs allocate
     }
     let runs = images.div_ceil(batch);
     let started = Instant::now();
@@ -94,12 +127,12 @@ fn run_layout(
         .into_iter()
         .enumerate()
         .map(|(i, mut session)| {
-            let input = input.clone();
+            let inputs = inputs.clone();
             // Runs split evenly; the first sessions take the remainder.
             let mine = runs / sessions + usize::from(i < runs % sessions);
             std::thread::spawn(move || -> anyhow::Result<()> {
-                for _ in 0..mine {
-                    session.run(&input, batch)?;
+                for run in 0..mine {
+                    session.run(&inputs[(run * sessions + i) % inputs.len()], batch)?;
                 }
                 Ok(())
             })

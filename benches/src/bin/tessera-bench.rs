@@ -219,7 +219,9 @@ async fn run_workload(
     // 2. The ceiling: the same number of model runs, ONNX Runtime alone.
     let env = tessera_models::init_runtime(None)?;
     let model = ceiling::load_model(&manifest(workload.model), &args.assets)?;
-    let ceiling = ceiling::measure(&env, &model, tessera.tiles, workload.batch, cores)?;
+    let tiles = ceiling::real_tiles(&model, jpegs)?;
+    let ceiling = ceiling::measure(&env, &model, &tiles, tessera.tiles, workload.batch, cores)?;
+    drop(tiles);
     let ceiling_frames_per_s =
         ceiling.best.images_per_s / (tessera.tiles as f64 / tessera.frames as f64);
     let pipeline_over_ceiling = tessera.frames_per_s / ceiling_frames_per_s;
