@@ -292,8 +292,9 @@ fn default_recognize_workers() -> usize {
 pub struct FlowConfig {
     /// Frames consumed but not yet acknowledged by Kafka; consumption pauses at this bound.
     pub max_in_flight_frames: usize,
-    /// Tiles preprocessed and waiting for (or in) a model run; preparation waits at this
-    /// bound. Each tile holds its input tensor (about 2 MB for a 416 px model).
+    /// Tiles preprocessed and waiting for a model run (tiles in the runs under way come on
+    /// top); preparation waits at this bound. Each tile holds its input tensor (about 2 MB
+    /// for a 416 px model).
     pub max_queued_tiles: usize,
     /// At shutdown, how long frames in flight may take to finish before the process exits
     /// anyway (unfinished frames are re-consumed after a restart). Keep it below the

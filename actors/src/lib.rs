@@ -152,7 +152,11 @@ async fn start_tree(
         max_batch_delay: config.recognize.max_batch_delay,
         lag_policy: config.flow.lag_policy,
         max_age: config.flow.max_age,
-        tile_credits: Arc::new(Semaphore::new(config.flow.max_queued_tiles)),
+        // Tiles waiting for a model run, plus those in the runs under way: a session that
+        // finishes finds the next batch ready instead of waiting for one to be prepared.
+        tile_credits: Arc::new(Semaphore::new(
+            config.flow.max_queued_tiles + config.recognize.workers * batch_capacity,
+        )),
         // Idle buffers for as many full batches as the tile credits allow, one filling per
         // prepare worker and one running per recognize worker.
         tensors: tensor_pool::TensorPool::new(

@@ -111,6 +111,16 @@ impl TesseraProcess {
         anyhow::bail!("tessera was not ready within {timeout:?}")
     }
 
+    /// Its Prometheus exposition, as text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("http://{}/metrics", self.http);
+        let text = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
+        })
+        .await??;
+        Ok(text)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -177,4 +187,69 @@ pub async fn read_results(
         results.len()
     );
     Ok(results)
+}
+
+/// Where a pipeline's time went, from its own metrics: mean milliseconds per observation of
+/// each stage (decode and preprocessing per frame, queue wait and inference per model run)
+/// and the mean tiles per model run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StageMeans {
+    pub decode_ms: f64,
+    pub tile_preprocess_ms: f64,
+    pub queue_wait_ms: f64,
+    pub inference_ms: f64,
+    pub tiles_per_run: f64,
+}
+
+/// Reads [`StageMeans`] out of a Prometheus exposition.
+pub fn stage_means(exposition: &str) -> StageMeans {
+    let value = |series: &str| {
+        exposition.lines().find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            rest.trim().parse::<f64>().ok()
+        })
+    };
+    let stage = |name: &str| {
+        let sum = value(&format!(
+            "tessera_pipeline_stage_latency_seconds_sum{{stage=\"{name}\"}}"
+        ));
+        let count = value(&format!(
+            "tessera_pipeline_stage_latency_seconds_count{{stage=\"{name}\"}}"
+        ));
+        match (sum, count) {
+            (Some(sum), Some(count)) if count > 0.0 => sum / count * 1000.0,
+            _ => f64::NAN,
+        }
+    };
+    let tiles_per_run = match (
+        value("tessera_recognize_batch_size_tiles_sum"),
+        value("tessera_recognize_batch_size_tiles_count"),
+    ) {
+        (Some(sum), Some(count)) if count > 0.0 => sum / count,
+        _ => f64::NAN,
+    };
+    StageMeans {
+        decode_ms: stage("decode"),
+        tile_preprocess_ms: stage("tile_preprocess"),
+        queue_wait_ms: stage("queue_wait"),
+        inference_ms: stage("inference"),
+        tiles_per_run,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_means_come_from_sums_and_counts() {
+        let text = "tessera_pipeline_stage_latency_seconds_sum{stage=\"inference\"} 3\n\
+                    tessera_pipeline_stage_latency_seconds_count{stage=\"inference\"} 200\n\
+                    tessera_recognize_batch_size_tiles_sum 1600\n\
+                    tessera_recognize_batch_size_tiles_count 200\n";
+        let means = stage_means(text);
+        assert_eq!(means.inference_ms, 15.0);
+        assert_eq!(means.tiles_per_run, 8.0);
+        assert!(means.decode_ms.is_nan());
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! 1. throughput: a fixed set of 1080p frames, published to the embedded broker beforehand,
 //!    through the `tessera` binary (frames/s, tiles/s, backlog latency, CPU, peak RSS);
-//! 2. the ceiling: ONNX Runtime alone, the same number of model runs, best session layout;
+//! 2. the ceiling: ONNX Runtime alone, the same model runs, best session layout (searched
+//!    just before the throughput run, the best measured again just after);
 //! 3. the baseline: the plain Python pipeline (`benches/baseline/`) on the same frames;
 //! 4. latency at half the measured rate (p50/p95/p99, end to end);
 //! 5. optionally a soak: frames continuously for `--soak`, resident memory per minute.
@@ -19,7 +20,9 @@ use tessera_actors::FrameResult;
 use tessera_benches::baseline::{self, BaselineReport};
 use tessera_benches::ceiling::{self, Ceiling};
 use tessera_benches::stats::Latency;
-use tessera_benches::tessera_run::{TesseraProcess, cpu_between, read_results};
+use tessera_benches::tessera_run::{
+    StageMeans, TesseraProcess, cpu_between, read_results, stage_means,
+};
 use tessera_benches::{frames, publish};
 
 #[derive(Debug, Parser)]
@@ -110,6 +113,8 @@ struct PipelineFigures {
     latency_ms: Latency,
     cpu_utilisation: Option<f64>,
     peak_rss_mib: Option<f64>,
+    /// Where the time went, from tessera's own metrics.
+    stages: Option<StageMeans>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,6 +195,15 @@ async fn run_workload(
         frames.len()
     );
 
+    // 2. The ceiling: the same model runs, ONNX Runtime alone. The layout search runs just
+    // before tessera and the best layout again just after, so drift of the machine's speed
+    // over the minutes of the run is averaged out of the ratio.
+    let env = tessera_models::init_runtime(None)?;
+    let model = ceiling::load_model(&manifest(workload.model), &args.assets)?;
+    let tiles = ceiling::real_tiles(&model, jpegs)?;
+    let images = args.frames * tiles.len() / jpegs.len();
+    let mut ceiling = ceiling::measure(&env, &model, &tiles, images, workload.batch, cores)?;
+
     // 1. tessera, throughput over a backlog.
     let settings = pipeline_settings(workload, &brokers, &topics.input, &topics, "throughput");
     let log = args
@@ -206,8 +220,10 @@ async fn run_workload(
     .await?;
     let samples = process.samples();
     let peak_rss_mib = process.peak_rss_mib();
+    let stages = process.metrics().await.map(|text| stage_means(&text)).ok();
     process.stop()?;
-    let tessera = figures(&results, &samples, peak_rss_mib, cores);
+    let mut tessera = figures(&results, &samples, peak_rss_mib, cores);
+    tessera.stages = stages;
     eprintln!(
         "tessera: {:.2} frames/s, {:.1} tiles/s, CPU {:.0}%, peak RSS {:.0} MiB",
         tessera.frames_per_s,
@@ -215,19 +231,25 @@ async fn run_workload(
         tessera.cpu_utilisation.unwrap_or(f64::NAN) * 100.0,
         tessera.peak_rss_mib.unwrap_or(f64::NAN)
     );
+    if let Some(stages) = &tessera.stages {
+        eprintln!(
+            "  per frame: decode {:.1} ms, tile preprocessing {:.1} ms; per model run: queue wait {:.1} ms, inference {:.1} ms, {:.1} tiles",
+            stages.decode_ms,
+            stages.tile_preprocess_ms,
+            stages.queue_wait_ms,
+            stages.inference_ms,
+            stages.tiles_per_run
+        );
+    }
 
-    // 2. The ceiling: the same number of model runs, ONNX Runtime alone.
-    let env = tessera_models::init_runtime(None)?;
-    let model = ceiling::load_model(&manifest(workload.model), &args.assets)?;
-    let tiles = ceiling::real_tiles(&model, jpegs)?;
-    let ceiling = ceiling::measure(&env, &model, &tiles, tessera.tiles, workload.batch, cores)?;
+    ceiling.measure_again(&env, &model, &tiles)?;
     drop(tiles);
     let ceiling_frames_per_s =
-        ceiling.best.images_per_s / (tessera.tiles as f64 / tessera.frames as f64);
+        ceiling.images_per_s() / (tessera.tiles as f64 / tessera.frames as f64);
     let pipeline_over_ceiling = tessera.frames_per_s / ceiling_frames_per_s;
     eprintln!(
         "ceiling: {:.1} images/s = {ceiling_frames_per_s:.2} frames/s; tessera / ceiling = {pipeline_over_ceiling:.3}",
-        ceiling.best.images_per_s
+        ceiling.images_per_s()
     );
 
     // 3. The Python baseline on the same frames (same topic, its own group).
@@ -388,6 +410,7 @@ fn figures(
         latency_ms: Latency::of(&latencies),
         cpu_utilisation: cpu_between(samples, first, last).map(|cpu| cpu / seconds / cores as f64),
         peak_rss_mib,
+        stages: None,
     }
 }
 
@@ -559,7 +582,7 @@ fn print_summary(reports: &[Report]) {
             r.workload,
             r.tessera.frames_per_s,
             r.tessera.tiles_per_s,
-            r.ceiling.best.images_per_s / tiles_per_frame,
+            r.ceiling.images_per_s() / tiles_per_frame,
             r.pipeline_over_ceiling,
             opt(r.baseline.as_ref().map(|b| b.frames_per_s), 2),
             opt(r.tessera_over_baseline, 2),
