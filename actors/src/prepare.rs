@@ -4,10 +4,11 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use image::RgbImage;
 use ractor::factory::{FactoryMessage, FactoryRef, Job, Worker, WorkerId};
 use ractor::{ActorProcessingErr, ActorRef};
 use tessera_models::BatchDim;
-use tessera_operators::decode::{DecodeLimits, decode_image};
+use tessera_operators::decode::{DecodeLimits, decode_image_reusing};
 use tessera_operators::preprocess::Preprocessor;
 use tessera_operators::tiling::TileGrid;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -89,12 +90,18 @@ pub struct PrepareWorker {
     pub monitor: Arc<Monitor>,
 }
 
-/// State of a prepare worker: its preprocessor (buffers reused across frames) and the batch
-/// it is filling.
+/// State of a prepare worker: its buffers (reused across frames) and the batch it is filling.
 pub struct PrepareState {
     /// Taken while a frame is being prepared on a blocking thread.
-    preprocessor: Option<Preprocessor>,
+    buffers: Option<FrameBuffers>,
     batcher: Batcher,
+}
+
+/// What a prepare worker reuses from frame to frame: no allocation per frame or per tile.
+struct FrameBuffers {
+    preprocessor: Preprocessor,
+    /// The previous frame's decoded pixels, decoded over by the next frame.
+    pixels: Vec<u8>,
 }
 
 impl std::fmt::Debug for PrepareState {
@@ -138,7 +145,7 @@ impl Worker for PrepareWorker {
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(PrepareState {
-            preprocessor: Some(Preprocessor::new(self.plan.preprocess.clone())),
+            buffers: None,
             batcher: Batcher::default(),
         })
     }
@@ -194,10 +201,10 @@ impl PrepareWorker {
             merge.cast(MergeMsg::Skipped { meta: frame.meta })?;
             return Ok(());
         }
-        let mut preprocessor = state
-            .preprocessor
-            .take()
-            .unwrap_or_else(|| Preprocessor::new(self.plan.preprocess.clone()));
+        let mut buffers = state.buffers.take().unwrap_or_else(|| FrameBuffers {
+            preprocessor: Preprocessor::new(self.plan.preprocess.clone()),
+            pixels: Vec::new(),
+        });
         let job = FrameJob {
             plan: self.plan.clone(),
             monitor: self.monitor.clone(),
@@ -207,15 +214,15 @@ impl PrepareWorker {
             frame: frame.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
-        let (preprocessor, outcome) = tokio::task::spawn_blocking(move || {
+        let (buffers, outcome) = tokio::task::spawn_blocking(move || {
             job.batcher.set_filling(true);
-            let outcome = job.run(&mut preprocessor);
+            let outcome = job.run(&mut buffers);
             job.batcher.set_filling(false);
             job.batcher.flush_if_due(&job);
-            (preprocessor, outcome)
+            (buffers, outcome)
         })
         .await?;
-        state.preprocessor = Some(preprocessor);
+        state.buffers = Some(buffers);
         match outcome {
             Ok(()) => Ok(()),
             Err(PrepareError::Rejected(failure)) => {
@@ -246,18 +253,36 @@ impl FrameJob {
     /// Decodes the frame, tells merge what to expect, then preprocesses each tile straight
     /// into the batch being filled, dispatching batches as they fill. Pure CPU work but for
     /// waiting on tile credits; runs on a blocking thread.
-    fn run(&self, preprocessor: &mut Preprocessor) -> Result<(), PrepareError> {
-        let meta = &self.frame.meta;
-        validate_record(meta)?;
+    fn run(&self, buffers: &mut FrameBuffers) -> Result<(), PrepareError> {
+        validate_record(&self.frame.meta)?;
         let started = Instant::now();
+        let pixels = std::mem::take(&mut buffers.pixels);
         let image =
-            decode_image(&self.frame.payload, &self.plan.limits).map_err(|e| PrepareFailure {
-                kind: e.kind(),
-                message: e.to_string(),
+            decode_image_reusing(&self.frame.payload, &self.plan.limits, pixels).map_err(|e| {
+                PrepareFailure {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                }
             })?;
         let decode = started.elapsed();
+        self.monitor
+            .metrics
+            .stage(Stage::Decode)
+            .observe(decode.as_secs_f64());
+        let outcome = self.prepare_tiles(&image, decode, &mut buffers.preprocessor);
+        buffers.pixels = image.into_raw();
+        outcome
+    }
+
+    /// Tells merge what to expect of the decoded frame, then preprocesses its tiles.
+    fn prepare_tiles(
+        &self,
+        image: &RgbImage,
+        decode: Duration,
+        preprocessor: &mut Preprocessor,
+    ) -> Result<(), PrepareError> {
+        let meta = &self.frame.meta;
         let metrics = &self.monitor.metrics;
-        metrics.stage(Stage::Decode).observe(decode.as_secs_f64());
 
         // Preparation time only: waits for tile credits (model back-pressure) are left out.
         let started = Instant::now();

@@ -23,34 +23,40 @@ pub struct Layout {
     pub images_per_s: f64,
 }
 
-/// Every layout tried, and the best.
+/// Every layout tried, the best, and the best measured again between the pipeline's rounds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Ceiling {
     pub images: usize,
     pub layouts: Vec<Layout>,
     pub best: Layout,
-    /// The best layout measured again after the pipeline's run: this machine's speed drifts
-    /// by several percent over minutes, so the ceiling brackets the pipeline's run.
-    pub best_again: Option<Layout>,
+    /// The best layout measured again after each round of the pipeline: this machine's
+    /// speed drifts by several percent over minutes, so each round is compared with the
+    /// ceiling measured just before and just after it.
+    pub again: Vec<Layout>,
 }
 
 impl Ceiling {
-    /// Images per second of the best layout: the mean of its runs before and after the
-    /// pipeline's.
-    pub fn images_per_s(&self) -> f64 {
-        match &self.best_again {
-            Some(again) => (self.best.images_per_s + again.images_per_s) / 2.0,
-            None => self.best.images_per_s,
+    /// Images per second of the best layout around round `round` (0-based): the mean of its
+    /// measurements just before and just after.
+    pub fn images_per_s_around(&self, round: usize) -> f64 {
+        let measured = |i: usize| match i {
+            0 => Some(self.best.images_per_s),
+            i => self.again.get(i - 1).map(|l| l.images_per_s),
+        };
+        match (measured(round), measured(round + 1)) {
+            (Some(before), Some(after)) => (before + after) / 2.0,
+            (Some(before), None) => before,
+            _ => self.best.images_per_s,
         }
     }
 
-    /// Runs the best layout again (see [`Ceiling::best_again`]).
+    /// Runs the best layout again (see [`Ceiling::again`]); returns its images per second.
     pub fn measure_again(
         &mut self,
         env: &Arc<Environment>,
         model: &Arc<Model>,
         tiles: &[Vec<f32>],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<f64> {
         let best = &self.best;
         let again = run_layout(
             env,
@@ -65,8 +71,9 @@ impl Ceiling {
             "  ceiling again: {} session(s) x {} thread(s), batch {}: {:.1} images/s",
             again.sessions, again.intra_op_threads, again.batch, again.images_per_s
         );
-        self.best_again = Some(again);
-        Ok(())
+        let images_per_s = again.images_per_s;
+        self.again.push(again);
+        Ok(images_per_s)
     }
 }
 
@@ -119,7 +126,7 @@ pub fn measure(
         images,
         layouts,
         best,
-        best_again: None,
+        again: Vec::new(),
     })
 }
 

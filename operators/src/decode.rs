@@ -9,7 +9,9 @@ use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+use image::{
+    ColorType, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage,
+};
 use serde::{Deserialize, Serialize};
 
 /// Limits applied to every payload before and while it is decoded (`[decode]`).
@@ -175,6 +177,18 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
 /// Decodes an encoded image into 8-bit RGB under `limits`, with the EXIF orientation applied.
 /// Never panics: a panic inside a third-party decoder is reported as [`DecodeError::Corrupt`].
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+    decode_image_reusing(bytes, limits, Vec::new())
+}
+
+/// [`decode_image`] into `buffer`'s memory where the decoder's output is already 8-bit RGB in
+/// its stored orientation (the common camera JPEG): a caller decoding frame after frame hands
+/// back the previous frame's pixels (`RgbImage::into_raw`) and allocates nothing. Other images
+/// are converted as [`decode_image`] does.
+pub fn decode_image_reusing(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    buffer: Vec<u8>,
+) -> Result<RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::EmptyPayload);
     }
@@ -188,7 +202,9 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Dec
     if format == ImageFormat::Jpeg {
         check_jpeg_complete(bytes)?;
     }
-    match catch_unwind(AssertUnwindSafe(|| decode_checked(bytes, format, limits))) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        decode_checked(bytes, format, limits, buffer)
+    })) {
         Ok(result) => result,
         Err(_) => Err(DecodeError::Corrupt(format!(
             "the {format:?} decoder panicked"
@@ -220,6 +236,7 @@ fn decode_checked(
     bytes: &[u8],
     format: ImageFormat,
     limits: &DecodeLimits,
+    mut buffer: Vec<u8>,
 ) -> Result<RgbImage, DecodeError> {
     // First only the allocation limit, so that an oversized header reaches our own dimension
     // check (with a typed error) instead of failing inside the decoder's constructor.
@@ -268,6 +285,16 @@ fn decode_checked(
     // Broken metadata must not lose the frame: fall back to the stored orientation.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
 
+    if decoder.color_type() == ColorType::Rgb8 && orientation == Orientation::NoTransforms {
+        // Straight into the caller's buffer: resizing it to the same length as last time
+        // neither allocates nor clears.
+        let len = usize::try_from(decoder.total_bytes())
+            .map_err(|_| DecodeError::LimitExceeded("image too large for memory".into()))?;
+        buffer.resize(len, 0);
+        decoder.read_image(&mut buffer).map_err(map_image_error)?;
+        return RgbImage::from_raw(width, height, buffer)
+            .ok_or_else(|| DecodeError::Corrupt("decoded size does not match the header".into()));
+    }
     let image = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     let mut rgb = DynamicImage::ImageRgb8(image.into_rgb8());
     rgb.apply_orientation(orientation);
@@ -295,6 +322,32 @@ mod tests {
         let mut bytes = Cursor::new(Vec::new());
         image.write_to(&mut bytes, format).expect("encodes");
         bytes.into_inner()
+    }
+
+    #[test]
+    fn reusing_a_buffer_decodes_the_same_pixels_into_the_same_memory() {
+        let image = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 48, |x, y| {
+            Rgb([x as u8 * 3, y as u8 * 5, 90])
+        }));
+        let jpeg = encode(&image, ImageFormat::Jpeg);
+        let limits = DecodeLimits::default();
+        let fresh = decode_image(&jpeg, &limits).expect("decodes");
+        let first = decode_image_reusing(&jpeg, &limits, Vec::new()).expect("decodes");
+        let memory = first.as_raw().as_ptr();
+        let second = decode_image_reusing(&jpeg, &limits, first.into_raw()).expect("decodes");
+        assert_eq!(second, fresh);
+        assert_eq!(
+            second.as_raw().as_ptr(),
+            memory,
+            "the buffer was reallocated"
+        );
+        // A grayscale image still comes out as RGB, whatever buffer is handed in.
+        let gray = encode(
+            &DynamicImage::ImageLuma8(GrayImage::new(8, 8)),
+            ImageFormat::Png,
+        );
+        let rgb = decode_image_reusing(&gray, &limits, second.into_raw()).expect("decodes");
+        assert_eq!(rgb.dimensions(), (8, 8));
     }
 
     fn decode_default(bytes: &[u8]) -> Result<RgbImage, DecodeError> {

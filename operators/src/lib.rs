@@ -16,7 +16,7 @@ pub mod tiling;
 
 pub use adapters::AdapterKind;
 pub use annotate::draw_detections;
-pub use decode::{DecodeError, DecodeLimits, decode_image};
+pub use decode::{DecodeError, DecodeLimits, decode_image, decode_image_reusing};
 pub use detection::{Classification, Detection};
 pub use geometry::{BBox, PixelRect};
 pub use merge::{MatchMetric, MergeConfig, MergeConfigError, MergeStrategy, merge};

@@ -36,6 +36,10 @@ struct Args {
     /// Frames in the throughput run.
     #[arg(long, default_value_t = 60)]
     frames: usize,
+    /// Throughput rounds (tessera, then the ceiling again, then the baseline); the ratios
+    /// reported are the medians over the rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Length of the half-rate latency run.
     #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
     latency_run: Duration,
@@ -134,16 +138,33 @@ struct SoakRun {
     peak_rss_mib: Option<f64>,
     max_rss_first_minute_mib: f64,
     max_rss_second_minute_mib: f64,
+    /// Max resident memory per minute of the whole soak (longer soaks show whether it levels
+    /// off), MiB.
+    max_rss_per_minute_mib: Vec<f64>,
+}
+
+/// One throughput round: tessera, the ceiling around it, the baseline after it.
+#[derive(Debug, Clone, Serialize)]
+struct Round {
+    tessera: PipelineFigures,
+    /// The best layout's mean of the measurements just before and just after this round.
+    ceiling_frames_per_s: f64,
+    pipeline_over_ceiling: f64,
+    baseline: Option<BaselineReport>,
+    tessera_over_baseline: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 struct Report {
     workload: String,
     cores: usize,
-    tessera: PipelineFigures,
+    /// Median over the rounds.
+    frames_per_s: f64,
+    rounds: Vec<Round>,
     ceiling: Ceiling,
+    /// Median over the rounds.
     pipeline_over_ceiling: f64,
-    baseline: Option<BaselineReport>,
+    /// Median over the rounds.
     tessera_over_baseline: Option<f64>,
     latency_at_half_rate: Option<LatencyRun>,
     soak: Option<SoakRun>,
@@ -185,8 +206,13 @@ async fn run_workload(
     let partitions = publish::partitions_for(&sample);
     let frames = frames::camera_frames(jpegs, args.frames, partitions as usize);
     let topics = Topics::new(workload.name);
-    for topic in [&topics.input, &topics.results, &topics.baseline_results] {
-        kafka.create_topic(topic, partitions)?;
+    kafka.create_topic(&topics.input, partitions)?;
+    for round in 0..args.rounds.max(1) {
+        kafka.create_topic(
+            &topics.results_for(&format!("throughput-{round}")),
+            partitions,
+        )?;
+        kafka.create_topic(&topics.baseline_results_for(round), partitions)?;
     }
     kafka.create_topic(&topics.dlq, 1)?;
     publish::publish_all(&brokers, &topics.input, partitions, &frames).await?;
@@ -195,26 +221,128 @@ async fn run_workload(
         frames.len()
     );
 
-    // 2. The ceiling: the same model runs, ONNX Runtime alone. The layout search runs just
-    // before tessera and the best layout again just after, so drift of the machine's speed
-    // over the minutes of the run is averaged out of the ratio.
+    // The ceiling: the same model runs, ONNX Runtime alone. The layout search runs just
+    // before the first round, and the best layout again after each round's tessera run, so
+    // each round is compared with the ceiling measured around it.
     let env = tessera_models::init_runtime(None)?;
     let model = ceiling::load_model(&manifest(workload.model), &args.assets)?;
     let tiles = ceiling::real_tiles(&model, jpegs)?;
     let images = args.frames * tiles.len() / jpegs.len();
     let mut ceiling = ceiling::measure(&env, &model, &tiles, images, workload.batch, cores)?;
 
-    // 1. tessera, throughput over a backlog.
-    let settings = pipeline_settings(workload, &brokers, &topics.input, &topics, "throughput");
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds.max(1) {
+        eprintln!("-- round {}", round + 1);
+        let tessera = throughput_run(args, workload, &brokers, &topics, round, cores).await?;
+        ceiling.measure_again(&env, &model, &tiles)?;
+        let tiles_per_frame = tessera.tiles as f64 / tessera.frames.max(1) as f64;
+        let ceiling_frames_per_s = ceiling.images_per_s_around(round) / tiles_per_frame;
+        let pipeline_over_ceiling = tessera.frames_per_s / ceiling_frames_per_s;
+        eprintln!(
+            "ceiling: {ceiling_frames_per_s:.2} frames/s; tessera / ceiling = {pipeline_over_ceiling:.3}"
+        );
+        // The Python baseline on the same frames (same topic, its own group).
+        let baseline = if args.no_baseline {
+            None
+        } else {
+            let run = baseline::Run {
+                python: &args.python,
+                brokers: &brokers,
+                input_topic: &topics.input,
+                results_topic: &topics.baseline_results_for(round),
+                group: &format!("baseline-{}-{round}", workload.name),
+                model: &model.onnx_path,
+                manifest: &manifest(workload.model),
+                frames: frames.len(),
+                batch: workload.batch,
+                log: &args
+                    .out
+                    .join(format!("baseline-{}-{round}.log", workload.name)),
+            };
+            let report = baseline::run(&run).await?;
+            eprintln!(
+                "baseline: {:.2} frames/s; tessera / baseline = {:.2}",
+                report.frames_per_s,
+                tessera.frames_per_s / report.frames_per_s
+            );
+            Some(report)
+        };
+        rounds.push(Round {
+            tessera_over_baseline: baseline
+                .as_ref()
+                .map(|b| tessera.frames_per_s / b.frames_per_s),
+            tessera,
+            ceiling_frames_per_s,
+            pipeline_over_ceiling,
+            baseline,
+        });
+    }
+    drop(tiles);
+    let pipeline_over_ceiling = median(rounds.iter().map(|r| r.pipeline_over_ceiling));
+    let tessera_over_baseline = rounds
+        .iter()
+        .map(|r| r.tessera_over_baseline)
+        .collect::<Option<Vec<f64>>>()
+        .map(|ratios| median(ratios.into_iter()));
+    let frames_per_s = median(rounds.iter().map(|r| r.tessera.frames_per_s));
+
+    // 4. Latency at half the sustained rate.
+    let latency_at_half_rate = if args.latency_run.is_zero() {
+        None
+    } else {
+        Some(
+            latency_run(
+                args,
+                workload,
+                &kafka,
+                jpegs,
+                frames_per_s / 2.0,
+                partitions,
+            )
+            .await?,
+        )
+    };
+
+    // 5. Memory under continuous load.
+    let soak = if args.soak.is_zero() {
+        None
+    } else {
+        Some(soak_run(args, workload, &kafka, jpegs, frames_per_s, partitions).await?)
+    };
+
+    Ok(Report {
+        workload: workload.name.into(),
+        cores,
+        frames_per_s,
+        rounds,
+        ceiling,
+        pipeline_over_ceiling,
+        tessera_over_baseline,
+        latency_at_half_rate,
+        soak,
+    })
+}
+
+/// One tessera run over the published backlog (its own consumer group and results topic).
+async fn throughput_run(
+    args: &Args,
+    workload: &Workload,
+    brokers: &str,
+    topics: &Topics,
+    round: usize,
+    cores: usize,
+) -> anyhow::Result<PipelineFigures> {
+    let run = format!("throughput-{round}");
+    let settings = pipeline_settings(workload, brokers, &topics.input, topics, &run);
     let log = args
         .out
-        .join(format!("tessera-{}-throughput.log", workload.name));
+        .join(format!("tessera-{}-{run}.log", workload.name));
     let process = TesseraProcess::start(&settings, &args.assets, &log)?;
     let results = read_results(
-        &brokers,
-        &topics.results,
+        brokers,
+        &topics.results_for(&run),
         &topics.dlq,
-        frames.len(),
+        args.frames,
         Duration::from_secs(1800),
     )
     .await?;
@@ -241,86 +369,18 @@ async fn run_workload(
             stages.tiles_per_run
         );
     }
+    Ok(tessera)
+}
 
-    ceiling.measure_again(&env, &model, &tiles)?;
-    drop(tiles);
-    let ceiling_frames_per_s =
-        ceiling.images_per_s() / (tessera.tiles as f64 / tessera.frames as f64);
-    let pipeline_over_ceiling = tessera.frames_per_s / ceiling_frames_per_s;
-    eprintln!(
-        "ceiling: {:.1} images/s = {ceiling_frames_per_s:.2} frames/s; tessera / ceiling = {pipeline_over_ceiling:.3}",
-        ceiling.images_per_s()
-    );
-
-    // 3. The Python baseline on the same frames (same topic, its own group).
-    let baseline = if args.no_baseline {
-        None
-    } else {
-        let run = baseline::Run {
-            python: &args.python,
-            brokers: &brokers,
-            input_topic: &topics.input,
-            results_topic: &topics.baseline_results,
-            group: &format!("baseline-{}", workload.name),
-            model: &model.onnx_path,
-            manifest: &manifest(workload.model),
-            frames: frames.len(),
-            batch: workload.batch,
-            log: &args.out.join(format!("baseline-{}.log", workload.name)),
-        };
-        let report = baseline::run(&run).await?;
-        eprintln!("baseline: {:.2} frames/s", report.frames_per_s);
-        Some(report)
-    };
-    let tessera_over_baseline = baseline
-        .as_ref()
-        .map(|b| tessera.frames_per_s / b.frames_per_s);
-
-    // 4. Latency at half the sustained rate.
-    let latency_at_half_rate = if args.latency_run.is_zero() {
-        None
-    } else {
-        Some(
-            latency_run(
-                args,
-                workload,
-                &kafka,
-                jpegs,
-                tessera.frames_per_s / 2.0,
-                partitions,
-            )
-            .await?,
-        )
-    };
-
-    // 5. Memory under continuous load.
-    let soak = if args.soak.is_zero() {
-        None
-    } else {
-        Some(
-            soak_run(
-                args,
-                workload,
-                &kafka,
-                jpegs,
-                tessera.frames_per_s,
-                partitions,
-            )
-            .await?,
-        )
-    };
-
-    Ok(Report {
-        workload: workload.name.into(),
-        cores,
-        tessera,
-        ceiling,
-        pipeline_over_ceiling,
-        baseline,
-        tessera_over_baseline,
-        latency_at_half_rate,
-        soak,
-    })
+/// The median (the mean of the middle two for an even count); NaN for none.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// The topics of one workload.
@@ -341,11 +401,12 @@ impl Topics {
         }
     }
 
+    fn baseline_results_for(&self, round: usize) -> String {
+        format!("{}-{round}", self.baseline_results)
+    }
+
     fn results_for(&self, run: &str) -> String {
-        match run {
-            "throughput" => self.results.clone(),
-            other => format!("{}-{other}", self.results),
-        }
+        format!("{}-{run}", self.results)
     }
 }
 
@@ -556,45 +617,74 @@ async fn soak_run(
         peak_rss_mib,
         max_rss_first_minute_mib: max_in(0, 60),
         max_rss_second_minute_mib: max_in(60, 120),
+        max_rss_per_minute_mib: (0..args.soak.as_secs().div_ceil(60) as i64)
+            .map(|minute| max_in(minute * 60, (minute + 1) * 60))
+            .collect(),
     };
     eprintln!(
-        "soak: peak RSS {:.0} MiB; max RSS minute 1 {:.0} MiB, minute 2 {:.0} MiB",
+        "soak: peak RSS {:.0} MiB; max RSS per minute {:.1?} MiB",
         soak.peak_rss_mib.unwrap_or(f64::NAN),
-        soak.max_rss_first_minute_mib,
-        soak.max_rss_second_minute_mib
+        soak.max_rss_per_minute_mib
     );
     Ok(soak)
 }
 
 fn print_summary(reports: &[Report]) {
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+    };
     println!();
     println!(
-        "| workload | tessera frames/s | tiles/s | ceiling frames/s | tessera / ceiling | baseline frames/s | tessera / baseline | p50 / p95 / p99 at half rate (ms) | CPU | peak RSS (MiB) |"
+        "| workload | round | tessera frames/s | tiles/s | CPU | peak RSS (MiB) | ceiling frames/s | tessera / ceiling | baseline frames/s | tessera / baseline |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in reports {
-        let tiles_per_frame = r.tessera.tiles as f64 / r.tessera.frames.max(1) as f64;
-        let opt = |v: Option<f64>, digits: usize| {
-            v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
-        };
+        for (i, round) in r.rounds.iter().enumerate() {
+            println!(
+                "| {} | {} | {:.2} | {:.1} | {}% | {} | {:.2} | {:.3} | {} | {} |",
+                r.workload,
+                i + 1,
+                round.tessera.frames_per_s,
+                round.tessera.tiles_per_s,
+                opt(round.tessera.cpu_utilisation.map(|c| c * 100.0), 0),
+                opt(round.tessera.peak_rss_mib, 0),
+                round.ceiling_frames_per_s,
+                round.pipeline_over_ceiling,
+                opt(round.baseline.as_ref().map(|b| b.frames_per_s), 2),
+                opt(round.tessera_over_baseline, 2),
+            );
+        }
         println!(
-            "| {} | {:.2} | {:.1} | {:.2} | {:.3} | {} | {} | {} | {} | {} |",
+            "| {} | **median** | {:.2} | | | | | **{:.3}** | | **{}** |",
             r.workload,
-            r.tessera.frames_per_s,
-            r.tessera.tiles_per_s,
-            r.ceiling.images_per_s() / tiles_per_frame,
+            r.frames_per_s,
             r.pipeline_over_ceiling,
-            opt(r.baseline.as_ref().map(|b| b.frames_per_s), 2),
             opt(r.tessera_over_baseline, 2),
-            r.latency_at_half_rate.as_ref().map_or_else(
+        );
+    }
+    println!();
+    println!(
+        "| workload | rate | p50 / p95 / p99 (ms) | p99 / p50 | soak: max RSS per minute (MiB) |"
+    );
+    println!("|---|---|---|---|---|");
+    for r in reports {
+        let latency = r.latency_at_half_rate.as_ref();
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.workload,
+            opt(latency.map(|l| l.rate_per_s), 2),
+            latency.map_or_else(
                 || "-".to_owned(),
                 |l| format!(
                     "{:.0} / {:.0} / {:.0}",
                     l.latency_ms.p50, l.latency_ms.p95, l.latency_ms.p99
                 )
             ),
-            opt(r.tessera.cpu_utilisation.map(|c| c * 100.0), 0) + "%",
-            opt(r.tessera.peak_rss_mib, 0),
+            opt(latency.map(|l| l.p99_over_p50), 2),
+            r.soak.as_ref().map_or_else(
+                || "-".to_owned(),
+                |s| format!("{:.0?}", s.max_rss_per_minute_mib)
+            ),
         );
     }
 }
