@@ -317,7 +317,7 @@ impl FrameJob {
                 let slot = open.slots.len();
                 let out = &mut open.tensor[slot * tensor_len..(slot + 1) * tensor_len];
                 preprocessor
-                    .prepare_into(&image, tile.rect, out)
+                    .prepare_into(image, tile.rect, out)
                     .map_err(|e| PrepareFailure {
                         kind: e.kind(),
                         message: e.to_string(),
