@@ -159,10 +159,11 @@ async fn start_tree(
         )),
         // Idle buffers for as many full batches as the tile credits allow, one filling per
         // prepare worker and one running per recognize worker.
-        tensors: tensor_pool::TensorPool::new(
+        tensors: tensor_pool::TensorPool::preallocated(
             config.flow.max_queued_tiles.div_ceil(batch_capacity)
                 + config.prepare.workers
                 + config.recognize.workers,
+            batch_capacity * 3 * width as usize * height as usize,
         ),
     });
     let names = ActorNames::new(instance);

@@ -22,6 +22,24 @@ impl TensorPool {
         }
     }
 
+    /// A pool holding `count` idle buffers of `len` values from the start, their memory
+    /// written once so that it is resident now: the pipeline's memory is at its bound from
+    /// the first frame instead of creeping up to it as load peaks come and go.
+    pub fn preallocated(count: usize, len: usize) -> Self {
+        let pool = Self::new(count);
+        let buffers = (0..count)
+            .map(|_| {
+                let mut data = Vec::with_capacity(len);
+                // Not zero: a fresh allocation is zeroed lazily by the kernel, and writing
+                // zeros over it may be optimised away, leaving it unmapped.
+                data.resize(len, 1.0);
+                data
+            })
+            .collect();
+        *pool.free.lock().unwrap_or_else(|e| e.into_inner()) = buffers;
+        pool
+    }
+
     /// A buffer of exactly `len` values. Its contents are unspecified (the caller writes
     /// every value it reads back).
     pub fn take(&self, len: usize) -> PooledTensor {
@@ -103,6 +121,17 @@ mod tests {
         assert_eq!(second.len(), 800);
         assert_eq!(second.as_ptr(), address, "the same memory comes back");
         assert_eq!(pool.idle(), 0);
+    }
+
+    #[test]
+    fn a_preallocated_pool_lends_its_own_buffers() {
+        let pool = TensorPool::preallocated(3, 500);
+        assert_eq!(pool.idle(), 3);
+        let taken: Vec<PooledTensor> = (0..3).map(|_| pool.take(500)).collect();
+        assert!(taken.iter().all(|t| t.len() == 500));
+        assert_eq!(pool.idle(), 0);
+        drop(taken);
+        assert_eq!(pool.idle(), 3, "all three come back");
     }
 
     #[test]
