@@ -628,9 +628,10 @@ async fn soak_run(
             .collect(),
     };
     eprintln!(
-        "soak: peak RSS {:.0} MiB; max RSS per minute {:.1?} MiB",
+        "soak: peak RSS {:.0} MiB; max RSS per minute {:.1?} MiB; minute 1 -> 2: {:+.1} MiB",
         soak.peak_rss_mib.unwrap_or(f64::NAN),
-        soak.max_rss_per_minute_mib
+        soak.max_rss_per_minute_mib,
+        soak.max_rss_second_minute_mib - soak.max_rss_first_minute_mib
     );
     Ok(soak)
 }
