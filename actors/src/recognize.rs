@@ -96,6 +96,8 @@ pub struct RecognizeArgs {
     pub session: SessionConfig,
     /// Sessions, each on its own thread (`recognize.workers`).
     pub workers: usize,
+    /// Most tiles per run (`recognize.max_batch`), for warming up a dynamic batch dimension.
+    pub max_batch: usize,
     pub batches: BatchQueue,
     pub names: ActorNames,
     /// Test hook: panic on every Nth model run of the pool (`recognize.panic_every_nth_batch`).
@@ -296,7 +298,7 @@ impl SessionThread {
 /// A warmed-up session of the pool's model.
 fn new_session(args: &RecognizeArgs) -> Result<ModelSession, tessera_models::ModelError> {
     let mut session = ModelSession::load(&args.env, args.model.clone(), &args.session)?;
-    warm_up(&mut session)?;
+    warm_up(&mut session, args.max_batch)?;
     Ok(session)
 }
 
@@ -389,15 +391,20 @@ fn redispatch(names: &ActorNames, frames: &[FrameKey]) {
     }
 }
 
-/// One model run on a blank input: ONNX Runtime allocates and plans on the first run, which
-/// would otherwise land on the first frame.
-fn warm_up(session: &mut ModelSession) -> Result<(), tessera_models::ModelError> {
-    let batch = match session.batch_dim() {
-        tessera_models::BatchDim::Fixed(n) => n.max(1),
-        tessera_models::BatchDim::Dynamic => 1,
+/// Model runs on a blank input: ONNX Runtime allocates and plans on the first run of each
+/// input shape, which would otherwise land on frames. A dynamic batch dimension is run at
+/// every size up to `max_batch`, largest first, so its memory arena reaches its final size now
+/// instead of growing each time a rarer partial batch comes along.
+fn warm_up(session: &mut ModelSession, max_batch: usize) -> Result<(), tessera_models::ModelError> {
+    let sizes: Vec<usize> = match session.batch_dim() {
+        tessera_models::BatchDim::Fixed(n) => vec![n.max(1)],
+        tessera_models::BatchDim::Dynamic => (1..=max_batch.max(1)).rev().collect(),
     };
-    let blank = vec![0.0f32; batch * session.tensor_len()];
-    session.run(&blank, batch).map(drop)
+    let blank = vec![0.0f32; sizes[0] * session.tensor_len()];
+    for batch in sizes {
+        session.run(&blank[..batch * session.tensor_len()], batch)?;
+    }
+    Ok(())
 }
 
 /// The distinct frames of a batch, in slot order.

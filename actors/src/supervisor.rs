@@ -332,6 +332,7 @@ async fn spawn_child(
                 model: args.model.clone(),
                 session: config.model.session.clone(),
                 workers: config.recognize.workers,
+                max_batch: config.recognize.max_batch,
                 batches: args.batches.clone(),
                 names: args.names.clone(),
                 fault,
