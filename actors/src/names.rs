@@ -62,3 +62,21 @@ pub async fn lookup_patiently<M: Message>(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// [`lookup_patiently`] for a plain thread (the recognize sessions' threads), which cannot
+/// await.
+pub fn lookup_patiently_blocking<M: Message>(
+    name: &str,
+    patience: std::time::Duration,
+) -> Option<ActorRef<M>> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(actor) = lookup(name) {
+            return Some(actor);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -20,7 +20,7 @@ use crate::ingest::IngestMsg;
 use crate::merge::MergeMsg;
 use crate::metrics::{Queue, Stage};
 use crate::monitor::Monitor;
-use crate::names::{ActorNames, lookup};
+use crate::names::{ActorNames, lookup, lookup_patiently_blocking};
 use crate::tensor_pool::PooledTensor;
 use crate::throttle::{LOG_INTERVAL, Throttle};
 static MODEL_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
@@ -311,20 +311,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "model run panicked".into())
 }
 
-/// Looks up merge from a session thread, waiting while it is being restarted.
-fn merge_patiently(names: &ActorNames, patience: Duration) -> Option<ActorRef<MergeMsg>> {
-    let deadline = Instant::now() + patience;
-    loop {
-        if let Some(merge) = lookup::<MergeMsg>(&names.merge()) {
-            return Some(merge);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Sends a run's outputs to merge, split by frame; or the frames back for another attempt,
 /// or to the dead-letter topic, when the run failed.
 fn deliver(
@@ -334,7 +320,9 @@ fn deliver(
     elapsed: Duration,
 ) {
     let names = &args.names;
-    let Some(merge) = merge_patiently(names, Duration::from_secs(30)) else {
+    let Some(merge) =
+        lookup_patiently_blocking::<MergeMsg>(&names.merge(), Duration::from_secs(30))
+    else {
         // The frames stay in flight; the frame timeout re-dispatches them.
         tracing::error!("Merge actor unavailable; model outputs dropped");
         return;
