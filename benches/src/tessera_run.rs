@@ -113,12 +113,14 @@ impl TesseraProcess {
 
     /// Its Prometheus exposition, as text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        let url = format!("http://{}/metrics", self.http);
-        let text = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
-        })
-        .await??;
-        Ok(text)
+        self.metrics_endpoint().fetch().await
+    }
+
+    /// Where its `/metrics` can be read while the process is used elsewhere.
+    pub fn metrics_endpoint(&self) -> MetricsEndpoint {
+        MetricsEndpoint {
+            url: format!("http://{}/metrics", self.http),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -145,6 +147,32 @@ impl TesseraProcess {
         anyhow::ensure!(status.success(), "tessera exited with {status}");
         Ok(())
     }
+}
+
+/// A tessera process's `/metrics` URL.
+#[derive(Debug, Clone)]
+pub struct MetricsEndpoint {
+    url: String,
+}
+
+impl MetricsEndpoint {
+    /// The Prometheus exposition, as text.
+    pub async fn fetch(&self) -> anyhow::Result<String> {
+        let url = self.url.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            Ok(ureq::get(&url).call()?.body_mut().read_to_string()?)
+        })
+        .await?
+    }
+}
+
+/// Total consumer lag over all partitions (frames waiting in Kafka), from an exposition.
+pub fn consumer_lag(exposition: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(tessera_actors::metrics::names::CONSUMER_LAG))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// CPU seconds the process used between two wall-clock instants (nearest samples).
@@ -251,5 +279,16 @@ mod tests {
         assert_eq!(means.inference_ms, 15.0);
         assert_eq!(means.tiles_per_run, 8.0);
         assert!(means.decode_ms.is_nan());
+    }
+
+    #[test]
+    fn consumer_lag_sums_the_partitions_and_skips_comments() {
+        let text = "# HELP tessera_ingest_consumer_lag_messages Messages behind\n\
+                    # TYPE tessera_ingest_consumer_lag_messages gauge\n\
+                    tessera_ingest_consumer_lag_messages{partition=\"0\",topic=\"t\"} 4\n\
+                    tessera_ingest_consumer_lag_messages{partition=\"1\",topic=\"t\"} 3\n\
+                    tessera_ingest_frames_consumed_total 99\n";
+        assert_eq!(consumer_lag(text), 7.0);
+        assert_eq!(consumer_lag(""), 0.0);
     }
 }
