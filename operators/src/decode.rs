@@ -315,14 +315,9 @@ fn map_image_error(err: ImageError) -> DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_images::{encode, flat_jpeg, png_claiming, with_exif_orientation};
     use image::{GrayAlphaImage, GrayImage, ImageBuffer, Luma, LumaA, Rgb, Rgba, RgbaImage};
     use proptest::prelude::*;
-
-    fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
-        let mut bytes = Cursor::new(Vec::new());
-        image.write_to(&mut bytes, format).expect("encodes");
-        bytes.into_inner()
-    }
 
     #[test]
     fn reusing_a_buffer_decodes_the_same_pixels_into_the_same_memory() {
@@ -352,111 +347,6 @@ mod tests {
 
     fn decode_default(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
         decode_image(bytes, &DecodeLimits::default())
-    }
-
-    /// A PNG chunk with its CRC.
-    fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-        let mut chunk = Vec::new();
-        chunk.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        chunk.extend_from_slice(kind);
-        chunk.extend_from_slice(data);
-        let mut crc = 0xFFFF_FFFFu32;
-        for &byte in kind.iter().chain(data) {
-            crc ^= u32::from(byte);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        chunk.extend_from_slice(&(!crc).to_be_bytes());
-        chunk
-    }
-
-    /// A PNG whose IHDR claims `width x height` RGB8, with a tiny (invalid) IDAT.
-    fn png_claiming(width: u32, height: u32) -> Vec<u8> {
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&width.to_be_bytes());
-        ihdr.extend_from_slice(&height.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        png.extend(png_chunk(b"IHDR", &ihdr));
-        png.extend(png_chunk(
-            b"IDAT",
-            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-        ));
-        png.extend(png_chunk(b"IEND", &[]));
-        png
-    }
-
-    /// A hand-built baseline JPEG of `width x height` with `components` components (4 = CMYK,
-    /// with an Adobe APP14 marker), every block flat (DC 0, i.e. mid-grey before colour
-    /// conversion). Huffman tables have one 1-bit code each: DC category 0 and AC end-of-block.
-    fn flat_jpeg(width: u16, height: u16, components: u8) -> Vec<u8> {
-        let mut j = vec![0xFF, 0xD8];
-        if components == 4 {
-            // APP14 "Adobe", version 100, flags 0, 0, transform 0 (CMYK).
-            j.extend_from_slice(&[0xFF, 0xEE, 0x00, 0x0E]);
-            j.extend_from_slice(b"Adobe");
-            j.extend_from_slice(&[0x00, 0x64, 0x00, 0x00, 0x00, 0x00, 0x00]);
-        }
-        // DQT: table 0, all ones.
-        j.extend_from_slice(&[0xFF, 0xDB, 0x00, 0x43, 0x00]);
-        j.extend_from_slice(&[1; 64]);
-        // SOF0.
-        let len = 8 + 3 * u16::from(components);
-        j.extend_from_slice(&[0xFF, 0xC0]);
-        j.extend_from_slice(&len.to_be_bytes());
-        j.push(8);
-        j.extend_from_slice(&height.to_be_bytes());
-        j.extend_from_slice(&width.to_be_bytes());
-        j.push(components);
-        for id in 1..=components {
-            j.extend_from_slice(&[id, 0x11, 0x00]);
-        }
-        // DHT: DC table 0 and AC table 0, one code of length 1 for symbol 0.
-        for class in [0x00, 0x10] {
-            j.extend_from_slice(&[0xFF, 0xC4, 0x00, 0x14, class, 1]);
-            j.extend_from_slice(&[0; 15]);
-            j.push(0);
-        }
-        // SOS.
-        let len = 6 + 2 * u16::from(components);
-        j.extend_from_slice(&[0xFF, 0xDA]);
-        j.extend_from_slice(&len.to_be_bytes());
-        j.push(components);
-        for id in 1..=components {
-            j.extend_from_slice(&[id, 0x00]);
-        }
-        j.extend_from_slice(&[0x00, 0x3F, 0x00]);
-        // Two zero bits per block (DC "0", EOB "0"); capped, so huge headers stay small payloads
-        // (their scan is then truncated, which only matters if they were decoded).
-        let blocks = usize::from(width.div_ceil(8)) * usize::from(height.div_ceil(8));
-        let bits = blocks * usize::from(components) * 2;
-        j.extend(std::iter::repeat_n(0u8, bits.div_ceil(8).min(4096)));
-        j.extend_from_slice(&[0xFF, 0xD9]);
-        j
-    }
-
-    /// Inserts an APP1 Exif segment (big-endian TIFF, one IFD entry: Orientation) after SOI.
-    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
-        let mut tiff = Vec::new();
-        tiff.extend_from_slice(b"MM\x00\x2a\x00\x00\x00\x08"); // header, IFD at offset 8
-        tiff.extend_from_slice(&[0x00, 0x01]); // one entry
-        tiff.extend_from_slice(&[0x01, 0x12, 0x00, 0x03, 0x00, 0x00, 0x00, 0x01]); // SHORT x1
-        tiff.extend_from_slice(&orientation.to_be_bytes());
-        tiff.extend_from_slice(&[0x00, 0x00]);
-        tiff.extend_from_slice(&[0x00, 0x00, 0x00, 0x00]); // no next IFD
-        let mut payload = b"Exif\x00\x00".to_vec();
-        payload.extend(tiff);
-        let mut out = jpeg[..2].to_vec();
-        out.extend_from_slice(&[0xFF, 0xE1]);
-        out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
-        out.extend(payload);
-        out.extend_from_slice(&jpeg[2..]);
-        out
     }
 
     fn assert_close(a: Rgb<u8>, b: [u8; 3], tol: u8) {

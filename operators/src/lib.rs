@@ -12,6 +12,8 @@ pub mod detection;
 pub mod geometry;
 pub mod merge;
 pub mod preprocess;
+#[cfg(any(test, feature = "test-images"))]
+pub mod test_images;
 pub mod tiling;
 
 pub use adapters::AdapterKind;

@@ -86,13 +86,6 @@ enum ModelsCommand {
     },
 }
 
-/// mimalloc rather than glibc's malloc: under steady load glibc's per-thread arenas keep
-/// fragmenting for minutes (resident memory creeping up by megabytes) before levelling off.
-/// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc (heaptrack).
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);

@@ -2,8 +2,9 @@
 
 pub mod delivery;
 pub mod harness;
-pub mod hostile;
 pub mod http;
+
+pub use tessera_operators::test_images as hostile;
 
 use std::path::{Path, PathBuf};
 

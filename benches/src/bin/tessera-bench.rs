@@ -47,6 +47,11 @@ struct Args {
     /// Length of the continuous-load memory run (0s: skip).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     soak: Duration,
+    /// The soak's input rate, as a fraction of the median measured frames/s. Near 1, this
+    /// VM's slow spells build backlogs, and memory rises with them up to the bounded prefetch
+    /// buffer; the default keeps the soak about whether anything grows under steady load.
+    #[arg(long, default_value_t = 0.5)]
+    soak_load: f64,
     /// Run only the soak, at this many frames/s (no throughput rounds, no latency run):
     /// for memory investigations at a known rate.
     #[arg(long, requires = "soak")]
@@ -150,11 +155,6 @@ struct SoakRun {
     /// backlog fills the bounded buffers, so memory rising with it is expected.
     max_lag_per_minute: Vec<f64>,
 }
-
-/// The soak's input rate, as a fraction of the measured throughput. This shared VM's speed
-/// moves by up to 30% within minutes; at 90%, its slow spells built backlogs of dozens of
-/// frames, and memory rose with them (bounded, but it hid whether anything else grew).
-const SOAK_LOAD: f64 = 0.8;
 
 /// One throughput round: tessera, the ceiling around it, the baseline after it.
 #[derive(Debug, Clone, Serialize)]
@@ -340,13 +340,13 @@ async fn run_workload(
         )
     };
 
-    // 5. Memory under continuous load, at 80% of the measured rate: a load tessera sustains.
-    // (Near 100%, any slowdown of the machine builds a backlog, which fills the bounded
-    // prefetch buffer: memory then rises to that bound, which the peak RSS shows anyway.)
+    // 5. Memory under continuous load, at `--soak-load` of the measured rate. (Near 100%, any
+    // slowdown of the machine builds a backlog, which fills the bounded prefetch buffer:
+    // memory then rises to that bound, which the throughput runs' peak RSS shows anyway.)
     let soak = if args.soak.is_zero() {
         None
     } else {
-        let rate = SOAK_LOAD * frames_per_s;
+        let rate = args.soak_load * frames_per_s;
         Some(soak_run(args, workload, &kafka, jpegs, rate, partitions).await?)
     };
 

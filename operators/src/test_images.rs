@@ -1,7 +1,8 @@
 //! Hostile and unusual test images, crafted in memory: hand-built JPEG and PNG structures
 //! (CMYK, EXIF orientation, headers claiming huge sizes, decompression bombs) and ordinary
-//! encodes of every colour type. Shared by the hostile-input pipeline test, the mutated-JPEG
-//! property test and (copied) the fuzz target's seed corpus.
+//! encodes of every colour type. Shared by the decoder's unit tests, the hostile-input pipeline
+//! test, the mutated-JPEG property test and (copied) the fuzz target's seed corpus. Built for
+//! this crate's tests and, with the `test-images` feature, for other crates' tests.
 
 use std::io::Cursor;
 
@@ -196,7 +197,7 @@ pub fn jpeg_header_markers(jpeg: &[u8]) -> Vec<(usize, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_operators::decode::{DecodeLimits, decode_image};
+    use crate::decode::{DecodeLimits, decode_image};
 
     #[test]
     fn crafted_images_are_what_they_claim() {
