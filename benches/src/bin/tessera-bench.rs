@@ -210,6 +210,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Input partitions for `count` benchmark frames (the embedded broker keeps ~5 MiB each).
+fn input_partitions(jpegs: &[Vec<u8>], count: usize) -> i32 {
+    publish::partitions_for(&frames::camera_frames(jpegs, count, 1))
+}
+
 /// The soak alone, at a given rate, on a broker of its own.
 async fn soak_only(
     args: &Args,
@@ -222,8 +227,7 @@ async fn soak_only(
         workload.name, workload.model
     );
     let kafka = EmbeddedKafka::start(1)?;
-    let sample = frames::camera_frames(jpegs, args.frames, 1);
-    let partitions = publish::partitions_for(&sample);
+    let partitions = input_partitions(jpegs, args.frames);
     let soak = soak_run(args, workload, &kafka, jpegs, rate, partitions).await?;
     let path = args.out.join(format!("soak-{}.json", workload.name));
     std::fs::write(&path, serde_json::to_string_pretty(&soak)?)?;
@@ -239,8 +243,7 @@ async fn run_workload(
     eprintln!("== workload {} ({})", workload.name, workload.model);
     let kafka = EmbeddedKafka::start(1)?;
     let brokers = kafka.bootstrap_servers();
-    let sample = frames::camera_frames(jpegs, args.frames, 1);
-    let partitions = publish::partitions_for(&sample);
+    let partitions = input_partitions(jpegs, args.frames);
     let frames = frames::camera_frames(jpegs, args.frames, partitions as usize);
     let topics = Topics::new(workload.name);
     kafka.create_topic(&topics.input, partitions)?;
