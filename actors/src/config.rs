@@ -11,7 +11,22 @@ use tessera_operators::decode::DecodeLimits;
 use tessera_operators::merge::MergeConfig;
 use tessera_operators::tiling::TilingConfig;
 
-use crate::error::ConfigError;
+/// An invalid configuration value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration `{field}`: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// The whole pipeline: Kafka, model, image limits, tiling, merging and the actor pools.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -121,7 +136,8 @@ pub struct KafkaConfig {
     /// Consumer session timeout.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
-    /// How long the producer retries a message before reporting it failed.
+    /// How long the producer retries a message before reporting it failed; tessera then sends
+    /// it (and everything queued behind it) again, in order.
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
     /// On a partition revoke (rebalance), how long frames in flight of the revoked partitions
@@ -262,7 +278,7 @@ pub struct RecognizeConfig {
     /// Most tiles per model run, for models with a dynamic batch dimension. Batches fill
     /// with tiles of consecutive frames.
     pub max_batch: usize,
-    /// Longest a batch that is not full waits for tiles of the next frame before it runs.
+    /// Longest a batch that is not full waits for more tiles (from any frame) before it runs.
     #[serde(with = "humantime_serde")]
     pub max_batch_delay: Duration,
     /// Test hook for fault-injection tests: a worker panics on every Nth model run of the

@@ -1,35 +1,35 @@
-//! Errors of the actor layer, classified so the supervisor can decide restart vs escalate.
+//! Errors of starting and running the pipeline, classified so the binary can tell an
+//! operator's mistake from an outage.
 
 use tessera_models::ModelError;
 
-/// An invalid configuration value.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration `{field}`: {message}")]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::config::ConfigError;
+use crate::protocol::ErrorDomain;
 
 /// Errors raised while starting or running the pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("model: {0}")]
+    /// The model could not be loaded or run (its own message says which file and why).
+    #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("kafka: {0}")]
+    #[error(transparent)]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("actor: {0}")]
-    Actor(String),
+    /// The actor system refused to spawn or to answer.
+    #[error("actor system: {0}")]
+    Actor(#[from] ractor::SpawnErr),
+    /// A stage failed in a way restarting cannot fix.
+    #[error("{stage} cannot run ({domain} error)")]
+    Escalated {
+        stage: crate::protocol::StageId,
+        domain: ErrorDomain,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The supervisor did not answer the shutdown in time (no typed error exists for that).
+    #[error("shutdown did not complete: {0}")]
+    ShutdownIncomplete(String),
     #[error("restart storm: {restarts} restarts within {window:?} (last: {last})")]
     RestartStorm {
         restarts: usize,
@@ -39,13 +39,66 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
+    /// Whose fault the error is.
+    pub fn domain(&self) -> ErrorDomain {
+        match self {
+            Self::Config(_) => ErrorDomain::User,
+            Self::Model(e) => match e.origin() {
+                tessera_models::ErrorOrigin::Config => ErrorDomain::User,
+                tessera_models::ErrorOrigin::External => ErrorDomain::External,
+                tessera_models::ErrorOrigin::Internal => ErrorDomain::Internal,
+            },
+            Self::Kafka(_) => ErrorDomain::External,
+            Self::Escalated { domain, .. } => *domain,
+            Self::Actor(_) | Self::ShutdownIncomplete(_) | Self::RestartStorm { .. } => {
+                ErrorDomain::Internal
+            }
+        }
+    }
+
     /// Whether retrying later might succeed (an external system was unavailable), as opposed
     /// to a configuration or programming error that will fail the same way again.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Kafka(_) => true,
             Self::Model(e) => e.is_retryable(),
-            Self::Config(_) | Self::Actor(_) | Self::RestartStorm { .. } => false,
+            _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_error_is_printed_once() {
+        let error = PipelineError::from(ModelError::RuntimeInit("library too old".into()));
+        let text = error.to_string();
+        assert_eq!(text.matches("library too old").count(), 1, "{text}");
+        // The chain does not repeat it either: transparent errors forward their source.
+        let mut chain = Vec::new();
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(error) = source {
+            chain.push(error.to_string());
+            source = error.source();
+        }
+        let joined = chain.join(": ");
+        assert_eq!(joined.matches("library too old").count(), 1, "{joined}");
+        assert_eq!(error.domain(), ErrorDomain::User);
+    }
+
+    #[test]
+    fn a_kafka_error_is_printed_once() {
+        let error = PipelineError::from(rdkafka::error::KafkaError::ClientCreation(
+            "bad bootstrap".into(),
+        ));
+        let mut chain = Vec::new();
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(error) = source {
+            chain.push(error.to_string());
+            source = error.source();
+        }
+        assert_eq!(chain.join(": ").matches("bad bootstrap").count(), 1);
     }
 }

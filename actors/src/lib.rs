@@ -1,56 +1,50 @@
-//! The actor tree of tessera (ractor on tokio).
+//! The actor tree of tessera (ractor on tokio), in layers whose dependencies point one way:
 //!
 //! ```text
-//! PipelineSupervisor
-//!  ├─ Ingest      Kafka consumer; in-flight credits; per-partition offset watermarks
-//!  ├─ Prepare     factory: decode -> tiles -> model tensors (blocking threads)
-//!  ├─ Recognize   pool: one ONNX Runtime session per dedicated thread, one shared queue
-//!  ├─ Merge       tile results -> frame results, per-partition input order restored
-//!  └─ Publish     Kafka producer (results, dead letters); acks release offsets
+//! protocol    frames, keys, messages, outcomes, DeadLetterKind, StageId, failures, headers
+//! delivery    ledger of frames in flight, ack handles, watermarks, sequencer (no actors, no Kafka)
+//! observe     metrics, monitor, rate-limited logs (label sets from protocol's enums)
+//! stage       the stage kit: FrameStage and its actor, edges, child specs, Kafka settings
+//! stages      ingest -> prepare -> recognize -> merge -> sequencer -> publish (never each other)
+//! supervisor  the child list as data, restart with backoff, escalation
+//! lib.rs      the wiring: one line per stage
 //! ```
 //!
 //! A [`Monitor`] beside the tree holds the metrics, health, status and operator pause that
 //! the `tessera` binary serves over HTTP.
 
 pub mod config;
+pub mod delivery;
 pub mod error;
-pub mod frame;
-pub mod inflight;
-pub mod ingest;
-pub mod kafka;
-pub mod merge;
-pub mod metrics;
-pub mod monitor;
-pub mod names;
-pub mod ordering;
-pub mod prepare;
-pub mod publish;
-pub mod recognize;
-pub mod recovery;
-pub mod result;
+pub mod observe;
+pub mod protocol;
+pub mod stage;
+pub mod stages;
 pub mod supervisor;
-pub mod tensor_pool;
-pub mod throttle;
-pub mod watermark;
+
+#[cfg(test)]
+mod layering;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorRef};
-use tessera_models::{Model, ModelSession, init_runtime};
-use tokio::sync::Semaphore;
+use ractor::{Actor, ActorRef, ActorStatus};
+use tessera_models::{BatchDim, Model, ModelSession, init_runtime};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 pub use config::PipelineConfig;
 pub use error::{ConfigError, PipelineError};
-pub use monitor::{Monitor, Phase, StatusReport};
-pub use result::FrameResult;
+pub use observe::{Monitor, Phase, StatusReport};
+pub use protocol::result::FrameResult;
+pub use protocol::{DeadLetterKind, StageId};
 pub use supervisor::ShutdownReport;
 
-use inflight::InFlight;
-use names::ActorNames;
-use prepare::PreparePlan;
+use delivery::Ledger;
+use protocol::tensor::TensorPool;
+use stage::Edge;
+use stages::{ingest, merge, prepare, publish, recognize, sequencer};
 use supervisor::{PipelineSupervisor, SupervisorArgs, SupervisorMsg};
 
 /// A running pipeline.
@@ -61,6 +55,7 @@ pub struct PipelineHandle {
     exit: Arc<Mutex<Option<PipelineError>>>,
     model: Arc<Model>,
     execution_provider: String,
+    instance: String,
     monitor: Arc<Monitor>,
 }
 
@@ -104,7 +99,6 @@ async fn start_tree(
     monitor: Arc<Monitor>,
 ) -> Result<PipelineHandle, PipelineError> {
     config.validate()?;
-    let config = Arc::new(config);
     let env = init_runtime(config.model.runtime_library.as_deref())?;
     let model = Arc::new(Model::load(
         &config.model.manifest,
@@ -117,20 +111,24 @@ async fn start_tree(
         let (env, model, session) = (env.clone(), model.clone(), config.model.session.clone());
         tokio::task::spawn_blocking(move || ModelSession::load(&env, model, &session))
             .await
-            .map_err(|e| PipelineError::Actor(e.to_string()))??
+            .map_err(|e| PipelineError::Escalated {
+                stage: StageId::Recognize,
+                domain: protocol::ErrorDomain::Internal,
+                source: Box::new(e),
+            })??
     };
     let batch_dim = probe.batch_dim();
     let execution_provider = probe.execution_provider().to_owned();
     drop(probe);
-    monitor.set_model(monitor::ModelStatus {
+    monitor.set_model(observe::ModelStatus {
         name: model.manifest.name.clone(),
         version: model.manifest.version.clone(),
         head_version: None,
         execution_provider: execution_provider.clone(),
         input: [model.manifest.input.width, model.manifest.input.height],
         batch: match batch_dim {
-            tessera_models::BatchDim::Fixed(n) => n.to_string(),
-            tessera_models::BatchDim::Dynamic => "dynamic".into(),
+            BatchDim::Fixed(n) => n.to_string(),
+            BatchDim::Dynamic => "dynamic".into(),
         },
     });
     tracing::info!(
@@ -141,59 +139,149 @@ async fn start_tree(
         "Model loaded"
     );
 
-    let (width, height) = (model.manifest.input.width, model.manifest.input.height);
-    let batch_capacity = prepare::batch_capacity(batch_dim, config.recognize.max_batch);
-    let plan = Arc::new(PreparePlan {
-        limits: config.limits.clone(),
-        grid: config.tiling.grid(width, height),
-        preprocess: model.preprocess_spec(),
-        batch_dim,
-        max_batch: config.recognize.max_batch,
-        max_batch_delay: config.recognize.max_batch_delay,
-        lag_policy: config.flow.lag_policy,
-        max_age: config.flow.max_age,
-        // Tiles waiting for a model run, plus those in the runs under way: a session that
-        // finishes finds the next batch ready instead of waiting for one to be prepared.
-        tile_credits: Arc::new(Semaphore::new(
-            config.flow.max_queued_tiles + config.recognize.workers * batch_capacity,
-        )),
-        // Idle buffers for as many full batches as the tile credits allow, one filling per
-        // prepare worker and one running per recognize worker.
-        tensors: tensor_pool::TensorPool::preallocated(
-            config.flow.max_queued_tiles.div_ceil(batch_capacity)
-                + config.prepare.workers
-                + config.recognize.workers,
-            batch_capacity * 3 * width as usize * height as usize,
-        ),
-    });
-    let names = ActorNames::new(instance);
-    let exit = Arc::new(Mutex::new(None));
-    let inflight = Arc::new(InFlight::default());
-    monitor.attach_inflight(inflight.clone());
-    let args = SupervisorArgs {
-        credits: Arc::new(Semaphore::new(config.flow.max_in_flight_frames)),
-        inflight,
-        monitor: monitor.clone(),
-        config,
+    let ledger = Ledger::new();
+    {
+        let ledger = ledger.clone();
+        monitor.attach_progress(Box::new(move || ledger.snapshot()));
+    }
+    let (draining, draining_rx) = watch::channel(false);
+    let children = wire(
+        &config,
         env,
-        model: model.clone(),
-        plan,
-        batches: recognize::BatchQueue::default(),
-        names: names.clone(),
+        model.clone(),
+        batch_dim,
+        &ledger,
+        draining_rx,
+        &monitor,
+    );
+    let exit = Arc::new(Mutex::new(None));
+    let args = SupervisorArgs {
+        children,
+        instance: instance.to_owned(),
+        policy: config.supervision.clone(),
+        ledger,
+        draining,
         exit: exit.clone(),
+        monitor: monitor.clone(),
     };
-    let (supervisor, join) = Actor::spawn(Some(names.supervisor()), PipelineSupervisor, args)
-        .await
-        .map_err(|e| PipelineError::Actor(e.to_string()))?;
-    monitor.attach_supervisor(supervisor.get_cell());
+    let (supervisor, join) = Actor::spawn(
+        Some(format!("tessera/{instance}/supervisor")),
+        PipelineSupervisor,
+        args,
+    )
+    .await?;
+    {
+        let cell = supervisor.get_cell();
+        monitor.attach_tree(Box::new(move || {
+            !matches!(
+                cell.get_status(),
+                ActorStatus::Stopping | ActorStatus::Stopped
+            )
+        }));
+    }
     Ok(PipelineHandle {
         supervisor,
         join,
         exit,
         model,
         execution_provider,
+        instance: instance.to_owned(),
         monitor,
     })
+}
+
+/// The stages and the edges between them, in start order (downstream first, the source
+/// last). A new stage is one module and one line here.
+fn wire(
+    config: &PipelineConfig,
+    env: Arc<ort::environment::Environment>,
+    model: Arc<Model>,
+    batch_dim: BatchDim,
+    ledger: &Arc<Ledger>,
+    draining: watch::Receiver<bool>,
+    monitor: &Arc<Monitor>,
+) -> Vec<stage::ChildSpec> {
+    let (width, height) = (model.manifest.input.width, model.manifest.input.height);
+    let tile_len = 3 * width as usize * height as usize;
+    let capacity = recognize::batch_capacity(batch_dim, config.recognize.max_batch);
+    // Tiles waiting for a model run, plus those in the runs under way: a session that
+    // finishes finds the next batch ready instead of waiting for one to be prepared.
+    let tile_credits = config.flow.max_queued_tiles + config.recognize.workers * capacity;
+
+    // The edges. Recognize's input is a queue that outlives the stage's restarts.
+    let frames = Edge::new(StageId::Prepare);
+    let prepared = Edge::new(StageId::Recognize);
+    let (prepared_tx, prepared_rx) = crossbeam_channel::unbounded();
+    prepared.point_to_channel(prepared_tx);
+    let recognized = Edge::new(StageId::Merge);
+    let finished = Edge::new(StageId::Sequencer);
+    let sequenced = Edge::new(StageId::Publish);
+
+    let publish = publish::PublishSettings {
+        kafka: config.kafka.clone(),
+        max_payload_bytes: config.limits.max_bytes,
+        max_pending: config.flow.max_in_flight_frames,
+        monitor: monitor.clone(),
+    };
+    let merge = merge::MergeSettings {
+        model: model.clone(),
+        merge: config.merge.clone(),
+        ledger: ledger.clone(),
+        monitor: monitor.clone(),
+    };
+    let recognize = recognize::RecognizeSettings {
+        env,
+        model: model.clone(),
+        session: config.model.session.clone(),
+        workers: config.recognize.workers,
+        batch_dim,
+        max_batch: config.recognize.max_batch,
+        max_batch_delay: config.recognize.max_batch_delay,
+        // Idle buffers for as many full batches as the tile credits allow, one filling and
+        // one running per session.
+        tensors: TensorPool::preallocated(
+            config.flow.max_queued_tiles.div_ceil(capacity) + 1 + config.recognize.workers,
+            capacity * tile_len,
+        ),
+        fault: config.recognize.panic_every_nth_batch.map(|every_nth| {
+            tracing::warn!(every_nth, "Fault injection on: model runs will panic");
+            Arc::new(recognize::InjectedFault::every(every_nth))
+        }),
+        monitor: monitor.clone(),
+    };
+    let prepare = prepare::PrepareSettings {
+        plan: Arc::new(prepare::PreparePlan {
+            limits: config.limits.clone(),
+            grid: config.tiling.grid(width, height),
+            preprocess: model.preprocess_spec(),
+            chunk: capacity,
+            lag_policy: config.flow.lag_policy,
+            max_age: config.flow.max_age,
+            max_attempts: config.flow.max_attempts,
+            tile_credits: Arc::new(Semaphore::new(tile_credits)),
+            // A chunk per lane being filled, and the tiles on their way to the batcher.
+            tiles: TensorPool::new(tile_credits),
+        }),
+        lanes: config.prepare.workers,
+        monitor: monitor.clone(),
+    };
+    let ingest = ingest::IngestSettings {
+        kafka: config.kafka.clone(),
+        flow: config.flow.clone(),
+        credits: Arc::new(Semaphore::new(config.flow.max_in_flight_frames)),
+        ledger: ledger.clone(),
+        draining,
+        monitor: monitor.clone(),
+    };
+
+    vec![
+        publish::child(publish, sequenced.clone()),
+        sequencer::child(ledger.clone(), monitor.clone(), finished.clone(), sequenced),
+        merge::child(merge, recognized.clone(), finished),
+        recognize::child(recognize, prepared_rx, recognized),
+        prepare::child(prepare, frames.clone(), prepared),
+        ingest::child(ingest, frames),
+    ]
 }
 
 impl PipelineHandle {
@@ -212,14 +300,19 @@ impl PipelineHandle {
         &self.execution_provider
     }
 
-    /// Graceful shutdown: stop consuming, wait up to `drain` for frames in flight, flush,
-    /// commit, stop every actor.
+    /// The registered actor name of a stage (for fault-injection tests and debugging).
+    pub fn stage_name(&self, id: StageId) -> String {
+        stage::actor_name(&self.instance, id)
+    }
+
+    /// Graceful shutdown: stop consuming, wait up to `drain` for frames in flight, stop the
+    /// stages source first (committing), flush.
     pub async fn shutdown(self, drain: Duration) -> Result<ShutdownReport, PipelineError> {
         let report = self
             .supervisor
             .call(
                 |reply| SupervisorMsg::Shutdown { drain, reply },
-                Some(drain + Duration::from_secs(60)),
+                Some(drain + Duration::from_secs(90)),
             )
             .await;
         let _ = self.join.await;
@@ -228,16 +321,15 @@ impl PipelineHandle {
         }
         match report {
             Ok(ractor::rpc::CallResult::Success(report)) => Ok(report),
-            Ok(other) => Err(PipelineError::Actor(format!("shutdown: {other:?}"))),
-            Err(error) => Err(PipelineError::Actor(format!("shutdown: {error}"))),
+            Ok(other) => Err(PipelineError::ShutdownIncomplete(format!("{other:?}"))),
+            Err(error) => Err(PipelineError::ShutdownIncomplete(error.to_string())),
         }
     }
 
-    /// Waits until the pipeline stops on its own (it only does so on a restart storm).
+    /// Waits until the pipeline stops on its own (it only does so when it escalates a
+    /// failure: a restart storm, or an error restarting cannot fix).
     pub async fn stopped(&mut self) -> Result<(), PipelineError> {
-        (&mut self.join)
-            .await
-            .map_err(|e| PipelineError::Actor(e.to_string()))?;
+        let _ = (&mut self.join).await;
         match take(&self.exit) {
             Some(error) => Err(error),
             None => Ok(()),

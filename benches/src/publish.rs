@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tessera::embedded::CameraFrame;
-use tessera_actors::frame::{HEADER_CAPTURE_TS, HEADER_FRAME_ID, now_ms};
+use tessera_actors::protocol::{headers, now_ms};
 
 /// Bytes of frames one partition of the embedded broker may hold without losing any.
 pub const PARTITION_BUDGET_BYTES: usize = 4 * 1024 * 1024;
@@ -36,11 +36,11 @@ pub async fn send(
 ) -> anyhow::Result<()> {
     let headers = OwnedHeaders::new()
         .insert(Header {
-            key: HEADER_FRAME_ID,
+            key: headers::FRAME_ID,
             value: Some(frame.frame_id.as_str()),
         })
         .insert(Header {
-            key: HEADER_CAPTURE_TS,
+            key: headers::CAPTURE_TS,
             value: Some(now_ms().to_string().as_str()),
         });
     let record = FutureRecord::to(topic)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tessera::embedded::{Output, read_outputs};
 use tessera_actors::FrameResult;
-use tessera_actors::frame::now_ms;
+use tessera_actors::protocol::now_ms;
 
 use crate::stats;
 
@@ -170,7 +170,7 @@ impl MetricsEndpoint {
 pub fn consumer_lag(exposition: &str) -> f64 {
     exposition
         .lines()
-        .filter(|line| line.starts_with(tessera_actors::metrics::names::CONSUMER_LAG))
+        .filter(|line| line.starts_with(tessera_actors::observe::metrics::names::CONSUMER_LAG))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

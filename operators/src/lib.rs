@@ -7,6 +7,7 @@
 
 pub mod adapters;
 pub mod annotate;
+pub mod batching;
 pub mod decode;
 pub mod detection;
 pub mod geometry;

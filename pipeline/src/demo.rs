@@ -55,7 +55,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     // the dead-letter path.
     let mut frames = Vec::new();
     let mut sources = Vec::new();
-    let start_ms = tessera_actors::frame::now_ms();
+    let start_ms = tessera_actors::protocol::now_ms();
     for round in 0..options.rounds.max(1) {
         for camera in CAMERAS {
             for image in &images {

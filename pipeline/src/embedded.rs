@@ -10,9 +10,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use tessera_actors::FrameResult;
-use tessera_actors::frame::{
-    HEADER_CAPTURE_TS, HEADER_CONTENT_TYPE, HEADER_ERROR, HEADER_ERROR_KIND, HEADER_FRAME_ID,
-};
+use tessera_actors::protocol::headers;
 
 /// A Kafka-protocol broker running inside this process.
 pub struct EmbeddedKafka {
@@ -88,16 +86,16 @@ pub async fn publish_frames(
     for frame in frames {
         let mut headers = OwnedHeaders::new()
             .insert(Header {
-                key: HEADER_FRAME_ID,
+                key: headers::FRAME_ID,
                 value: Some(frame.frame_id.as_str()),
             })
             .insert(Header {
-                key: HEADER_CAPTURE_TS,
+                key: headers::CAPTURE_TS,
                 value: Some(frame.capture_ms.to_string().as_str()),
             });
         if let Some(content_type) = &frame.content_type {
             headers = headers.insert(Header {
-                key: HEADER_CONTENT_TYPE,
+                key: headers::CONTENT_TYPE,
                 value: Some(content_type.as_str()),
             });
         }
@@ -157,9 +155,9 @@ impl Output {
         };
         Ok(Output::DeadLetter {
             key,
-            frame_id: header(HEADER_FRAME_ID),
-            kind: header(HEADER_ERROR_KIND).unwrap_or_default(),
-            error: header(HEADER_ERROR).unwrap_or_default(),
+            frame_id: header(headers::FRAME_ID),
+            kind: header(headers::ERROR_KIND).unwrap_or_default(),
+            error: header(headers::ERROR).unwrap_or_default(),
             payload_len: message.payload().map_or(0, <[u8]>::len),
         })
     }

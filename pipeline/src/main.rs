@@ -88,7 +88,7 @@ enum ModelsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    init_tracing(cli.log_format, default_log_filter(&cli.command));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Frame preparation runs on blocking threads: keep them rather than let idle ones
@@ -238,15 +238,43 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// The log filter unless `RUST_LOG` sets one: ONNX Runtime's own log at warning while the
+/// pipeline runs, and quiet (errors only) for one-off model commands, where its warnings
+/// about a model's graph (one per unused initializer, say) would bury the answer.
+fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Models { .. } => "info,ort=error,librdkafka=warn",
+        _ => "info,ort=warn,librdkafka=warn",
+    }
+}
+
+fn init_tracing(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,ort=warn,librdkafka=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn filter(args: &[&str]) -> &'static str {
+        let cli = Cli::try_parse_from(args).expect("valid command line");
+        default_log_filter(&cli.command)
+    }
+
+    #[test]
+    fn model_commands_keep_onnx_runtime_quiet_and_runs_keep_its_warnings() {
+        assert!(filter(&["tessera", "models", "inspect", "m.onnx"]).contains("ort=error"));
+        assert!(filter(&["tessera", "run"]).contains("ort=warn"));
     }
 }

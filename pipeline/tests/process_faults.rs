@@ -6,11 +6,7 @@
 
 mod common;
 
-use common::assets_dir;
-
-#[path = "../../tests/src/delivery.rs"]
-#[allow(dead_code)]
-mod delivery;
+use common::{assets_dir, delivery};
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -20,24 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use delivery::{
-    DeliveryReport, assert_fits_mock_log, camera_frames, check_delivery, group_progress,
-    read_all_outputs, read_until_covered, record_count, wait_committed_to_end, wait_for_records,
+    CAMERAS, COMPLETION, DLQ, FRAMES, OUTPUTS, RESULTS, STARTUP, assert_fits_mock_log,
+    camera_frames, check_delivery, final_report, group_progress, read_all_outputs,
+    read_until_covered, record_count, wait_committed_to_end, wait_for_records,
 };
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tessera::embedded::{CameraFrame, EmbeddedKafka, publish_frames};
-
-const FRAMES: &str = "frames";
-const RESULTS: &str = "detections";
-const DLQ: &str = "frames.dlq";
-const OUTPUTS: [&str; 2] = [RESULTS, DLQ];
-/// Two cameras whose keys land on different input partitions (librdkafka's default
-/// partitioner: CRC32 of the key) for 2, 3 and 4 partitions.
-const CAMERAS: [&str; 2] = ["cam-north", "cam-east"];
-/// Process start, model load and the first consumer-group join.
-const STARTUP: Duration = Duration::from_secs(120);
-/// Long enough for a whole stream on a loaded 2-core machine; only a deadline.
-const COMPLETION: Duration = Duration::from_secs(240);
 
 /// A broker with the input, results and dead-letter topics.
 fn broker(input_partitions: i32) -> anyhow::Result<(EmbeddedKafka, String)> {
@@ -166,18 +151,6 @@ impl Drop for Tessera {
             let _ = self.child.wait();
         }
     }
-}
-
-async fn final_report(
-    brokers: &str,
-    sent: &[CameraFrame],
-    allow_duplicates: bool,
-    name: &str,
-) -> anyhow::Result<DeliveryReport> {
-    let outputs = read_all_outputs(brokers, RESULTS, DLQ, Duration::from_secs(60)).await?;
-    let report = check_delivery(sent, &outputs, allow_duplicates);
-    eprintln!("{name}: {report}");
-    Ok(report)
 }
 
 /// The frames (of `sent`, landed at `landed`) that have an output although they lie at or

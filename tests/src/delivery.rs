@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -19,6 +20,72 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tessera::embedded::{CameraFrame, Landed, Output};
+
+/// Input topic of the fault tests.
+pub const FRAMES: &str = "frames";
+/// Results topic of the fault tests.
+pub const RESULTS: &str = "detections";
+/// Dead-letter topic of the fault tests.
+pub const DLQ: &str = "frames.dlq";
+/// Both output topics.
+pub const OUTPUTS: [&str; 2] = [RESULTS, DLQ];
+/// Two cameras whose keys land on different input partitions (librdkafka's default
+/// partitioner: CRC32 of the key) for 2, 3 and 4 partitions.
+pub const CAMERAS: [&str; 2] = ["cam-north", "cam-east"];
+/// Model load (and process start) plus the first consumer-group join.
+pub const STARTUP: Duration = Duration::from_secs(120);
+/// Long enough for a whole stream on a loaded 2-core machine; only a deadline.
+pub const COMPLETION: Duration = Duration::from_secs(240);
+
+/// Set (to anything but `0`) where the real assets must be present: CI. A test that needs them
+/// then fails instead of skipping.
+pub const REQUIRE_ASSETS: &str = "TESSERA_REQUIRE_ASSETS";
+
+/// The real assets in `dir` (with `models/` and `images/`), or `None` with a printed reason so
+/// the caller can skip; panics instead where [`REQUIRE_ASSETS`] is set.
+pub fn assets_in(dir: PathBuf) -> Option<PathBuf> {
+    if dir.join("models").is_dir() && dir.join("images").is_dir() {
+        return Some(dir);
+    }
+    let required = std::env::var(REQUIRE_ASSETS).is_ok_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !required,
+        "real-model assets not found at {} and {REQUIRE_ASSETS} is set (set TESSERA_ASSETS)",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: real-model assets not found at {} (set TESSERA_ASSETS)",
+        dir.display()
+    );
+    None
+}
+
+/// The real assets: `$TESSERA_ASSETS`, else `../shared/assets` beside the workspace root.
+pub fn assets_beside(workspace_root: &Path) -> Option<PathBuf> {
+    let dir = std::env::var_os("TESSERA_ASSETS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root.join("../shared/assets"));
+    assets_in(dir)
+}
+
+/// The image every fault test sends.
+pub fn dog(assets: &Path) -> anyhow::Result<Vec<u8>> {
+    Ok(std::fs::read(assets.join("images/dog.jpg"))?)
+}
+
+/// The final read and check: everything the output topics hold, against what was sent.
+pub async fn final_report(
+    brokers: &str,
+    sent: &[CameraFrame],
+    allow_duplicates: bool,
+    name: &str,
+) -> anyhow::Result<DeliveryReport> {
+    let outputs = read_all_outputs(brokers, RESULTS, DLQ, Duration::from_secs(60)).await?;
+    let report = check_delivery(sent, &outputs, allow_duplicates);
+    eprintln!("{name}: {report}");
+    Ok(report)
+}
 
 /// `per_camera` frames of each camera, interleaved (c0-0, c1-0, c0-1, ...), frame id
 /// `{camera}-{index}`, all carrying `payload`.

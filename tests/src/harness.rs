@@ -27,6 +27,7 @@ impl Harness {
     /// Starts `brokers` brokers with `frames` and `detections` of `partitions` partitions each
     /// and a one-partition `frames.dlq`.
     pub fn start(brokers: i32, partitions: i32) -> anyhow::Result<Self> {
+        init_logs();
         let kafka = EmbeddedKafka::start(brokers)?;
         kafka.create_topic(FRAMES, partitions)?;
         kafka.create_topic(RESULTS, partitions)?;
@@ -81,4 +82,15 @@ pub fn result_ids(outputs: &[Output]) -> Vec<String> {
             Output::DeadLetter { .. } => None,
         })
         .collect()
+}
+
+/// Test logs, shown for a failing test (or with `--nocapture`), filtered by `RUST_LOG`
+/// (default: warnings).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,librdkafka=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }

@@ -1,6 +1,7 @@
 //! Shared helpers of tessera's integration tests.
 
 pub mod delivery;
+pub mod golden;
 pub mod harness;
 pub mod http;
 
@@ -17,20 +18,10 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The real test assets: `$TESSERA_ASSETS`, else `../shared/assets` beside the workspace.
-/// `None` (and a printed reason) when they are absent, so the caller can skip.
+/// `None` (and a printed reason) when they are absent, so the caller can skip; a panic instead
+/// where `TESSERA_REQUIRE_ASSETS` is set (CI).
 pub fn assets_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("TESSERA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/assets"));
-    if dir.join("models").is_dir() && dir.join("images").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: real-model assets not found at {} (set TESSERA_ASSETS)",
-            dir.display()
-        );
-        None
-    }
+    delivery::assets_beside(&workspace_root())
 }
 
 /// A shipped model manifest by model folder name.

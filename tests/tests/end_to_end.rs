@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tessera::embedded::{CameraFrame, Output, publish_frames};
 use tessera_actors::config::LagPolicy;
-use tessera_actors::result::FrameStatus;
+use tessera_actors::protocol::result::FrameStatus;
 use tessera_tests::assets_dir;
 use tessera_tests::harness::{FRAMES, Harness, camera_frames};
 
@@ -164,7 +164,7 @@ async fn drop_stale_skips_old_frames_and_processes_fresh_ones() -> anyhow::Resul
     config.flow.max_age = Duration::from_secs(60);
 
     // Captured an hour ago, then just now, alternating.
-    let now = tessera_actors::frame::now_ms();
+    let now = tessera_actors::protocol::now_ms();
     let mut frames = camera_frames("cam-lag", &dog, 0..6);
     for (i, frame) in frames.iter_mut().enumerate() {
         frame.capture_ms = if i % 2 == 0 { now - 3_600_000 } else { now };

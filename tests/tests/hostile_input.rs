@@ -13,7 +13,10 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tessera::embedded::{EmbeddedKafka, Output, read_outputs};
 use tessera_actors::PipelineConfig;
-use tessera_actors::frame::{HEADER_CAPTURE_TS, HEADER_FRAME_ID};
+use tessera_actors::protocol::headers::{
+    CAPTURE_TS as HEADER_CAPTURE_TS, FRAME_ID as HEADER_FRAME_ID,
+    PAYLOAD_OMITTED as HEADER_PAYLOAD_OMITTED, SOURCE as HEADER_SOURCE,
+};
 use tessera_tests::hostile::{
     encode, flat_jpeg, gif_1x1, gradient, png_bomb, pseudo_random_bytes, sample_jpeg,
     with_exif_orientation,
@@ -24,8 +27,6 @@ use tessera_tests::{assets_dir, manifest};
 const MAX_BYTES: usize = 1024 * 1024;
 /// DLQ headers of a dead letter sent without its value (too large for Kafka). Spelled out
 /// here, not imported, so this test pins the wire names.
-const HEADER_PAYLOAD_OMITTED: &str = "tessera-payload-omitted";
-const HEADER_SOURCE: &str = "tessera-source";
 /// `limits.max_alloc_bytes` of this run: 64 MiB, so a 4096 x 4096 grey PNG bomb (16 KiB
 /// compressed, 16 MiB decoded plus 48 MiB for its RGB copy) is over it without the test itself
 /// having to build a 512 MiB image for the default limit.

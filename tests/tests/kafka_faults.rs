@@ -9,7 +9,6 @@
 //! Where the pipeline stops cleanly, its group must also have committed every input partition
 //! to its end: nothing stuck.
 
-use std::path::Path;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,22 +18,11 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tessera::embedded::{CameraFrame, EmbeddedKafka, Output, publish_frames};
 use tessera_actors::PipelineConfig;
 use tessera_tests::delivery::{
-    DeliveryReport, assert_fits_mock_log, camera_frames, check_delivery, read_all_outputs,
-    read_from_start, read_until_covered, record_count, wait_committed_to_end, wait_for_records,
+    CAMERAS, COMPLETION, DLQ, FRAMES, OUTPUTS, RESULTS, STARTUP, assert_fits_mock_log,
+    camera_frames, check_delivery, dog, final_report, read_all_outputs, read_from_start,
+    read_until_covered, record_count, wait_committed_to_end, wait_for_records,
 };
 use tessera_tests::{assets_dir, manifest};
-
-const FRAMES: &str = "frames";
-const RESULTS: &str = "detections";
-const DLQ: &str = "frames.dlq";
-const OUTPUTS: [&str; 2] = [RESULTS, DLQ];
-/// Two cameras whose keys land on different input partitions (librdkafka's default
-/// partitioner: CRC32 of the key) for 2, 3 and 4 partitions.
-const CAMERAS: [&str; 2] = ["cam-north", "cam-east"];
-/// Model load plus the first consumer-group join.
-const STARTUP: Duration = Duration::from_secs(120);
-/// Long enough for the whole stream on a loaded 2-core machine; only a deadline.
-const COMPLETION: Duration = Duration::from_secs(180);
 
 /// A small, fast pipeline: full-frame inference only, a small in-flight window so frames of
 /// both cameras interleave and the faults find frames in flight.
@@ -60,23 +48,6 @@ fn create_topics(kafka: &EmbeddedKafka, input_partitions: i32) -> anyhow::Result
 async fn publish(brokers: &str, sent: &[CameraFrame]) -> anyhow::Result<Vec<i32>> {
     let landed = publish_frames(brokers, FRAMES, sent).await?;
     Ok(assert_fits_mock_log(sent, &landed))
-}
-
-fn dog(assets: &Path) -> anyhow::Result<Vec<u8>> {
-    Ok(std::fs::read(assets.join("images/dog.jpg"))?)
-}
-
-/// The final read and check: everything the output topics hold, against what was sent.
-async fn final_report(
-    brokers: &str,
-    sent: &[CameraFrame],
-    allow_duplicates: bool,
-    name: &str,
-) -> anyhow::Result<DeliveryReport> {
-    let outputs = read_all_outputs(brokers, RESULTS, DLQ, Duration::from_secs(60)).await?;
-    let report = check_delivery(sent, &outputs, allow_duplicates);
-    eprintln!("{name}: {report}");
-    Ok(report)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use prometheus_parse::{Sample, Scrape, Value};
 use tessera::embedded::{CameraFrame, Output, publish_frames};
 use tessera::http::HttpServer;
 use tessera_actors::Monitor;
-use tessera_actors::metrics::names;
+use tessera_actors::observe::metrics::names;
 use tessera_tests::assets_dir;
 use tessera_tests::harness::{FRAMES, Harness, camera_frames};
 use tessera_tests::http::{get_until, request};

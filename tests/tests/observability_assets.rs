@@ -16,7 +16,7 @@ use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, LabelModifier, VectorMatchCardinality, VectorSelector};
 use serde::Deserialize;
 use serde_json::Value;
-use tessera_actors::metrics::{Metrics, names};
+use tessera_actors::observe::metrics::{Metrics, names};
 
 /// Labels Prometheus attaches to every scraped series.
 const TARGET_LABELS: [&str; 2] = ["instance", "job"];
@@ -29,13 +29,21 @@ const BUILT_INS: [&str; 1] = ["up"];
 const VARIABLE_SENTINEL: &str = "tessera_var_";
 
 /// Alerts the rules must define, with the metric families each must query.
-const REQUIRED_ALERTS: [(&str, &[&str]); 6] = [
+const REQUIRED_ALERTS: [(&str, &[&str]); 7] = [
     ("TesseraConsumerLagGrowing", &[names::CONSUMER_LAG]),
     (
         "TesseraDeadLetterRateHigh",
         &[names::FRAMES_DEAD_LETTERED, names::FRAMES_CONSUMED],
     ),
     ("TesseraRestartStorm", &[names::ACTOR_RESTARTS]),
+    (
+        "TesseraKafkaDeliveryFailing",
+        &[
+            names::DELIVERY_FAILURES,
+            names::PRODUCERS_REPLACED,
+            names::COMMIT_FAILURES,
+        ],
+    ),
     (
         "TesseraNoProgress",
         &[

@@ -4,10 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ractor::{ActorCell, ActorRef};
+use ractor::ActorCell;
 use tessera::embedded::publish_frames;
-use tessera_actors::merge::MergeMsg;
-use tessera_actors::names::ActorNames;
+use tessera_actors::StageId;
 use tessera_tests::assets_dir;
 use tessera_tests::harness::{FRAMES, Harness, camera_frames, result_ids};
 
@@ -36,22 +35,24 @@ async fn a_killed_stage_is_restarted_and_the_stream_goes_on() -> anyhow::Result<
     config.tiling.enabled = false;
 
     let pipeline = tessera_actors::start(config, "supervision", Some(&assets)).await?;
-    let merge_name = ActorNames::new("supervision").merge();
-    let first: ActorRef<MergeMsg> = ActorRef::where_is(merge_name.clone())
+    let merge_name = pipeline.stage_name(StageId::Merge);
+    let first: ActorCell = ractor::registry::where_is(merge_name.clone())
         .ok_or_else(|| anyhow::anyhow!("merge actor not registered"))?;
     let first_id = first.get_id();
 
     // Kill the merge stage while the pipeline is idle: the supervisor must bring it back.
-    ActorCell::from(first).kill();
+    first.kill();
     let restarted = eventually(Duration::from_secs(30), || {
-        ActorRef::<MergeMsg>::where_is(merge_name.clone()).filter(|a| a.get_id() != first_id)
+        ractor::registry::where_is(merge_name.clone()).filter(|a| a.get_id() != first_id)
     })
     .await;
     assert!(restarted.is_some(), "merge was not restarted");
     let monitor = pipeline.monitor();
     let metrics = monitor.metrics.encode_text();
     assert!(
-        metrics.contains(r#"tessera_supervisor_actor_restarts_total{actor="merge"} 1"#),
+        metrics.contains(
+            r#"tessera_supervisor_actor_restarts_total{actor="merge",cause="internal"} 1"#
+        ),
         "{metrics}"
     );
     assert!(monitor.liveness().is_ok(), "a restarted tree is alive");
@@ -108,7 +109,9 @@ async fn a_restart_storm_stops_the_pipeline_with_an_error() -> anyhow::Result<()
     let counted = metrics
         .lines()
         .find_map(|l| {
-            l.strip_prefix(r#"tessera_supervisor_actor_restarts_total{actor="recognize"} "#)
+            l.strip_prefix(
+                r#"tessera_supervisor_actor_restarts_total{actor="recognize",cause="internal"} "#,
+            )
         })
         .and_then(|v| v.parse::<u64>().ok());
     assert!(counted.is_some_and(|n| n > 3), "{metrics}");

@@ -641,7 +641,7 @@ async fn soak_run(
         ..
     } = PacedRun::start(args, workload, kafka, jpegs, count, partitions, "soak").await?;
     eprintln!("soak: {:?} at {rate:.2} frames/s", args.soak);
-    let started_ms = tessera_actors::frame::now_ms();
+    let started_ms = tessera_actors::protocol::now_ms();
     let lag_samples = {
         let metrics = process.metrics_endpoint();
         let stop_at = std::time::Instant::now() + args.soak;
@@ -649,7 +649,7 @@ async fn soak_run(
             let mut samples = Vec::new();
             while std::time::Instant::now() < stop_at {
                 if let Ok(text) = metrics.fetch().await {
-                    samples.push((tessera_actors::frame::now_ms(), consumer_lag(&text)));
+                    samples.push((tessera_actors::protocol::now_ms(), consumer_lag(&text)));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -1,6 +1,8 @@
-//! Ingest: the Kafka consumer. Consumes frames while in-flight credits last (pausing its
-//! partitions when they run out), hands them to the prepare pool, re-dispatches frames whose
-//! stage failed, and stores each partition's offset once everything below it is acknowledged.
+//! Ingest: the Kafka consumer, the source of the frame path. Consumes frames while in-flight
+//! credits last (pausing its partitions when they run out), hands them to prepare, stores
+//! each partition's offset once everything below it is acknowledged, and dispatches again the
+//! frames whose stage failed. Frames settle through their ack handles into the delivery
+//! ledger; ingest takes the resulting work from there, so no stage sends anything back to it.
 //! On a partition revoke it drains the partition's frames within a deadline and commits.
 
 use std::collections::VecDeque;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -20,64 +22,64 @@ use tokio::sync::{Semaphore, TryAcquireError, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{FlowConfig, KafkaConfig};
-use crate::frame::{Frame, FrameMeta, PartitionId, now_ms};
-use crate::inflight::{Committable, InFlight};
-use crate::kafka::consumer_config;
-use crate::merge::MergeMsg;
-use crate::metrics::Queue;
-use crate::monitor::Monitor;
-use crate::names::{ActorNames, lookup, lookup_patiently};
-use crate::prepare::{PrepareFailure, PrepareMsg};
-use crate::throttle::{LOG_INTERVAL, Throttle};
-
-/// Dead-letter kind of a frame that failed every attempt (`flow.max_attempts`).
-pub const PROCESSING_FAILED: &str = "processing_failed";
+use crate::delivery::{Committable, Ledger};
+use crate::observe::{LOG_INTERVAL, Monitor, Queue, Throttle};
+use crate::protocol::{Frame, FrameMeta, PartitionId, StageFailure, StageId, now_ms};
+use crate::stage::kafka::consumer_config;
+use crate::stage::{ChildSpec, Edge, SpawnContext};
 
 static CONSUMER_ERROR: Throttle = Throttle::new(LOG_INTERVAL);
 static COMMIT_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
+
+/// What ingest is built from.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub kafka: KafkaConfig,
+    pub flow: FlowConfig,
+    /// In-flight frame credits shared with the rest of the pipeline.
+    pub credits: Arc<Semaphore>,
+    /// Frames in flight; outlives this stage so a restarted ingest sees what is pending.
+    pub ledger: Arc<Ledger>,
+    /// Set when the pipeline drains for shutdown: consumption stops (partitions paused).
+    pub draining: watch::Receiver<bool>,
+    pub monitor: Arc<Monitor>,
+}
+
+/// The supervisor's entry for ingest, the source.
+pub fn child(settings: IngestSettings, out: Edge<Frame>) -> ChildSpec {
+    ChildSpec::new(StageId::Ingest, move |ctx: SpawnContext| {
+        let args = (settings.clone(), out.clone());
+        async move {
+            let (actor, _) = Actor::spawn_linked(
+                Some(ctx.actor_name(StageId::Ingest)),
+                Ingest,
+                args,
+                ctx.supervisor,
+            )
+            .await?;
+            Ok(actor.get_cell())
+        }
+    })
+    .as_source()
+}
 
 /// The ingest actor.
 #[derive(Debug)]
 pub struct Ingest;
 
-/// Start arguments of [`Ingest`].
-#[derive(Debug)]
-pub struct IngestArgs {
-    pub kafka: KafkaConfig,
-    pub flow: FlowConfig,
-    pub names: ActorNames,
-    /// In-flight frame credits shared with the rest of the pipeline.
-    pub credits: Arc<Semaphore>,
-    /// Frames in flight; outlives this actor so a restarted ingest sees what is pending.
-    pub inflight: Arc<InFlight>,
-    pub monitor: Arc<Monitor>,
-}
-
 /// Messages to [`Ingest`].
 #[derive(Debug)]
 pub enum IngestMsg {
-    /// A frame's output (result or dead letter) was acknowledged by Kafka.
-    Acked(crate::frame::FrameKey),
-    /// A stage failed while holding this frame: dispatch it again (bounded attempts).
-    Redispatch(crate::frame::FrameKey),
-    /// A stage was restarted and may have lost frames: dispatch every frame in flight again.
-    RedispatchAll,
     /// Periodic check for frames that have been in flight too long.
     Tick,
     /// Periodic query of the assigned partitions' watermarks, for the consumer lag.
     MeasureLag,
-    /// Stop consuming new frames; frames in flight go on.
-    StopConsuming(RpcReplyPort<()>),
-    /// Commit the stored offsets now (synchronously) and reply.
-    Commit(RpcReplyPort<()>),
-    /// Frames consumed but not yet acknowledged.
-    InFlight(RpcReplyPort<usize>),
 }
 
 /// The consumer's context: serves the rebalance callbacks from the shared in-flight registry.
 #[derive(Debug)]
 pub struct IngestContext {
-    inflight: Arc<InFlight>,
+    ledger: Arc<Ledger>,
     revoke_drain: Duration,
     /// Whether consumption is paused (newly assigned partitions are paused too).
     paused: Arc<AtomicBool>,
@@ -124,21 +126,21 @@ impl ConsumerContext for IngestContext {
         let deadline = Instant::now() + self.revoke_drain;
         // Waiting here holds the rebalance until our frames are done (or the deadline), so the
         // next owner starts after the last offset we committed.
-        let (committable, abandoned) =
-            block_in_place_if_possible(|| self.inflight.revoke(&partitions, deadline));
+        let revoked = block_in_place_if_possible(|| self.ledger.revoke(&partitions, deadline));
         self.monitor.partitions_revoked(&partitions);
-        if !committable.is_empty() {
-            let offsets = offsets_list(&committable);
+        if !revoked.committable.is_empty() {
+            let offsets = offsets_list(&revoked.committable);
             if let Err(error) = consumer
                 .store_offsets(&offsets)
                 .and_then(|()| consumer.commit(&offsets, CommitMode::Sync))
             {
+                self.monitor.metrics.commit_failures.inc();
                 tracing::warn!(%error, "Commit on revoke failed");
             }
         }
         tracing::info!(
             partitions = partitions.len(),
-            abandoned,
+            abandoned = revoked.abandoned,
             "Partitions revoked; offsets committed"
         );
     }
@@ -147,7 +149,7 @@ impl ConsumerContext for IngestContext {
         match rebalance {
             Rebalance::Assign(assigned) => {
                 let partitions = partition_ids(assigned);
-                self.inflight.assign(&partitions);
+                self.ledger.assign(&partitions);
                 self.monitor.partitions_assigned(&partitions);
                 if self.paused.load(Ordering::SeqCst) {
                     if let Err(error) = consumer.pause(assigned) {
@@ -204,13 +206,25 @@ fn offsets_list(committable: &[Committable]) -> TopicPartitionList {
 
 type IngestConsumer = StreamConsumer<IngestContext>;
 
-/// Aborts the consume loop when the actor's state is dropped, whether it stopped or failed.
+/// Aborts a task when the actor's state is dropped, whether it stopped or failed.
 #[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it is gone (with what it held).
+    async fn stop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -218,13 +232,15 @@ impl Drop for AbortOnDrop {
 pub struct IngestState {
     consumer: Arc<IngestConsumer>,
     flow: FlowConfig,
-    names: ActorNames,
-    inflight: Arc<InFlight>,
+    ledger: Arc<Ledger>,
+    out: Edge<Frame>,
     monitor: Arc<Monitor>,
     /// Whether a watermark query is under way.
     measuring_lag: Arc<AtomicBool>,
-    /// The task that polls the consumer; dropped (aborted) to stop consuming.
-    consume_loop: Option<AbortOnDrop>,
+    /// The task that polls the consumer.
+    consume_loop: AbortOnDrop,
+    /// The task that stores offsets and dispatches frames again as frames settle.
+    settle_loop: AbortOnDrop,
 }
 
 impl std::fmt::Debug for IngestState {
@@ -236,46 +252,64 @@ impl std::fmt::Debug for IngestState {
 impl Actor for Ingest {
     type Msg = IngestMsg;
     type State = IngestState;
-    type Arguments = IngestArgs;
+    type Arguments = (IngestSettings, Edge<Frame>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: IngestArgs,
+        (settings, out): (IngestSettings, Edge<Frame>),
     ) -> Result<Self::State, ActorProcessingErr> {
         let paused = Arc::new(AtomicBool::new(false));
         let context = IngestContext {
-            inflight: args.inflight.clone(),
-            revoke_drain: args.kafka.revoke_drain_timeout,
+            ledger: settings.ledger.clone(),
+            revoke_drain: settings.kafka.revoke_drain_timeout,
             paused: paused.clone(),
-            monitor: args.monitor.clone(),
+            monitor: settings.monitor.clone(),
         };
-        let consumer: IngestConsumer = consumer_config(&args.kafka).create_with_context(context)?;
-        let topics: Vec<&str> = args.kafka.input_topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
+        // A consumer that cannot be created or subscribed is a configuration error.
+        let consumer: IngestConsumer = consumer_config(&settings.kafka)
+            .create_with_context(context)
+            .map_err(|e| StageFailure::config(StageId::Ingest, e))?;
+        let topics: Vec<&str> = settings
+            .kafka
+            .input_topics
+            .iter()
+            .map(String::as_str)
+            .collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| StageFailure::config(StageId::Ingest, e))?;
         let consumer = Arc::new(consumer);
-        tracing::info!(topics = ?topics, group = %args.kafka.group_id, "Subscribed to input topics");
+        tracing::info!(topics = ?topics, group = %settings.kafka.group_id, "Subscribed to input topics");
         let consume_loop = tokio::spawn(consume_loop(ConsumeLoop {
             consumer: consumer.clone(),
-            names: args.names.clone(),
-            credits: args.credits,
-            inflight: args.inflight.clone(),
+            out: out.clone(),
+            credits: settings.credits.clone(),
+            ledger: settings.ledger.clone(),
             paused,
-            operator_pause: args.monitor.watch_pause(),
-            monitor: args.monitor.clone(),
+            operator_pause: settings.monitor.watch_pause(),
+            draining: settings.draining.clone(),
+            monitor: settings.monitor.clone(),
         }));
+        let settle_loop = tokio::spawn(settle_loop(
+            consumer.clone(),
+            settings.ledger.clone(),
+            out.clone(),
+            settings.monitor.clone(),
+        ));
         myself.send_interval(Duration::from_secs(1), || IngestMsg::Tick);
-        if !args.kafka.statistics_interval.is_zero() {
-            myself.send_interval(args.kafka.statistics_interval, || IngestMsg::MeasureLag);
+        if !settings.kafka.statistics_interval.is_zero() {
+            myself.send_interval(settings.kafka.statistics_interval, || IngestMsg::MeasureLag);
         }
         Ok(IngestState {
             consumer,
-            flow: args.flow,
-            names: args.names,
-            inflight: args.inflight,
-            monitor: args.monitor,
+            flow: settings.flow,
+            ledger: settings.ledger,
+            out,
+            monitor: settings.monitor,
             measuring_lag: Arc::new(AtomicBool::new(false)),
-            consume_loop: Some(AbortOnDrop(consume_loop)),
+            consume_loop: AbortOnDrop(Some(consume_loop)),
+            settle_loop: AbortOnDrop(Some(settle_loop)),
         })
     }
 
@@ -286,70 +320,22 @@ impl Actor for Ingest {
         state: &mut IngestState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            IngestMsg::Acked(key) => {
-                if let Some(committable) = state.inflight.acknowledge(&key)
-                    && let Err(error) = state
-                        .consumer
-                        .store_offsets(&offsets_list(std::slice::from_ref(&committable)))
-                {
-                    // The partition may have been revoked meanwhile; its new owner re-reads.
-                    tracing::debug!(%error, "Could not store offset");
-                }
-                state
-                    .monitor
-                    .metrics
-                    .frames_in_flight
-                    .set(state.inflight.len() as i64);
-            }
-            IngestMsg::Redispatch(key) => {
-                if let Some(frame) = state.inflight.redispatch(&key) {
-                    redispatch(state, vec![frame]).await;
-                }
-            }
-            IngestMsg::RedispatchAll => {
-                // The merge stage may have lost its ordering state: tell it where each
-                // partition stands before the frames come back.
-                if let Some(merge) = lookup::<MergeMsg>(&state.names.merge()) {
-                    let _ = merge.cast(MergeMsg::Resume(state.inflight.lowest_unacknowledged()));
-                }
-                let frames = state.inflight.for_redispatch(None);
-                if !frames.is_empty() {
-                    tracing::warn!(
-                        frames = frames.len(),
-                        "Re-dispatching frames after a restart"
-                    );
-                }
-                redispatch(state, frames).await;
-            }
             IngestMsg::Tick => {
                 // Revokes forget frames too: keep the gauge true between acknowledgements.
                 state
                     .monitor
                     .metrics
                     .frames_in_flight
-                    .set(state.inflight.len() as i64);
-                let frames = state
-                    .inflight
-                    .for_redispatch(Some(state.flow.frame_timeout));
+                    .set(state.ledger.len() as i64);
+                let frames = state.ledger.timed_out(state.flow.frame_timeout);
                 if !frames.is_empty() {
-                    tracing::warn!(frames = frames.len(), timeout = ?state.flow.frame_timeout, "Frames timed out; re-dispatching");
+                    tracing::warn!(frames = frames.len(), timeout = ?state.flow.frame_timeout, "Frames timed out; dispatching them again");
                 }
-                redispatch(state, frames).await;
+                for frame in frames {
+                    dispatch(&state.out, &state.monitor, frame);
+                }
             }
             IngestMsg::MeasureLag => measure_lag(state),
-            IngestMsg::StopConsuming(reply) => {
-                if state.consume_loop.take().is_some() {
-                    tracing::info!("Stopped consuming");
-                }
-                let _ = reply.send(());
-            }
-            IngestMsg::Commit(reply) => {
-                commit(&state.consumer);
-                let _ = reply.send(());
-            }
-            IngestMsg::InFlight(reply) => {
-                let _ = reply.send(state.inflight.len());
-            }
         }
         Ok(())
     }
@@ -359,9 +345,51 @@ impl Actor for Ingest {
         _myself: ActorRef<Self::Msg>,
         state: &mut IngestState,
     ) -> Result<(), ActorProcessingErr> {
-        state.consume_loop.take();
-        commit(&state.consumer);
+        // The loops hold the consumer too: end them, so the consumer closes (leaving its group
+        // and committing on the final revoke) when this state drops, while the broker is known
+        // to be reachable, not later from a task nobody waits for.
+        state.consume_loop.stop().await;
+        state.settle_loop.stop().await;
+        // The last acknowledgements' offsets, then one synchronous commit.
+        store(&state.consumer, &state.ledger.take_work().store);
+        commit(&state.consumer, &state.monitor);
         Ok(())
+    }
+}
+
+/// Stores offsets as frames are delivered and dispatches again the frames whose stage
+/// failed (or all of them, after a stage restarted).
+async fn settle_loop(
+    consumer: Arc<IngestConsumer>,
+    ledger: Arc<Ledger>,
+    out: Edge<Frame>,
+    monitor: Arc<Monitor>,
+) {
+    loop {
+        ledger.wait_for_work().await;
+        let work = ledger.take_work();
+        store(&consumer, &work.store);
+        if work.redispatch.len() > 1 {
+            tracing::warn!(
+                frames = work.redispatch.len(),
+                "Dispatching frames again after a stage failed"
+            );
+        }
+        for frame in work.redispatch {
+            dispatch(&out, &monitor, frame);
+        }
+        monitor.metrics.frames_in_flight.set(ledger.len() as i64);
+    }
+}
+
+/// Stores offsets (committed by the periodic auto-commit, on revoke and at stop).
+fn store(consumer: &IngestConsumer, committable: &[Committable]) {
+    if committable.is_empty() {
+        return;
+    }
+    if let Err(error) = consumer.store_offsets(&offsets_list(committable)) {
+        // The partition may have been revoked meanwhile; its new owner re-reads.
+        tracing::debug!(%error, "Could not store offsets");
     }
 }
 
@@ -397,51 +425,17 @@ fn measure_lag(state: &IngestState) {
     });
 }
 
-/// Dispatches frames again, or dead-letters those out of attempts.
-async fn redispatch(state: &IngestState, frames: Vec<Frame>) {
-    if frames.is_empty() {
-        return;
-    }
-    let max_attempts = state.flow.max_attempts;
-    for frame in frames {
-        if frame.attempt >= max_attempts {
-            tracing::error!(
-                offset = frame.meta.key.offset,
-                attempts = frame.attempt,
-                "Frame failed every attempt; dead-lettering it"
-            );
-            if let Some(merge) = lookup::<MergeMsg>(&state.names.merge()) {
-                let _ = merge.cast(MergeMsg::Failed {
-                    meta: frame.meta,
-                    payload: frame.payload,
-                    failure: PrepareFailure {
-                        kind: PROCESSING_FAILED,
-                        message: format!("processing failed {max_attempts} times"),
-                    },
-                });
-            }
-            continue;
-        }
-        dispatch(&state.names, &state.monitor, frame).await;
-    }
-}
-
-/// Hands a frame to the prepare pool, waiting briefly if the pool is being restarted.
-async fn dispatch(names: &ActorNames, monitor: &Monitor, frame: Frame) {
-    let Some(prepare) =
-        lookup_patiently::<PrepareMsg>(&names.prepare(), Duration::from_secs(30)).await
-    else {
-        // The frame stays in flight; the timeout check re-dispatches it later.
-        tracing::error!("Prepare pool unavailable");
-        return;
-    };
-    match prepare.dispatch((), frame) {
+/// Hands a frame to prepare (which dead-letters it if it is out of attempts). If prepare is
+/// not running, the frame stays in the ledger and is dispatched again once it is back.
+fn dispatch(out: &Edge<Frame>, monitor: &Monitor, frame: Frame) {
+    let offset = frame.meta.key.offset;
+    match out.send(frame) {
         Ok(()) => monitor.metrics.queue(Queue::Prepare).pushed.inc(),
-        Err(error) => tracing::error!(%error, "Could not hand a frame to the prepare pool"),
+        Err(error) => tracing::debug!(%error, offset, "Frame not handed on"),
     }
 }
 
-fn commit(consumer: &IngestConsumer) {
+fn commit(consumer: &IngestConsumer, monitor: &Monitor) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::debug!("Committed stored offsets"),
         // Nothing stored since the last commit is not an error worth reporting.
@@ -449,6 +443,7 @@ fn commit(consumer: &IngestConsumer) {
             rdkafka::types::RDKafkaErrorCode::NoOffset,
         )) => {}
         Err(error) => {
+            monitor.metrics.commit_failures.inc();
             if let Some(held_back) = COMMIT_FAILED.allow() {
                 tracing::warn!(%error, held_back, "Offset commit failed");
             }
@@ -459,13 +454,15 @@ fn commit(consumer: &IngestConsumer) {
 /// What the consume loop works with.
 struct ConsumeLoop {
     consumer: Arc<IngestConsumer>,
-    names: ActorNames,
+    out: Edge<Frame>,
     credits: Arc<Semaphore>,
-    inflight: Arc<InFlight>,
+    ledger: Arc<Ledger>,
     /// Whether the assigned partitions are paused (shared with the rebalance callbacks).
     paused: Arc<AtomicBool>,
     /// The operator pause (`POST /v1/pause`).
     operator_pause: watch::Receiver<bool>,
+    /// Set when the pipeline drains for shutdown.
+    draining: watch::Receiver<bool>,
     monitor: Arc<Monitor>,
 }
 
@@ -474,6 +471,7 @@ struct ConsumeLoop {
 enum PauseReason {
     Budget,
     Operator,
+    Draining,
 }
 
 impl PauseReason {
@@ -481,6 +479,7 @@ impl PauseReason {
         match self {
             PauseReason::Budget => "Paused partitions: in-flight budget exhausted",
             PauseReason::Operator => "Paused partitions: paused by an operator",
+            PauseReason::Draining => "Paused partitions: draining for shutdown",
         }
     }
 }
@@ -493,6 +492,13 @@ async fn consume_loop(ctx: ConsumeLoop) {
     // Records that arrived while pausing (fetched just before); processed first on resume.
     let mut held: VecDeque<OwnedMessage> = VecDeque::new();
     loop {
+        if *ctx.draining.borrow() {
+            // Polling goes on while paused, so rebalances are still served while draining.
+            let mut never = ctx.draining.clone();
+            let forever = async move { pause_becomes(&mut never, false).await };
+            hold_paused(&ctx, &mut held, PauseReason::Draining, forever).await;
+            continue;
+        }
         if *ctx.operator_pause.borrow() {
             let mut pause = ctx.operator_pause.clone();
             let resumed = async move { pause_becomes(&mut pause, false).await };
@@ -512,15 +518,17 @@ async fn consume_loop(ctx: ConsumeLoop) {
             }
         };
         let frame = match held.pop_front() {
-            Some(message) => register(&ctx.inflight, &message, credit),
+            Some(message) => register(&ctx.ledger, &message, credit),
             None => {
                 let mut pause = ctx.operator_pause.clone();
+                let mut draining = ctx.draining.clone();
                 tokio::select! {
                     biased;
-                    // An operator pause takes effect while waiting for the next record too.
+                    // A pause or a drain takes effect while waiting for the next record too.
                     () = pause_becomes(&mut pause, true) => continue,
+                    () = pause_becomes(&mut draining, true) => continue,
                     message = ctx.consumer.recv() => match message {
-                        Ok(message) => register(&ctx.inflight, &message, credit),
+                        Ok(message) => register(&ctx.ledger, &message, credit),
                         Err(error) => {
                             if let Some(held_back) = CONSUMER_ERROR.allow() {
                                 tracing::warn!(%error, held_back, "Kafka consumer error");
@@ -535,8 +543,8 @@ async fn consume_loop(ctx: ConsumeLoop) {
         let metrics = &ctx.monitor.metrics;
         ctx.monitor.consumer_heartbeat();
         metrics.frames_consumed.inc();
-        metrics.frames_in_flight.set(ctx.inflight.len() as i64);
-        dispatch(&ctx.names, &ctx.monitor, frame).await;
+        metrics.frames_in_flight.set(ctx.ledger.len() as i64);
+        dispatch(&ctx.out, &ctx.monitor, frame);
     }
 }
 
@@ -603,7 +611,7 @@ fn set_paused(ctx: &ConsumeLoop, pause: bool, reason: PauseReason) {
     if pause && !was {
         tracing::info!(
             partitions = assignment.count(),
-            in_flight = ctx.inflight.len(),
+            in_flight = ctx.ledger.len(),
             "{}",
             reason.describe()
         );
@@ -614,7 +622,7 @@ fn set_paused(ctx: &ConsumeLoop, pause: bool, reason: PauseReason) {
 
 /// Records a consumed message in flight and turns it into a frame holding `credit`.
 fn register<M: Message>(
-    inflight: &InFlight,
+    ledger: &Arc<Ledger>,
     message: &M,
     credit: tokio::sync::OwnedSemaphorePermit,
 ) -> Frame {
@@ -634,9 +642,10 @@ fn register<M: Message>(
     let payload: Arc<[u8]> = Arc::from(message.payload().unwrap_or_default());
     let record_key = message.key().map(<[u8]>::to_vec);
     let kafka_timestamp_ms = message.timestamp().to_millis();
-    inflight.register(partition, message.offset(), move |key| Frame {
+    ledger.register(partition, message.offset(), move |key, ack| Frame {
         meta: Arc::new(FrameMeta {
             key,
+            ack,
             record_key,
             headers,
             kafka_timestamp_ms,

@@ -8,10 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use tessera_models::ModelError;
-use tessera_operators::decode::DecodeError;
-
-use crate::supervisor::Child;
+use crate::protocol::{DeadLetterKind, ErrorDomain, StageId};
 
 /// Metric names (`tessera_<subsystem>_<name>_<unit>`, `_total` for counters).
 pub mod names {
@@ -31,10 +28,13 @@ pub mod names {
     pub const FRAMES_SKIPPED: &str = "tessera_publish_frames_skipped_total";
     pub const FRAMES_DEAD_LETTERED: &str = "tessera_publish_frames_dead_lettered_total";
     pub const ACTOR_RESTARTS: &str = "tessera_supervisor_actor_restarts_total";
+    pub const DELIVERY_FAILURES: &str = "tessera_publish_delivery_failures_total";
+    pub const COMMIT_FAILURES: &str = "tessera_ingest_commit_failures_total";
+    pub const PRODUCERS_REPLACED: &str = "tessera_publish_producers_replaced_total";
     pub const MODEL_INFO: &str = "tessera_model_info";
 
     /// Every tessera metric family, in exposition order of this list.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 20] = [
         FRAMES_CONSUMED,
         PARTITIONS_ASSIGNED,
         PARTITIONS_PAUSED,
@@ -51,6 +51,9 @@ pub mod names {
         FRAMES_SKIPPED,
         FRAMES_DEAD_LETTERED,
         ACTOR_RESTARTS,
+        DELIVERY_FAILURES,
+        COMMIT_FAILURES,
+        PRODUCERS_REPLACED,
         MODEL_INFO,
     ];
 
@@ -71,6 +74,7 @@ pub mod labels {
     pub const QUEUE: &str = "queue";
     pub const KIND: &str = "kind";
     pub const ACTOR: &str = "actor";
+    pub const CAUSE: &str = "cause";
     pub const TOPIC: &str = "topic";
     pub const PARTITION: &str = "partition";
     pub const MODEL: &str = "model";
@@ -79,18 +83,9 @@ pub mod labels {
     pub const EXECUTION_PROVIDER: &str = "execution_provider";
 }
 
-/// Every dead-letter kind tessera emits (the README's table): the bounded values of `kind`.
-pub fn dead_letter_kinds() -> impl Iterator<Item = &'static str> {
-    crate::prepare::RECORD_KINDS
-        .into_iter()
-        .chain(DecodeError::KINDS)
-        .chain(ModelError::FRAME_KINDS)
-        .chain([crate::ingest::PROCESSING_FAILED])
-}
-
 /// A pipeline stage whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+pub enum Step {
     Decode,
     /// Tile grid plus preprocessing into the model tensors.
     TilePreprocess,
@@ -104,24 +99,24 @@ pub enum Stage {
     Publish,
 }
 
-impl Stage {
-    pub const ALL: [Stage; 6] = [
-        Stage::Decode,
-        Stage::TilePreprocess,
-        Stage::QueueWait,
-        Stage::Inference,
-        Stage::Merge,
-        Stage::Publish,
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::Decode,
+        Step::TilePreprocess,
+        Step::QueueWait,
+        Step::Inference,
+        Step::Merge,
+        Step::Publish,
     ];
 
     pub fn label(self) -> &'static str {
         match self {
-            Stage::Decode => "decode",
-            Stage::TilePreprocess => "tile_preprocess",
-            Stage::QueueWait => "queue_wait",
-            Stage::Inference => "inference",
-            Stage::Merge => "merge",
-            Stage::Publish => "publish",
+            Step::Decode => "decode",
+            Step::TilePreprocess => "tile_preprocess",
+            Step::QueueWait => "queue_wait",
+            Step::Inference => "inference",
+            Step::Merge => "merge",
+            Step::Publish => "publish",
         }
     }
 }
@@ -184,6 +179,12 @@ pub struct Metrics {
     pub frames_skipped: IntCounter,
     frames_dead_lettered: IntCounterVec,
     actor_restarts: IntCounterVec,
+    /// Deliveries Kafka failed (each retried), by error domain.
+    delivery_failures: IntCounterVec,
+    /// Offset commits that failed (the next commit covers them).
+    pub commit_failures: IntCounter,
+    /// Producers replaced after a fatal error.
+    pub producers_replaced: IntCounter,
     model_info: IntGaugeVec,
 }
 
@@ -233,9 +234,17 @@ impl Metrics {
         let actor_restarts = IntCounterVec::new(
             Opts::new(
                 names::ACTOR_RESTARTS,
-                "Failures of supervised actors (pool workers included) that led to a restart",
+                "Failures of supervised stages that led to a restart, by stage and cause (error domain)",
             ),
-            &[labels::ACTOR],
+            &[labels::ACTOR, labels::CAUSE],
+        )
+        .expect("valid metric");
+        let delivery_failures = IntCounterVec::new(
+            Opts::new(
+                names::DELIVERY_FAILURES,
+                "Records Kafka failed to deliver (each is sent again), by cause",
+            ),
+            &[labels::CAUSE],
         )
         .expect("valid metric");
         let metrics = Self {
@@ -272,7 +281,7 @@ impl Metrics {
                 "Frames consumed whose output Kafka has not acknowledged yet",
             )
             .expect("valid metric"),
-            stage_latency: Stage::ALL.map(|s| stage_latency.with_label_values(&[s.label()])),
+            stage_latency: Step::ALL.map(|s| stage_latency.with_label_values(&[s.label()])),
             end_to_end_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     names::END_TO_END_LATENCY,
@@ -318,17 +327,39 @@ impl Metrics {
                 ],
             )
             .expect("valid metric"),
+            commit_failures: IntCounter::new(
+                names::COMMIT_FAILURES,
+                "Offset commits that failed (the next commit covers their offsets)",
+            )
+            .expect("valid metric"),
+            producers_replaced: IntCounter::new(
+                names::PRODUCERS_REPLACED,
+                "Kafka producers replaced after a fatal error (their records are sent again)",
+            )
+            .expect("valid metric"),
             frames_dead_lettered,
             actor_restarts,
+            delivery_failures,
             registry,
         };
-        for kind in dead_letter_kinds() {
-            metrics.frames_dead_lettered.with_label_values(&[kind]);
+        for kind in DeadLetterKind::ALL {
+            metrics
+                .frames_dead_lettered
+                .with_label_values(&[kind.as_str()]);
         }
-        for child in Child::START_ORDER {
-            metrics.actor_restarts.with_label_values(&[child.name()]);
+        for stage in StageId::ALL {
+            for domain in ErrorDomain::ALL {
+                metrics
+                    .actor_restarts
+                    .with_label_values(&[stage.name(), domain.as_str()]);
+            }
         }
-        let collectors: [Box<dyn Collector>; 17] = [
+        for domain in ErrorDomain::ALL {
+            metrics
+                .delivery_failures
+                .with_label_values(&[domain.as_str()]);
+        }
+        let collectors: [Box<dyn Collector>; 20] = [
             Box::new(metrics.frames_consumed.clone()),
             Box::new(metrics.partitions_assigned.clone()),
             Box::new(metrics.partitions_paused.clone()),
@@ -345,6 +376,9 @@ impl Metrics {
             Box::new(metrics.frames_skipped.clone()),
             Box::new(metrics.frames_dead_lettered.clone()),
             Box::new(metrics.actor_restarts.clone()),
+            Box::new(metrics.delivery_failures.clone()),
+            Box::new(metrics.commit_failures.clone()),
+            Box::new(metrics.producers_replaced.clone()),
             Box::new(metrics.model_info.clone()),
         ];
         for collector in collectors {
@@ -364,9 +398,9 @@ impl Metrics {
         metrics
     }
 
-    /// The latency histogram of `stage`.
-    pub fn stage(&self, stage: Stage) -> &Histogram {
-        &self.stage_latency[stage as usize]
+    /// The latency histogram of `step`.
+    pub fn stage(&self, step: Step) -> &Histogram {
+        &self.stage_latency[step as usize]
     }
 
     /// The pushed/popped counters of `queue`.
@@ -375,8 +409,17 @@ impl Metrics {
     }
 
     /// Counts an acknowledged dead letter of `kind`.
-    pub fn dead_lettered(&self, kind: &str) {
-        self.frames_dead_lettered.with_label_values(&[kind]).inc();
+    pub fn dead_lettered(&self, kind: DeadLetterKind) {
+        self.frames_dead_lettered
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    /// Counts a failed delivery (the record is sent again).
+    pub fn delivery_failed(&self, cause: ErrorDomain) {
+        self.delivery_failures
+            .with_label_values(&[cause.as_str()])
+            .inc();
     }
 
     /// Dead letters acknowledged since start, over every kind.
@@ -389,9 +432,11 @@ impl Metrics {
             .sum()
     }
 
-    /// Counts a failure of a supervised actor (`Child::name`) that leads to a restart.
-    pub fn actor_restarted(&self, actor: &str) {
-        self.actor_restarts.with_label_values(&[actor]).inc();
+    /// Counts a failure of a supervised stage that leads to a restart.
+    pub fn actor_restarted(&self, stage: StageId, cause: ErrorDomain) {
+        self.actor_restarts
+            .with_label_values(&[stage.name(), cause.as_str()])
+            .inc();
     }
 
     /// Sets the consumer lag of one partition.
@@ -461,10 +506,8 @@ mod tests {
 
     #[test]
     fn every_dead_letter_kind_is_documented() {
-        let readme = include_str!("../../README.md");
-        let kinds: Vec<&str> = dead_letter_kinds().collect();
-        assert_eq!(kinds.len(), 12);
-        for kind in kinds {
+        let readme = include_str!("../../../README.md");
+        for kind in DeadLetterKind::ALL.map(DeadLetterKind::as_str) {
             assert!(
                 readme.contains(&format!("`{kind}`")),
                 "{kind} not in README"
@@ -497,7 +540,9 @@ mod tests {
         assert!(
             text.contains(r#"tessera_publish_frames_dead_lettered_total{kind="corrupt_image"} 0"#)
         );
-        assert!(text.contains(r#"tessera_supervisor_actor_restarts_total{actor="recognize"} 0"#));
+        assert!(text.contains(
+            r#"tessera_supervisor_actor_restarts_total{actor="recognize",cause="internal"} 0"#
+        ));
         assert!(
             text.contains(r#"tessera_pipeline_stage_latency_seconds_count{stage="queue_wait"} 0"#)
         );

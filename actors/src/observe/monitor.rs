@@ -7,13 +7,16 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use ractor::{ActorCell, ActorStatus};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::frame::{PartitionId, now_ms};
-use crate::inflight::InFlight;
-use crate::metrics::Metrics;
+use super::metrics::Metrics;
+use crate::protocol::{PartitionId, PartitionProgress, now_ms};
+
+/// Where each assigned partition stands (the delivery ledger's snapshot).
+pub type ProgressProbe = Box<dyn Fn() -> Vec<PartitionProgress> + Send + Sync>;
+/// Whether the actor tree is still up (its root not stopping or stopped).
+pub type TreeProbe = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// Where the pipeline is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -117,7 +120,6 @@ struct ConsumerState {
 }
 
 /// The shared view and controls of one pipeline.
-#[derive(Debug)]
 pub struct Monitor {
     pub metrics: Metrics,
     instance: String,
@@ -129,14 +131,23 @@ pub struct Monitor {
     consumer: Mutex<ConsumerState>,
     /// The operator pause; ingest watches it.
     pause: watch::Sender<bool>,
-    inflight: OnceLock<Arc<InFlight>>,
-    /// The root of the actor tree.
-    supervisor: OnceLock<ActorCell>,
+    progress: OnceLock<ProgressProbe>,
+    /// Asks the root of the actor tree whether it is up.
+    tree: OnceLock<TreeProbe>,
     /// Last time (ms since start) the consumer was seen serving its client (statistics are
     /// delivered from its poll), or 0 before the first time.
     consumer_heartbeat_ms: AtomicI64,
     /// How long the consumer may go unseen before the pipeline is reported not live.
     liveness_timeout: Duration,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("instance", &self.instance)
+            .field("phase", &self.phase())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Monitor {
@@ -153,8 +164,8 @@ impl Monitor {
             model: Mutex::new(None),
             consumer: Mutex::new(ConsumerState::default()),
             pause: watch::Sender::new(false),
-            inflight: OnceLock::new(),
-            supervisor: OnceLock::new(),
+            progress: OnceLock::new(),
+            tree: OnceLock::new(),
             consumer_heartbeat_ms: AtomicI64::new(0),
             liveness_timeout,
         })
@@ -187,14 +198,18 @@ impl Monitor {
         lock(&self.model).clone()
     }
 
-    /// Gives the monitor the registry of frames in flight (once, at start).
-    pub(crate) fn attach_inflight(&self, inflight: Arc<InFlight>) {
-        let _ = self.inflight.set(inflight);
+    /// Gives the monitor the ledger's view of the partitions (once, at start).
+    pub(crate) fn attach_progress(&self, probe: ProgressProbe) {
+        let _ = self.progress.set(probe);
     }
 
-    /// Gives the monitor the root of the actor tree (once, at start).
-    pub(crate) fn attach_supervisor(&self, supervisor: ActorCell) {
-        let _ = self.supervisor.set(supervisor);
+    /// Gives the monitor a probe of the actor tree's root (once, at start).
+    pub(crate) fn attach_tree(&self, probe: TreeProbe) {
+        let _ = self.tree.set(probe);
+    }
+
+    fn progress(&self) -> Vec<PartitionProgress> {
+        self.progress.get().map(|probe| probe()).unwrap_or_default()
     }
 
     /// The consumer joined its group and got `partitions` (possibly none: idle).
@@ -240,11 +255,7 @@ impl Monitor {
     /// committed one, else the low watermark (nothing processed yet). Queried rather than
     /// taken from fetch statistics, which go stale while partitions are paused.
     pub(crate) fn partition_watermarks(&self, watermarks: Vec<(PartitionId, i64, i64)>) {
-        let progress = self
-            .inflight
-            .get()
-            .map(|inflight| inflight.snapshot())
-            .unwrap_or_default();
+        let progress = self.progress();
         let mut consumer = lock(&self.consumer);
         for (partition, low, high) in watermarks {
             let Some(slot) = consumer.stats.get_mut(&partition) else {
@@ -305,11 +316,8 @@ impl Monitor {
             return Err(NotReady("the pipeline failed".into()));
         }
         if phase == Phase::Running
-            && let Some(supervisor) = self.supervisor.get()
-            && matches!(
-                supervisor.get_status(),
-                ActorStatus::Stopping | ActorStatus::Stopped
-            )
+            && let Some(tree_is_up) = self.tree.get()
+            && !tree_is_up()
         {
             return Err(NotReady("the actor tree has stopped".into()));
         }
@@ -346,11 +354,7 @@ impl Monitor {
 
     /// The status document.
     pub fn status(&self) -> StatusReport {
-        let progress = self
-            .inflight
-            .get()
-            .map(|inflight| inflight.snapshot())
-            .unwrap_or_default();
+        let progress = self.progress();
         let consumer = lock(&self.consumer);
         let partitions = consumer
             .stats

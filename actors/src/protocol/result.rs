@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::frame::{FrameMeta, now_ms};
+
 /// The schema version written into every result.
 pub const RESULT_SCHEMA_VERSION: u32 = 1;
 
@@ -37,6 +39,43 @@ pub struct FrameResult {
     pub classifications: Vec<ClassificationOut>,
     /// Per-stage latencies in milliseconds.
     pub latency_ms: Latencies,
+}
+
+impl FrameResult {
+    /// The result of a frame that was not processed (`status: skipped`); also the base that
+    /// a processed frame's result fills in.
+    pub fn skipped(meta: &FrameMeta, model: ModelRef) -> Self {
+        Self {
+            schema: RESULT_SCHEMA_VERSION,
+            camera: meta.camera(),
+            source: Source {
+                topic: meta.key.partition.topic.to_string(),
+                partition: meta.key.partition.partition,
+                offset: meta.key.offset,
+            },
+            frame_id: meta.frame_id(),
+            timestamps: Timestamps {
+                capture_ms: meta.capture_ms(),
+                kafka_ms: meta.kafka_timestamp_ms,
+                received_ms: meta.received_ms,
+                completed_ms: now_ms(),
+            },
+            image: ImageSize {
+                width: 0,
+                height: 0,
+            },
+            model,
+            head_version: None,
+            tile_count: 0,
+            status: FrameStatus::Skipped,
+            detections: Vec::new(),
+            classifications: Vec::new(),
+            latency_ms: Latencies {
+                total: meta.received_at.elapsed().as_secs_f64() * 1000.0,
+                ..Latencies::default()
+            },
+        }
+    }
 }
 
 /// Kafka coordinates of the input record.

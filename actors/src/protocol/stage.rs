@@ -1,0 +1,45 @@
+//! Identifiers of the pipeline's stages: actor names, restart metric labels and log fields
+//! derive from them.
+
+use std::fmt;
+
+/// A stage of the actor tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StageId {
+    Ingest,
+    Prepare,
+    Recognize,
+    Merge,
+    Sequencer,
+    Publish,
+}
+
+impl StageId {
+    /// Every stage, in the order a frame passes them.
+    pub const ALL: [StageId; 6] = [
+        StageId::Ingest,
+        StageId::Prepare,
+        StageId::Recognize,
+        StageId::Merge,
+        StageId::Sequencer,
+        StageId::Publish,
+    ];
+
+    /// Stable snake_case name (actor names, metric labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            StageId::Ingest => "ingest",
+            StageId::Prepare => "prepare",
+            StageId::Recognize => "recognize",
+            StageId::Merge => "merge",
+            StageId::Sequencer => "sequencer",
+            StageId::Publish => "publish",
+        }
+    }
+}
+
+impl fmt::Display for StageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

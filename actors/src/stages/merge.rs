@@ -1,0 +1,289 @@
+//! Merge: collects the tile outputs of each frame, maps them to frame pixels and merges them
+//! across tiles into the frame's result. Frames leave in the order they finish; the
+//! sequencer after merge restores input order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_models::{Model, TileOutput, finish_frame};
+use tessera_operators::merge::MergeConfig;
+use tessera_operators::preprocess::InputTransform;
+
+use crate::delivery::Ledger;
+use crate::observe::{Monitor, Step};
+use crate::protocol::messages::{FrameLayout, Recognized, Unprocessed};
+use crate::protocol::result::{
+    BoxOut, ClassificationOut, DetectionOut, FrameResult, FrameStatus, ImageSize, Latencies,
+    ModelRef,
+};
+use crate::protocol::{FrameKey, FrameMeta, Outcome, Rejection, StageFailure, StageId};
+use crate::stage::{ChildSpec, Edge, FrameStage, frame_stage};
+
+/// How often the frames of revoked partitions are dropped.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+
+/// What merge needs to finish frames.
+#[derive(Debug, Clone)]
+pub struct MergeSettings {
+    pub model: Arc<Model>,
+    pub merge: MergeConfig,
+    pub ledger: Arc<Ledger>,
+    pub monitor: Arc<Monitor>,
+}
+
+/// The supervisor's entry for merge.
+pub fn child(settings: MergeSettings, input: Edge<Recognized>, out: Edge<Outcome>) -> ChildSpec {
+    frame_stage(
+        StageId::Merge,
+        1,
+        move || Ok(Merge::new(settings.clone())),
+        input,
+        out,
+    )
+}
+
+/// A frame waiting for its tile outputs.
+#[derive(Debug)]
+struct Pending {
+    frame: Box<FrameLayout>,
+    /// Tile outputs by tile index.
+    outputs: Vec<Option<TileOutput>>,
+    remaining: usize,
+    preprocess: Duration,
+    inference: Duration,
+    /// Set when a model run failed: the frame is dead-lettered.
+    failure: Option<Rejection>,
+}
+
+/// The merge stage.
+#[derive(Debug)]
+pub struct Merge {
+    settings: MergeSettings,
+    pending: HashMap<FrameKey, Pending>,
+    /// Frames skipped by the lag policy since start.
+    skipped: u64,
+}
+
+impl Merge {
+    pub fn new(settings: MergeSettings) -> Self {
+        Self {
+            settings,
+            pending: HashMap::new(),
+            skipped: 0,
+        }
+    }
+
+    /// The frame's outcome, if it is complete.
+    fn take_finished(&mut self, key: &FrameKey) -> Option<Outcome> {
+        let done = self
+            .pending
+            .get(key)
+            .is_some_and(|p| p.remaining == 0 || p.failure.is_some());
+        if !done {
+            return None;
+        }
+        let pending = self.pending.remove(key)?;
+        Some(finish(&self.settings, pending))
+    }
+
+    fn unprocessed(&mut self, frame: Unprocessed) -> Outcome {
+        self.pending.remove(&frame.meta().key);
+        match frame {
+            Unprocessed::Skipped { meta } => {
+                self.skipped += 1;
+                tracing::debug!(
+                    offset = meta.key.offset,
+                    skipped = self.skipped,
+                    "Stale frame skipped"
+                );
+                let result = skipped_result(&self.settings.model, &meta);
+                Outcome::Result {
+                    meta,
+                    result: Box::new(result),
+                }
+            }
+            Unprocessed::Rejected {
+                meta,
+                payload,
+                rejection,
+            } => Outcome::DeadLetter {
+                meta,
+                payload,
+                rejection,
+            },
+        }
+    }
+}
+
+impl FrameStage for Merge {
+    type In = Recognized;
+    type Out = Outcome;
+
+    async fn process(
+        &mut self,
+        input: Recognized,
+        out: &Edge<Outcome>,
+    ) -> Result<(), StageFailure> {
+        let finished = match input {
+            Recognized::Expect(frame) => {
+                // A re-dispatched frame keeps the progress of earlier attempts: tiling is
+                // deterministic, so any attempt's tile output fills the same slot, and a slow
+                // frame is never reset by its own re-dispatch.
+                let tiles = frame.transforms.len();
+                let key = frame.meta.key.clone();
+                self.pending.entry(key.clone()).or_insert_with(|| Pending {
+                    frame,
+                    outputs: (0..tiles).map(|_| None).collect(),
+                    remaining: tiles,
+                    preprocess: Duration::ZERO,
+                    inference: Duration::ZERO,
+                    failure: None,
+                });
+                // A frame without tiles (an empty grid) is complete at once.
+                self.take_finished(&key)
+            }
+            Recognized::Tiles(share) => {
+                // None: the frame already finished (a re-dispatched duplicate's late output).
+                if let Some(pending) = self.pending.get_mut(&share.frame) {
+                    pending.preprocess += share.preprocess;
+                    pending.inference += share.inference;
+                    for (index, output) in share.tiles.into_iter().zip(share.outputs) {
+                        if let Some(slot) = pending.outputs.get_mut(index)
+                            && slot.replace(output).is_none()
+                        {
+                            pending.remaining -= 1;
+                        }
+                    }
+                }
+                self.take_finished(&share.frame)
+            }
+            Recognized::TilesFailed { frame, rejection } => {
+                // The frame goes to the DLQ at once; later outputs of its other tiles are ignored.
+                if let Some(pending) = self.pending.get_mut(&frame) {
+                    pending.failure = Some(rejection);
+                }
+                self.take_finished(&frame)
+            }
+            Recognized::Unprocessed(frame) => Some(self.unprocessed(frame)),
+        };
+        if let Some(outcome) = finished {
+            let offset = outcome.meta().key.offset;
+            if let Err(error) = out.send(outcome) {
+                // The frame stays in flight: it is dispatched again once the sequencer is back.
+                tracing::debug!(%error, offset, "Outcome not handed on");
+            }
+        }
+        Ok(())
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        Some(PURGE_EVERY)
+    }
+
+    async fn on_tick(&mut self, _out: &Edge<Outcome>) -> Result<(), StageFailure> {
+        // Frames of revoked partitions never finish here: let them (and their credits) go.
+        let ledger = &self.settings.ledger;
+        self.pending.retain(|key, _| ledger.is_live(&key.stream()));
+        Ok(())
+    }
+}
+
+/// Builds the frame's outcome from its tile outputs.
+fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
+    let Pending {
+        frame,
+        outputs,
+        preprocess,
+        inference,
+        failure,
+        ..
+    } = pending;
+    if let Some(rejection) = failure {
+        return Outcome::DeadLetter {
+            meta: frame.meta,
+            payload: frame.payload,
+            rejection,
+        };
+    }
+    let started = Instant::now();
+    let tiles: Vec<(InputTransform, TileOutput)> = frame
+        .transforms
+        .iter()
+        .copied()
+        .zip(outputs.into_iter().map(Option::unwrap_or_default))
+        .collect();
+    let (detections, classifications) = finish_frame(
+        &settings.model,
+        &tiles,
+        frame.width,
+        frame.height,
+        &settings.merge,
+    );
+    let merge = started.elapsed();
+    settings
+        .monitor
+        .metrics
+        .stage(Step::Merge)
+        .observe(merge.as_secs_f64());
+    let meta = &frame.meta;
+    let model = &settings.model;
+    let result = FrameResult {
+        image: ImageSize {
+            width: frame.width,
+            height: frame.height,
+        },
+        tile_count: tiles.len(),
+        status: FrameStatus::Ok,
+        detections: detections
+            .iter()
+            .map(|d| DetectionOut {
+                label: model.label(d.class_id).to_owned(),
+                class_id: d.class_id,
+                score: d.score,
+                bbox: BoxOut {
+                    x1: d.bbox.x1,
+                    y1: d.bbox.y1,
+                    x2: d.bbox.x2,
+                    y2: d.bbox.y2,
+                },
+            })
+            .collect(),
+        classifications: classifications
+            .iter()
+            .map(|c| ClassificationOut {
+                label: model.label(c.class_id).to_owned(),
+                class_id: c.class_id,
+                score: c.score,
+            })
+            .collect(),
+        latency_ms: Latencies {
+            decode: millis(frame.decode),
+            preprocess: millis(preprocess),
+            inference: millis(inference),
+            merge: millis(merge),
+            total: millis(meta.received_at.elapsed()),
+        },
+        ..skipped_result(model, meta)
+    };
+    Outcome::Result {
+        meta: frame.meta,
+        result: Box::new(result),
+    }
+}
+
+/// The result of a frame that was not processed (`status: skipped`); also the base that a
+/// processed frame's result fills in.
+fn skipped_result(model: &Model, meta: &FrameMeta) -> FrameResult {
+    FrameResult::skipped(
+        meta,
+        ModelRef {
+            name: model.manifest.name.clone(),
+            version: model.manifest.version.clone(),
+        },
+    )
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
