@@ -13,14 +13,16 @@
 //! A [`Monitor`] beside the tree holds the metrics, health, status and operator pause that
 //! the `tessera` binary serves over HTTP.
 
+// The public API: the configuration, the protocol (results, headers, kinds), what operators
+// observe, errors, and the handle below. The machinery is the crate's own.
 pub mod config;
-pub mod delivery;
+pub(crate) mod delivery;
 pub mod error;
 pub mod observe;
 pub mod protocol;
-pub mod stage;
-pub mod stages;
-pub mod supervisor;
+pub(crate) mod stage;
+pub(crate) mod stages;
+pub(crate) mod supervisor;
 
 #[cfg(test)]
 mod layering;
@@ -207,6 +209,20 @@ fn wire(
     // Tiles waiting for a model run, plus those in the runs under way: a session that
     // finishes finds the next batch ready instead of waiting for one to be prepared.
     let tile_credits = config.flow.max_queued_tiles + config.recognize.workers * capacity;
+    // Tiles prepared per blocking call: a batch, or half the queue if that is more (fewer
+    // hops for one-slot models); never more than the credits, or a chunk could never start.
+    let chunk = capacity
+        .max(config.flow.max_queued_tiles / 2)
+        .min(tile_credits);
+    // A one-slot batch is its tile's own tensor (no copy): then only tile buffers are needed.
+    let (tiles_at_start, batches_at_start) = if capacity == 1 {
+        (tile_credits, 0)
+    } else {
+        (
+            config.prepare.workers * chunk,
+            config.flow.max_queued_tiles.div_ceil(capacity) + 1 + config.recognize.workers,
+        )
+    };
 
     // The edges. Recognize's input is a queue that outlives the stage's restarts.
     let frames = Edge::new(StageId::Prepare);
@@ -238,11 +254,9 @@ fn wire(
         max_batch: config.recognize.max_batch,
         max_batch_delay: config.recognize.max_batch_delay,
         // Idle buffers for as many full batches as the tile credits allow, one filling and
-        // one running per session.
-        tensors: TensorPool::preallocated(
-            config.flow.max_queued_tiles.div_ceil(capacity) + 1 + config.recognize.workers,
-            capacity * tile_len,
-        ),
+        // one running per session (allocated at start: memory is at its bound from the first
+        // frame instead of creeping up to it).
+        tensors: TensorPool::preallocated(batches_at_start, capacity * tile_len),
         fault: config.recognize.panic_every_nth_batch.map(|every_nth| {
             tracing::warn!(every_nth, "Fault injection on: model runs will panic");
             Arc::new(recognize::InjectedFault::every(every_nth))
@@ -254,13 +268,14 @@ fn wire(
             limits: config.limits.clone(),
             grid: config.tiling.grid(width, height),
             preprocess: model.preprocess_spec(),
-            chunk: capacity,
+            chunk,
             lag_policy: config.flow.lag_policy,
             max_age: config.flow.max_age,
             max_attempts: config.flow.max_attempts,
             tile_credits: Arc::new(Semaphore::new(tile_credits)),
-            // A chunk per lane being filled, and the tiles on their way to the batcher.
-            tiles: TensorPool::new(tile_credits),
+            // A chunk per lane being filled, and the tiles on their way to the batcher (or,
+            // for one-slot batches, every tile a credit allows).
+            tiles: TensorPool::preallocated_up_to(tiles_at_start, tile_credits, tile_len),
         }),
         lanes: config.prepare.workers,
         monitor: monitor.clone(),

@@ -63,6 +63,26 @@ pub struct Found {
     pub bbox: [f32; 4],
 }
 
+impl From<&tessera_operators::detection::Detection> for Found {
+    fn from(d: &tessera_operators::detection::Detection) -> Self {
+        Self {
+            class_id: d.class_id,
+            score: d.score,
+            bbox: [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2],
+        }
+    }
+}
+
+impl From<&tessera_actors::protocol::result::DetectionOut> for Found {
+    fn from(d: &tessera_actors::protocol::result::DetectionOut) -> Self {
+        Self {
+            class_id: d.class_id,
+            score: d.score,
+            bbox: [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2],
+        }
+    }
+}
+
 fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);

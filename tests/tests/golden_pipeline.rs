@@ -45,15 +45,7 @@ async fn yolox_nano_dog_matches_the_golden_through_the_pipeline() -> anyhow::Res
         .result()
         .ok_or_else(|| anyhow::anyhow!("dead-lettered: {output:?}"))?;
     assert_eq!(result.tile_count, 1, "full frame only");
-    let found: Vec<Found> = result
-        .detections
-        .iter()
-        .map(|d| Found {
-            class_id: d.class_id,
-            score: d.score,
-            bbox: [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2],
-        })
-        .collect();
+    let found: Vec<Found> = result.detections.iter().map(Found::from).collect();
     let golden: DetectionGolden = golden::load("yolox_nano_dog_full_frame.json")?;
     let problems = golden::detection_mismatches(&golden, &found);
     assert!(problems.is_empty(), "{}", problems.join("\n"));

@@ -147,15 +147,7 @@ fn yolox_nano_dog_full_frame_matches_reference() -> TestResult {
     // Both ways, boxes and scores: every confident golden detection is found, and nothing
     // confident is found that the golden does not have.
     let golden: DetectionGolden = golden::load("yolox_nano_dog_full_frame.json")?;
-    let found: Vec<Found> = result
-        .detections
-        .iter()
-        .map(|d| Found {
-            class_id: d.class_id,
-            score: d.score,
-            bbox: [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2],
-        })
-        .collect();
+    let found: Vec<Found> = result.detections.iter().map(Found::from).collect();
     let problems = golden::detection_mismatches(&golden, &found);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())

@@ -366,6 +366,15 @@ impl Ledger {
             .is_some_and(|p| p.generation == stream.generation)
     }
 
+    /// Whether the frame is still in flight (not acknowledged, its partition not revoked).
+    pub fn in_flight(&self, key: &FrameKey) -> bool {
+        self.lock()
+            .partitions
+            .get(&key.partition)
+            .filter(|p| p.generation == key.generation)
+            .is_some_and(|p| p.frames.contains_key(&key.offset))
+    }
+
     /// The lowest sequence number of `stream` still in flight (every frame below it is
     /// acknowledged), or the next one to be consumed if none is; `None` if the stream is not
     /// live. A sequencer that starts afresh resumes its ordering there.
@@ -511,6 +520,8 @@ mod tests {
         );
         assert!(work.redispatch.is_empty());
         assert_eq!(ledger.len(), 1);
+        assert!(!ledger.in_flight(&frames[0].meta.key));
+        assert!(ledger.in_flight(&frames[2].meta.key));
         assert_eq!(
             ledger.lowest_in_flight(&frames[2].meta.key.stream()),
             Some(2)

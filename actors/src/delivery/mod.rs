@@ -6,5 +6,5 @@ pub mod ledger;
 pub mod sequencer;
 pub mod watermark;
 
-pub use ledger::{Committable, Ledger, Revoked, Work};
+pub use ledger::{Committable, Ledger};
 pub use sequencer::Sequencer;

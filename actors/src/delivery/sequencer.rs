@@ -83,11 +83,13 @@ impl<S: Eq + Hash + Clone, T> Sequencer<S, T> {
     }
 
     /// Items held back waiting for an earlier sequence number, over all streams.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.streams.values().map(|b| b.waiting.len()).sum()
     }
 
     /// Streams with state.
+    #[cfg(test)]
     pub fn streams(&self) -> usize {
         self.streams.len()
     }

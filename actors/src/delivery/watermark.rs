@@ -35,11 +35,6 @@ impl OffsetWatermark {
             None => self.highest_done.map(|h| h + 1),
         }
     }
-
-    /// Frames of this partition still in flight.
-    pub fn in_flight(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 #[cfg(test)]
@@ -69,7 +64,6 @@ mod tests {
         assert_eq!(w.committable(), Some(13));
         w.acknowledged(13);
         assert_eq!(w.committable(), Some(15));
-        assert_eq!(w.in_flight(), 0);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::dead_letter::Rejection;
 use super::frame::FrameMeta;
-use super::result::{FrameResult, FrameStatus};
+use super::result::{FrameResult, FrameStatus, ModelRef};
 
 /// What becomes of one frame.
 #[derive(Debug)]
@@ -26,6 +26,14 @@ impl Outcome {
     pub fn meta(&self) -> &Arc<FrameMeta> {
         match self {
             Self::Result { meta, .. } | Self::DeadLetter { meta, .. } => meta,
+        }
+    }
+
+    /// The result of a frame that was not processed (`status: skipped`).
+    pub fn skipped(meta: Arc<FrameMeta>, model: ModelRef) -> Self {
+        Self::Result {
+            result: Box::new(FrameResult::skipped(&meta, model)),
+            meta,
         }
     }
 

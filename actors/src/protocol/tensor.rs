@@ -26,7 +26,12 @@ impl TensorPool {
     /// written once so that it is resident now: the pipeline's memory is at its bound from
     /// the first frame instead of creeping up to it as load peaks come and go.
     pub fn preallocated(count: usize, len: usize) -> Self {
-        let pool = Self::new(count);
+        Self::preallocated_up_to(count, count, len)
+    }
+
+    /// [`TensorPool::preallocated`] with `count` buffers, keeping up to `max_free` idle ones.
+    pub fn preallocated_up_to(count: usize, max_free: usize, len: usize) -> Self {
+        let pool = Self::new(max_free.max(count));
         let buffers = (0..count)
             .map(|_| {
                 let mut data = Vec::with_capacity(len);

@@ -89,7 +89,7 @@ impl ChildSpec {
     }
 
     /// Marks the child as the source of frames.
-    pub fn as_source(mut self) -> Self {
+    pub fn into_source(mut self) -> Self {
         self.source = true;
         self
     }

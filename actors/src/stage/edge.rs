@@ -48,11 +48,6 @@ impl<T: Send + 'static> Edge<T> {
         }
     }
 
-    /// The stage this edge leads to.
-    pub fn to(&self) -> StageId {
-        self.to
-    }
-
     /// Points the edge at `sink` (false from the sink: the item could not be taken).
     pub fn point_to(&self, sink: impl Fn(T) -> bool + Send + Sync + 'static) {
         *self.target.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(sink));

@@ -9,4 +9,4 @@ pub mod kafka;
 
 pub use child::{ChildSpec, FailureReporter, SpawnContext, actor_name};
 pub use edge::{Edge, Undelivered};
-pub use frame_stage::{FrameStage, StageActor, StageMsg, frame_stage};
+pub use frame_stage::{FrameStage, frame_stage};

@@ -60,7 +60,7 @@ pub fn child(settings: IngestSettings, out: Edge<Frame>) -> ChildSpec {
             Ok(actor.get_cell())
         }
     })
-    .as_source()
+    .into_source()
 }
 
 /// The ingest actor.

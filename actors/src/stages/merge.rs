@@ -17,7 +17,7 @@ use crate::protocol::result::{
     BoxOut, ClassificationOut, DetectionOut, FrameResult, FrameStatus, ImageSize, Latencies,
     ModelRef,
 };
-use crate::protocol::{FrameKey, FrameMeta, Outcome, Rejection, StageFailure, StageId};
+use crate::protocol::{FrameKey, Outcome, Rejection, StageFailure, StageId};
 use crate::stage::{ChildSpec, Edge, FrameStage, frame_stage};
 
 /// How often the frames of revoked partitions are dropped.
@@ -97,11 +97,7 @@ impl Merge {
                     skipped = self.skipped,
                     "Stale frame skipped"
                 );
-                let result = skipped_result(&self.settings.model, &meta);
-                Outcome::Result {
-                    meta,
-                    result: Box::new(result),
-                }
+                Outcome::skipped(meta, model_ref(&self.settings.model))
             }
             Unprocessed::Rejected {
                 meta,
@@ -182,9 +178,11 @@ impl FrameStage for Merge {
     }
 
     async fn on_tick(&mut self, _out: &Edge<Outcome>) -> Result<(), StageFailure> {
-        // Frames of revoked partitions never finish here: let them (and their credits) go.
+        // Frames no longer in flight never finish here (their partition was revoked, or another
+        // attempt finished them): let them, and their credits, go. Merge's state is thereby
+        // bounded by the frames in flight.
         let ledger = &self.settings.ledger;
-        self.pending.retain(|key, _| ledger.is_live(&key.stream()));
+        self.pending.retain(|key, _| ledger.in_flight(key));
         Ok(())
     }
 }
@@ -264,7 +262,7 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
             merge: millis(merge),
             total: millis(meta.received_at.elapsed()),
         },
-        ..skipped_result(model, meta)
+        ..FrameResult::skipped(meta, model_ref(model))
     };
     Outcome::Result {
         meta: frame.meta,
@@ -272,16 +270,12 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
     }
 }
 
-/// The result of a frame that was not processed (`status: skipped`); also the base that a
-/// processed frame's result fills in.
-fn skipped_result(model: &Model, meta: &FrameMeta) -> FrameResult {
-    FrameResult::skipped(
-        meta,
-        ModelRef {
-            name: model.manifest.name.clone(),
-            version: model.manifest.version.clone(),
-        },
-    )
+/// The model as results name it.
+fn model_ref(model: &Model) -> ModelRef {
+    ModelRef {
+        name: model.manifest.name.clone(),
+        version: model.manifest.version.clone(),
+    }
 }
 
 fn millis(d: Duration) -> f64 {

@@ -588,17 +588,13 @@ mod tests {
                 attempt: 0,
             }
         });
-        let meta = frame.meta.clone();
-        Outcome::Result {
-            result: Box::new(FrameResult::skipped(
-                &meta,
-                ModelRef {
-                    name: "m".into(),
-                    version: "1".into(),
-                },
-            )),
-            meta,
-        }
+        Outcome::skipped(
+            frame.meta.clone(),
+            ModelRef {
+                name: "m".into(),
+                version: "1".into(),
+            },
+        )
     }
 
     /// Polls until the ledger holds no frame (every output acknowledged).

@@ -337,17 +337,31 @@ impl BatchingThread {
         }
     }
 
-    /// Copies a tile into the open batch's next slot; dispatches the batch if it is full.
+    /// Copies a tile into the open batch's next slot (a one-slot batch takes the tile's own
+    /// tensor); dispatches the batch if it is full.
     fn push(&mut self, frame: &AckHandle, tile: PreparedTile) {
         let capacity = self.batcher.capacity();
         let len = tile.tensor.len();
-        let pool = &self.settings.tensors;
-        let open = self.open.get_or_insert_with(|| OpenTensor {
-            tensor: pool.take(capacity * len),
-            credits: None,
-        });
         let slot = self.batcher.len();
-        open.tensor[slot * len..(slot + 1) * len].copy_from_slice(&tile.tensor);
+        let open = match self.open.take() {
+            Some(mut open) => {
+                open.tensor[slot * len..(slot + 1) * len].copy_from_slice(&tile.tensor);
+                open
+            }
+            None if capacity == 1 => OpenTensor {
+                tensor: tile.tensor,
+                credits: None,
+            },
+            None => {
+                let mut tensor = self.settings.tensors.take(capacity * len);
+                tensor[..len].copy_from_slice(&tile.tensor);
+                OpenTensor {
+                    tensor,
+                    credits: None,
+                }
+            }
+        };
+        let open = self.open.insert(open);
         if let Some(credit) = tile.credit {
             match &mut open.credits {
                 Some(credits) => credits.merge(credit),

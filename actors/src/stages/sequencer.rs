@@ -51,6 +51,7 @@ impl SequencerStage {
     }
 
     /// Frames held back waiting for an earlier one.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.order.waiting()
     }
@@ -113,7 +114,7 @@ mod tests {
 
     use super::*;
     use crate::observe::Monitor;
-    use crate::protocol::result::{FrameResult, ModelRef};
+    use crate::protocol::result::ModelRef;
     use crate::protocol::{Frame, FrameMeta, PartitionId};
 
     fn partition() -> PartitionId {
@@ -124,17 +125,13 @@ mod tests {
     }
 
     fn outcome(frame: &Frame) -> Outcome {
-        let meta = frame.meta.clone();
-        Outcome::Result {
-            result: Box::new(FrameResult::skipped(
-                &meta,
-                ModelRef {
-                    name: "m".into(),
-                    version: "1".into(),
-                },
-            )),
-            meta,
-        }
+        Outcome::skipped(
+            frame.meta.clone(),
+            ModelRef {
+                name: "m".into(),
+                version: "1".into(),
+            },
+        )
     }
 
     /// Registers `count` frames, each holding one of `credits`.
