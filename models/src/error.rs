@@ -30,8 +30,14 @@ pub enum ModelError {
         reason: String,
     },
     /// The library was found but ONNX Runtime could not be initialised (wrong version, ...).
-    #[error("cannot initialise ONNX Runtime: {0}")]
-    RuntimeInit(String),
+    #[error("cannot initialise ONNX Runtime ({context})")]
+    RuntimeInit {
+        /// What was being done.
+        context: &'static str,
+        /// ONNX Runtime's (or the loader's) error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A model manifest or its label file is invalid.
     #[error("invalid model manifest {}: {message}", path.display())]
     Manifest {
@@ -54,18 +60,37 @@ pub enum ModelError {
     Load {
         /// The ONNX file.
         path: PathBuf,
-        /// What went wrong.
+        /// What went wrong (or what was being done, when `source` says what went wrong).
         message: String,
+        /// ONNX Runtime's error, when it refused.
+        #[source]
+        source: Option<ort::Error>,
     },
     /// A session or execution-provider configuration is invalid.
     #[error("invalid session configuration: {0}")]
     InvalidConfig(String),
     /// ONNX Runtime failed while running the model.
-    #[error("inference failed: {0}")]
-    Inference(String),
+    #[error("inference failed ({context})")]
+    Inference {
+        /// What was being done.
+        context: String,
+        /// ONNX Runtime's error, if it raised one.
+        #[source]
+        source: Option<ort::Error>,
+    },
     /// A tensor does not have the shape or length the model needs (a caller bug).
     #[error("tensor shape mismatch: {0}")]
     Shape(String),
+    /// ONNX Runtime refused an input tensor (its shape or length; a caller bug).
+    #[error("invalid input tensor")]
+    Tensor(#[source] ort::Error),
+    /// A tile could not be preprocessed (a bug or a bad manifest).
+    #[error("preprocessing tile {tile}")]
+    Preprocess {
+        tile: usize,
+        #[source]
+        source: tessera_operators::preprocess::PreprocessError,
+    },
 }
 
 impl ModelError {
@@ -76,13 +101,13 @@ impl ModelError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::RuntimeNotFound { .. } => "runtime_not_found",
-            Self::RuntimeInit(_) => "runtime_init",
+            Self::RuntimeInit { .. } => "runtime_init",
             Self::Manifest { .. } => "invalid_manifest",
             Self::Io { .. } => "io",
             Self::Load { .. } => "model_load",
             Self::InvalidConfig(_) => "invalid_config",
-            Self::Inference(_) => "inference",
-            Self::Shape(_) => "shape_mismatch",
+            Self::Inference { .. } => "inference",
+            Self::Shape(_) | Self::Tensor(_) | Self::Preprocess { .. } => "shape_mismatch",
         }
     }
 
@@ -90,14 +115,35 @@ impl ModelError {
     pub fn origin(&self) -> ErrorOrigin {
         match self {
             Self::RuntimeNotFound { .. }
-            | Self::RuntimeInit(_)
+            | Self::RuntimeInit { .. }
             | Self::Manifest { .. }
             | Self::Io { .. }
             | Self::Load { .. }
             | Self::InvalidConfig(_) => ErrorOrigin::Config,
-            Self::Inference(_) => ErrorOrigin::External,
-            Self::Shape(_) => ErrorOrigin::Internal,
+            Self::Inference { .. } => ErrorOrigin::External,
+            Self::Shape(_) | Self::Tensor(_) | Self::Preprocess { .. } => ErrorOrigin::Internal,
         }
+    }
+
+    /// A failed model run with no error of ONNX Runtime's to carry.
+    pub fn inference(context: impl Into<String>) -> Self {
+        Self::Inference {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The message and every cause below it, `: `-separated (for a dead letter's header or a
+    /// log line, which carry one string).
+    pub fn detail(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
     }
 
     /// True when retrying the same operation later (with backoff) may succeed: only run-time
@@ -110,6 +156,20 @@ impl ModelError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_are_sources_and_printed_once() {
+        let e = ModelError::Inference {
+            context: "running the model".into(),
+            source: Some(ort::Error::new("device lost")),
+        };
+        assert_eq!(e.to_string(), "inference failed (running the model)");
+        assert_eq!(
+            e.detail(),
+            "inference failed (running the model): device lost"
+        );
+        assert_eq!(e.kind(), "inference");
+    }
 
     #[test]
     fn runtime_not_found_names_the_fix() {
@@ -126,7 +186,7 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert!(ModelError::Inference("x".into()).is_retryable());
+        assert!(ModelError::inference("x").is_retryable());
         assert_eq!(
             ModelError::Shape("x".into()).origin(),
             ErrorOrigin::Internal

@@ -32,9 +32,10 @@ pub struct ModelInfo {
 
 /// Loads `path` (CPU provider, no optimisation) and lists its inputs and outputs.
 pub fn inspect(env: &Environment, path: &Path) -> Result<ModelInfo, ModelError> {
-    let load_err = |message: String| ModelError::Load {
+    let load_err = |message: &str, source: ort::Error| ModelError::Load {
         path: path.to_path_buf(),
-        message,
+        message: message.to_owned(),
+        source: Some(source),
     };
     if !path.is_file() {
         return Err(ModelError::Io {
@@ -43,11 +44,11 @@ pub fn inspect(env: &Environment, path: &Path) -> Result<ModelInfo, ModelError> 
         });
     }
     let session = Session::builder(env)
-        .map_err(|e| load_err(e.to_string()))?
+        .map_err(|e| load_err("creating a session builder", e))?
         .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Disable)
-        .map_err(|e| load_err(e.to_string()))?
+        .map_err(|e| load_err("disabling graph optimisation", e.into()))?
         .commit_from_file(path)
-        .map_err(|e| load_err(e.to_string()))?;
+        .map_err(|e| load_err("creating the session", e))?;
     Ok(ModelInfo {
         inputs: session.inputs().iter().map(info).collect(),
         outputs: session.outputs().iter().map(info).collect(),

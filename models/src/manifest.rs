@@ -318,6 +318,7 @@ impl Model {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            source: None,
         })?;
         Ok(Model {
             manifest,

@@ -247,9 +247,10 @@ pub(crate) fn build_session(
     config: &SessionConfig,
 ) -> Result<(Session, &'static str), ModelError> {
     config.validate()?;
-    let load_err = |message: String| ModelError::Load {
+    let load_err = |(message, source): (&str, ort::Error)| ModelError::Load {
         path: path.to_path_buf(),
-        message,
+        message: message.to_owned(),
+        source: Some(source),
     };
     // Non-CPU providers still in the running; a provider is removed when registration or
     // session creation with it fails.
@@ -278,7 +279,7 @@ pub(crate) fn build_session(
             // CPU only: ONNX Runtime always has it, so no registration is needed.
             let session = builder
                 .commit_from_file(path)
-                .map_err(|e| load_err(e.to_string()))?;
+                .map_err(|e| load_err(("creating the session", e)))?;
             return Ok((session, "cpu"));
         }
         match builder.commit_from_file(path) {
@@ -295,18 +296,22 @@ pub(crate) fn build_session(
     }
 }
 
-/// A session builder with the thread and optimisation options applied.
-fn base_builder(env: &Environment, config: &SessionConfig) -> Result<SessionBuilder, String> {
+/// A session builder with the thread and optimisation options applied; on failure, what was
+/// being set and ONNX Runtime's error.
+fn base_builder(
+    env: &Environment,
+    config: &SessionConfig,
+) -> Result<SessionBuilder, (&'static str, ort::Error)> {
     Session::builder(env)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ("creating a session builder", e))?
         .with_optimization_level(config.graph_optimization.into())
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ("setting the graph optimisation level", e.into()))?
         .with_intra_threads(config.intra_op_threads)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ("setting the intra-op threads", e.into()))?
         .with_inter_threads(config.inter_op_threads)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ("setting the inter-op threads", e.into()))?
         .with_parallel_execution(config.inter_op_threads > 1)
-        .map_err(|e| e.to_string())
+        .map_err(|e| ("setting parallel execution", e.into()))
 }
 
 #[cfg(test)]

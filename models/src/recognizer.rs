@@ -93,8 +93,9 @@ impl Recognizer {
                 let t = self
                     .preprocessor
                     .prepare_into(frame, tile.rect, out)
-                    .map_err(|e| {
-                        ModelError::Shape(format!("preprocessing tile {}: {e}", tile.index))
+                    .map_err(|source| ModelError::Preprocess {
+                        tile: tile.index,
+                        source,
                     })?;
                 transforms.push(t);
             }

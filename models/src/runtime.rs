@@ -48,13 +48,19 @@ pub fn init_runtime(dylib: Option<&Path>) -> Result<Arc<Environment>, ModelError
             path: Some(path),
             reason: "the file is not an ONNX Runtime library (no OrtGetApiBase)".into(),
         },
-        other => ModelError::RuntimeInit(other.to_string()),
+        other => ModelError::RuntimeInit {
+            context: "loading the library",
+            source: Box::new(other),
+        },
     })?;
     let env = builder
         .with_name("tessera")
         .with_telemetry(false)
         .build()
-        .map_err(|e| ModelError::RuntimeInit(e.to_string()))?;
+        .map_err(|e| ModelError::RuntimeInit {
+            context: "creating the environment",
+            source: Box::new(e),
+        })?;
     tracing::info!(library = %path.display(), "ONNX Runtime loaded.");
     let env = Arc::new(env);
     *guard = Some((Arc::clone(&env), path));

@@ -64,6 +64,7 @@ impl ModelSession {
         let load_err = |message: String| ModelError::Load {
             path: path.clone(),
             message,
+            source: None,
         };
         let m = &model.manifest;
 
@@ -207,18 +208,25 @@ impl ModelSession {
     ) -> Result<(), ModelError> {
         let m = &self.model.manifest;
         let (w, h) = (m.input.width as usize, m.input.height as usize);
-        let tensor = TensorRef::from_array_view(([batch, 3, h, w], input))
-            .map_err(|e| ModelError::Shape(e.to_string()))?;
+        let tensor =
+            TensorRef::from_array_view(([batch, 3, h, w], input)).map_err(ModelError::Tensor)?;
         let outputs = self
             .session
             .run(ort::inputs![m.input.name.as_str() => tensor])
-            .map_err(|e| ModelError::Inference(e.to_string()))?;
+            .map_err(|e| ModelError::Inference {
+                context: "running the model".into(),
+                source: Some(e),
+            })?;
         let value = outputs.get(m.output.name.as_str()).ok_or_else(|| {
-            ModelError::Inference(format!("output `{}` missing from the run", m.output.name))
+            ModelError::inference(format!("output `{}` missing from the run", m.output.name))
         })?;
-        let (shape, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| ModelError::Inference(e.to_string()))?;
+        let (shape, data) =
+            value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| ModelError::Inference {
+                    context: format!("reading output `{}`", m.output.name),
+                    source: Some(e),
+                })?;
         if shape.first().copied() != i64::try_from(batch).ok() || !data.len().is_multiple_of(batch)
         {
             return Err(ModelError::Shape(format!(

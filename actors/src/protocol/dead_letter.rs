@@ -110,8 +110,10 @@ impl DeadLetterKind {
     /// one frame, such as a model that cannot load).
     pub fn of_model(error: &ModelError) -> Option<Self> {
         match error {
-            ModelError::Inference(_) => Some(DeadLetterKind::Inference),
-            ModelError::Shape(_) => Some(DeadLetterKind::ShapeMismatch),
+            ModelError::Inference { .. } => Some(DeadLetterKind::Inference),
+            ModelError::Shape(_) | ModelError::Tensor(_) | ModelError::Preprocess { .. } => {
+                Some(DeadLetterKind::ShapeMismatch)
+            }
             _ => None,
         }
     }
@@ -175,15 +177,12 @@ mod tests {
             assert_eq!(DeadLetterKind::of_decode(error).as_str(), error.kind());
         }
         assert_eq!(DecodeError::KINDS.len(), decode.len());
-        for error in [
-            ModelError::Inference("x".into()),
-            ModelError::Shape("x".into()),
-        ] {
+        for error in [ModelError::inference("x"), ModelError::Shape("x".into())] {
             let kind = DeadLetterKind::of_model(&error).expect("a frame kind");
             assert_eq!(kind.as_str(), error.kind());
         }
         assert_eq!(
-            DeadLetterKind::of_model(&ModelError::RuntimeInit("x".into())),
+            DeadLetterKind::of_model(&ModelError::InvalidConfig("x".into())),
             None
         );
     }

@@ -12,7 +12,7 @@ use tessera_operators::tiling::TileGrid;
 use tokio::sync::Semaphore;
 
 use crate::config::LagPolicy;
-use crate::observe::{Monitor, Step};
+use crate::observe::{Monitor, Queue, Step};
 use crate::protocol::messages::{FrameLayout, Prepared, PreparedTile, TileChunk, Unprocessed};
 use crate::protocol::tensor::TensorPool;
 use crate::protocol::{
@@ -271,6 +271,7 @@ impl FrameStage for Prepare {
     type Out = Prepared;
 
     async fn process(&mut self, frame: Frame, out: &Edge<Prepared>) -> Result<(), StageFailure> {
+        self.monitor.metrics.queue(Queue::Prepare).popped.inc();
         let unprocessed = if frame.attempt >= self.plan.max_attempts {
             tracing::error!(
                 offset = frame.meta.key.offset,

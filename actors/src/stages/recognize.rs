@@ -534,7 +534,7 @@ impl SessionThread {
             }
             Err(error) if error.is_retryable() => {
                 if let Some(held_back) = MODEL_FAILED.allow() {
-                    tracing::warn!(%error, held_back, "Model run failed; retrying the frames");
+                    tracing::warn!(error = %error.detail(), held_back, "Model run failed; retrying the frames");
                 }
                 for frame in frames_of(&slots) {
                     frame.retry();
@@ -542,14 +542,14 @@ impl SessionThread {
             }
             Err(error) => {
                 if let Some(held_back) = MODEL_FAILED.allow() {
-                    tracing::warn!(%error, held_back, "Model run failed");
+                    tracing::warn!(error = %error.detail(), held_back, "Model run failed");
                 }
                 let kind =
                     DeadLetterKind::of_model(&error).unwrap_or(DeadLetterKind::ProcessingFailed);
                 for frame in frames_of(&slots) {
                     self.forward(Recognized::TilesFailed {
                         frame: frame.key().clone(),
-                        rejection: Rejection::new(kind, error.to_string()),
+                        rejection: Rejection::new(kind, error.detail()),
                     });
                 }
             }
