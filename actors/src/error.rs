@@ -43,11 +43,7 @@ impl PipelineError {
     pub fn domain(&self) -> ErrorDomain {
         match self {
             Self::Config(_) => ErrorDomain::User,
-            Self::Model(e) => match e.origin() {
-                tessera_models::ErrorOrigin::Config => ErrorDomain::User,
-                tessera_models::ErrorOrigin::External => ErrorDomain::External,
-                tessera_models::ErrorOrigin::Internal => ErrorDomain::Internal,
-            },
+            Self::Model(e) => e.origin().into(),
             Self::Kafka(_) => ErrorDomain::External,
             Self::Escalated { domain, .. } => *domain,
             Self::Actor(_) | Self::ShutdownIncomplete(_) | Self::RestartStorm { .. } => {
@@ -88,6 +84,27 @@ mod tests {
         let joined = chain.join(": ");
         assert_eq!(joined.matches("library too old").count(), 1, "{joined}");
         assert_eq!(error.domain(), ErrorDomain::User);
+    }
+
+    #[test]
+    fn an_escalated_failure_prints_each_cause_once() {
+        let model = ModelError::Inference {
+            context: "running the model".into(),
+            source: Some(ort::Error::new("device lost")),
+        };
+        let failure =
+            crate::protocol::StageFailure::external(crate::protocol::StageId::Recognize, model);
+        let error = PipelineError::Escalated {
+            stage: crate::protocol::StageId::Recognize,
+            domain: ErrorDomain::External,
+            source: Box::new(failure),
+        };
+        let chain = tessera_models::error_chain(&error);
+        assert_eq!(
+            chain,
+            "recognize cannot run (external error): recognize failed (external error): \
+             inference failed (running the model): device lost"
+        );
     }
 
     #[test]

@@ -3,6 +3,20 @@
 
 use std::path::PathBuf;
 
+/// An error and every cause below it, `: `-separated: for the places that carry one string
+/// (a log field, a dead letter's header), where errors that keep their causes as sources
+/// would otherwise lose them.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Where an error comes from, which decides what a supervisor does with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorOrigin {
@@ -136,14 +150,7 @@ impl ModelError {
     /// The message and every cause below it, `: `-separated (for a dead letter's header or a
     /// log line, which carry one string).
     pub fn detail(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        error_chain(self)
     }
 
     /// True when retrying the same operation later (with backoff) may succeed: only run-time

@@ -31,7 +31,7 @@ pub mod recognizer;
 pub mod runtime;
 pub mod session;
 
-pub use error::{ErrorOrigin, ModelError};
+pub use error::{ErrorOrigin, ModelError, error_chain};
 pub use inspect::{ModelInfo, TensorInfo, inspect};
 pub use manifest::{
     InputSpec, LabelsSpec, Layout, Model, ModelManifest, OutputSpec, Task, Thresholds,

@@ -94,3 +94,20 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// Polls `condition` until it gives a value or `timeout` passes (never sleep-and-hope).
+pub async fn eventually<T>(
+    timeout: Duration,
+    mut condition: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

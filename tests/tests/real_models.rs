@@ -15,7 +15,7 @@
 //! library is a build prerequisite, not an asset: `$ORT_DYLIB_PATH`, else
 //! `.tessera/onnxruntime` from `make setup`; without it the tests fail with the fix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tessera_models::{FrameRecognition, Model, ModelSession, Recognizer, SessionConfig};
@@ -24,6 +24,7 @@ use tessera_operators::{
 };
 
 use tessera_tests::golden::{self, ClassificationGolden, DetectionGolden, Found};
+use tessera_tests::{assets_dir, workspace_root};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -36,18 +37,6 @@ const TRUCK: u32 = 7;
 const DOG: u32 = 16;
 /// ImageNet class 249.
 const MALAMUTE: u32 = 249;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
-}
-
-/// The real assets (`$TESSERA_ASSETS`, else `../shared/assets`); `None` with a printed reason
-/// when absent, a failure instead where `TESSERA_REQUIRE_ASSETS` is set (CI).
-fn assets() -> Option<PathBuf> {
-    tessera_tests::assets_dir()
-}
 
 fn env() -> Result<Arc<tessera_models::Environment>, tessera_models::ModelError> {
     let fallback = workspace_root().join(".tessera/onnxruntime/lib/libonnxruntime.so.1.31.1");
@@ -67,10 +56,10 @@ fn recognizer(
     merge: MergeConfig,
 ) -> Result<Recognizer, String> {
     let path = workspace_root().join("models/manifests").join(manifest);
-    let model = Model::load(&path, None, Some(assets)).map_err(|e| e.to_string())?;
-    let env = env().map_err(|e| e.to_string())?;
+    let model = Model::load(&path, None, Some(assets)).map_err(|e| e.detail())?;
+    let env = env().map_err(|e| e.detail())?;
     let session = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.detail())?;
     Ok(Recognizer::new(session, tiling, merge))
 }
 
@@ -116,7 +105,7 @@ fn print_detections(title: &str, r: &FrameRecognition, model: &Model, min_score:
 
 #[test]
 fn yolox_nano_dog_full_frame_matches_reference() -> TestResult {
-    let Some(assets) = assets() else {
+    let Some(assets) = assets_dir() else {
         return Ok(());
     };
     let mut r = recognizer(&assets, "yolox-nano/model.toml", &full_frame_only(), nms())?;
@@ -155,7 +144,7 @@ fn yolox_nano_dog_full_frame_matches_reference() -> TestResult {
 
 #[test]
 fn mobilenetv2_dog_is_a_malamute() -> TestResult {
-    let Some(assets) = assets() else {
+    let Some(assets) = assets_dir() else {
         return Ok(());
     };
     let mut r = recognizer(&assets, "mobilenetv2/model.toml", &full_frame_only(), nms())?;
@@ -189,7 +178,7 @@ fn mobilenetv2_dog_is_a_malamute() -> TestResult {
 
 #[test]
 fn tiling_finds_four_times_more_vehicles() -> TestResult {
-    let Some(assets) = assets() else {
+    let Some(assets) = assets_dir() else {
         return Ok(());
     };
     let frame = image(&assets, "small-vehicles1.jpeg")?;

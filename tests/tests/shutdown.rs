@@ -6,60 +6,39 @@
 use std::time::Duration;
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use tessera::embedded::{EmbeddedKafka, publish_frames};
-use tessera_actors::PipelineConfig;
+use tessera::embedded::publish_frames;
 use tessera_actors::observe::Queue;
-use tessera_tests::delivery::{
-    CAMERAS, DLQ, FRAMES, RESULTS, STARTUP, assert_fits_mock_log, camera_frames, dog,
-};
-use tessera_tests::{assets_dir, manifest};
-
-/// Polls `condition` every 50 ms until it holds or `timeout` passes.
-async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    condition()
-}
+use tessera_tests::assets_dir;
+use tessera_tests::delivery::{CAMERAS, STARTUP, assert_fits_mock_log, camera_frames, dog};
+use tessera_tests::harness::{FRAMES, Harness, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_reports_exactly_the_frames_kafka_never_acknowledged() -> anyhow::Result<()> {
     let Some(assets) = assets_dir() else {
         return Ok(());
     };
-    let kafka = EmbeddedKafka::start(1)?;
-    let brokers = kafka.bootstrap_servers();
-    kafka.create_topic(FRAMES, 2)?;
-    kafka.create_topic(RESULTS, 2)?;
-    kafka.create_topic(DLQ, 1)?;
+    let harness = Harness::start(1, 2)?;
     let sent = camera_frames(&CAMERAS, 3, &dog(&assets)?);
-    let landed = publish_frames(&brokers, FRAMES, &sent).await?;
+    let landed = publish_frames(&harness.brokers, FRAMES, &sent).await?;
     assert_fits_mock_log(&sent, &landed);
     // From now on the broker refuses every produce, retriably: no output can be acknowledged,
     // and the producer keeps retrying (its message timeout is far away).
-    kafka.cluster().request_errors(
+    harness.kafka.cluster().request_errors(
         RDKafkaApiKey::Produce,
         &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
     );
-    let mut config = PipelineConfig::default();
-    config.kafka.brokers = brokers.clone();
-    config.kafka.group_id = "abandoned".into();
-    config.model.manifest = manifest("yolox-nano");
+    let mut config = harness.config("abandoned");
     config.tiling.enabled = false;
     config.flow.max_in_flight_frames = 16;
     let pipeline = tessera_actors::start(config, "abandoned", Some(&assets)).await?;
     let metrics = pipeline.monitor().metrics.clone();
     // Every frame consumed, processed and handed to the producer.
     let handed = eventually(STARTUP, || {
-        metrics.queue(Queue::Delivery).pushed.get() == sent.len() as u64
+        (metrics.queue(Queue::Delivery).pushed.get() == sent.len() as u64).then_some(())
     })
     .await;
     assert!(
-        handed,
+        handed.is_some(),
         "{} of {} frames reached the producer",
         metrics.queue(Queue::Delivery).pushed.get(),
         sent.len()

@@ -8,21 +8,7 @@ use ractor::ActorCell;
 use tessera::embedded::publish_frames;
 use tessera_actors::StageId;
 use tessera_tests::assets_dir;
-use tessera_tests::harness::{FRAMES, Harness, camera_frames, result_ids};
-
-/// Polls `condition` until it holds or `timeout` passes.
-async fn eventually<T>(timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = condition() {
-            return Some(value);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use tessera_tests::harness::{FRAMES, Harness, camera_frames, eventually, result_ids};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_stage_is_restarted_and_the_stream_goes_on() -> anyhow::Result<()> {

@@ -77,8 +77,10 @@ struct State {
 }
 
 /// Frames consumed and not yet acknowledged, per partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
+    /// What every frame's ack handle settles to (one for all frames: no allocation per frame).
+    acknowledger: Arc<dyn Acknowledge>,
     state: Mutex<State>,
     /// Signalled whenever a frame is acknowledged or forgotten (for a blocking revoke).
     changed: Condvar,
@@ -118,7 +120,14 @@ pub struct Revoked {
 
 impl Ledger {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new_cyclic(|ledger| Self {
+            acknowledger: Arc::new(LedgerRef(ledger.clone())),
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            work: Notify::new(),
+            settled: Notify::new(),
+            closing: AtomicBool::new(false),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -141,7 +150,7 @@ impl Ledger {
     /// Gives a consumed record its key (generation and sequence) and an acknowledgement
     /// handle, and records it in flight. `make` builds the frame from them.
     pub fn register(
-        self: &Arc<Self>,
+        &self,
         partition: PartitionId,
         offset: i64,
         make: impl FnOnce(FrameKey, AckHandle) -> Frame,
@@ -166,7 +175,7 @@ impl Ledger {
         };
         entry.next_seq += 1;
         entry.watermark.consumed(offset);
-        let ack = AckHandle::new(key.clone(), Arc::new(LedgerRef(Arc::downgrade(self))));
+        let ack = AckHandle::new(key.clone(), self.acknowledger.clone());
         let frame = make(key, ack);
         entry.frames.insert(
             offset,

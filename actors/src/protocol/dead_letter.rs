@@ -6,7 +6,7 @@ use std::fmt;
 use tessera_models::ModelError;
 use tessera_operators::decode::DecodeError;
 
-use super::failure::{ErrorDomain, RetryHint};
+use super::failure::ErrorDomain;
 
 /// Why a frame went to the dead-letter topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,11 +87,6 @@ impl DeadLetterKind {
             }
             _ => ErrorDomain::User,
         }
-    }
-
-    /// Dead letters are final: the same input would fail the same way again.
-    pub fn retry(self) -> RetryHint {
-        RetryHint::NoRetry
     }
 
     /// The kind of a frame the decoder rejected.

@@ -36,6 +36,17 @@ impl ErrorDomain {
     }
 }
 
+impl From<tessera_models::ErrorOrigin> for ErrorDomain {
+    /// A model's configuration or installation is the user's to fix.
+    fn from(origin: tessera_models::ErrorOrigin) -> Self {
+        match origin {
+            tessera_models::ErrorOrigin::Config => ErrorDomain::User,
+            tessera_models::ErrorOrigin::External => ErrorDomain::External,
+            tessera_models::ErrorOrigin::Internal => ErrorDomain::Internal,
+        }
+    }
+}
+
 impl fmt::Display for ErrorDomain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -54,7 +65,7 @@ pub enum RetryHint {
 /// A stage that cannot go on. Returned as the actor's error, so the supervisor receives it
 /// and decides from its domain and retry hint.
 #[derive(Debug, thiserror::Error)]
-#[error("{stage} failed ({domain}): {source}")]
+#[error("{stage} failed ({domain} error)")]
 pub struct StageFailure {
     pub stage: StageId,
     pub domain: ErrorDomain,
@@ -86,6 +97,20 @@ impl StageFailure {
     /// tessera itself failed (a bug, a panic); a fresh stage may go on.
     pub fn internal(stage: StageId, source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
         Self::new(stage, ErrorDomain::Internal, RetryHint::WithBackoff, source)
+    }
+
+    /// A failure classified by its domain: the user's cannot be fixed by a restart, the
+    /// others may be.
+    pub fn in_domain(
+        stage: StageId,
+        domain: ErrorDomain,
+        source: impl Into<Box<dyn Error + Send + Sync>>,
+    ) -> Self {
+        let retry = match domain {
+            ErrorDomain::User => RetryHint::NoRetry,
+            ErrorDomain::External | ErrorDomain::Internal => RetryHint::WithBackoff,
+        };
+        Self::new(stage, domain, retry, source)
     }
 
     /// The configuration cannot work: restarting would fail the same way.
@@ -120,6 +145,10 @@ mod tests {
             StageFailure::classify(panic.as_ref()),
             (ErrorDomain::Internal, RetryHint::WithBackoff)
         );
-        assert!(failure.to_string().contains("publish failed (user)"));
+        // The cause is the source, not repeated in the message (printed once in a chain).
+        assert_eq!(
+            tessera_models::error_chain(failure.as_ref()),
+            "publish failed (user error): invalid property"
+        );
     }
 }

@@ -264,7 +264,7 @@ impl DeliveryLoop {
                         }
                         Err(error) => {
                             if let Err(failure) = self.recover(head.outgoing, error).await {
-                                tracing::error!(%failure, "Publish cannot go on");
+                                tracing::error!(failure = %tessera_models::error_chain(&failure), "Publish cannot go on");
                                 *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
                                     Some(failure);
                                 return;

@@ -454,7 +454,7 @@ impl SessionThread {
                 recv(self.stopped) -> _ => return,
             };
             if let Err(failure) = self.run_batch(&mut session, batch) {
-                tracing::error!(%failure, "Model session lost");
+                tracing::error!(failure = %tessera_models::error_chain(&failure), "Model session lost");
                 let _ = self.pool.cast(RecognizeMsg::ThreadLost(failure));
                 return;
             }
@@ -574,11 +574,7 @@ fn new_session(settings: &RecognizeSettings) -> Result<ModelSession, ModelError>
 /// A session that cannot be loaded: a configuration or installation error is not worth a
 /// restart; a run-time failure of ONNX Runtime may be.
 fn session_failure(error: ModelError) -> StageFailure {
-    match error.origin() {
-        tessera_models::ErrorOrigin::Config => StageFailure::config(StageId::Recognize, error),
-        tessera_models::ErrorOrigin::External => StageFailure::external(StageId::Recognize, error),
-        tessera_models::ErrorOrigin::Internal => StageFailure::internal(StageId::Recognize, error),
-    }
+    StageFailure::in_domain(StageId::Recognize, error.origin().into(), error)
 }
 
 /// The text of a panic's payload.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
+use tessera_models::error_chain;
 use tokio::sync::watch;
 
 use crate::config::SupervisionConfig;
@@ -140,14 +141,14 @@ impl Actor for PipelineSupervisor {
                         }
                     }
                     Err(error) => {
-                        tracing::error!(stage = %id, %error, "Restart failed");
+                        tracing::error!(stage = %id, error = %error_chain(error.as_ref()), "Restart failed");
                         on_failure(&myself, state, id, error);
                     }
                 }
             }
             SupervisorMsg::Recovered(failure) => {
                 if !state.shutting_down {
-                    let reason = failure.to_string();
+                    let reason = error_chain(&failure);
                     note_failure(&myself, state, failure.stage, failure.domain, &reason);
                 }
             }
@@ -181,7 +182,7 @@ impl Actor for PipelineSupervisor {
         if state.shutting_down {
             return Ok(());
         }
-        tracing::warn!(stage = %id, %error, "Stage stopped unexpectedly");
+        tracing::warn!(stage = %id, error = %error_chain(error.as_ref()), "Stage stopped unexpectedly");
         on_failure(&myself, state, id, error);
         Ok(())
     }
@@ -216,7 +217,7 @@ fn on_failure(
         );
         return;
     }
-    let Some(recent) = note_failure(myself, state, id, domain, &error.to_string()) else {
+    let Some(recent) = note_failure(myself, state, id, domain, &error_chain(error.as_ref())) else {
         return;
     };
     let policy = &state.args.policy;
@@ -264,7 +265,7 @@ fn note_failure(
 /// Stops the pipeline with an error: the binary exits non-zero and the orchestrator
 /// restarts the pod.
 fn escalate(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, error: PipelineError) {
-    tracing::error!(%error, "Escalating: stopping the pipeline");
+    tracing::error!(error = %error_chain(&error), "Escalating: stopping the pipeline");
     if let Ok(mut exit) = state.args.exit.lock() {
         exit.get_or_insert(error);
     }
