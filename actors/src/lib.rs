@@ -45,7 +45,7 @@ pub use supervisor::ShutdownReport;
 
 use delivery::Ledger;
 use protocol::tensor::TensorPool;
-use stage::Edge;
+use stage::{Edge, StageThreads};
 use stages::{ingest, merge, prepare, publish, recognize, sequencer};
 use supervisor::{PipelineSupervisor, SupervisorArgs, SupervisorMsg};
 
@@ -59,6 +59,7 @@ pub struct PipelineHandle {
     execution_provider: String,
     instance: String,
     monitor: Arc<Monitor>,
+    threads: StageThreads,
 }
 
 /// Loads the model, then starts the actor tree, with a fresh [`Monitor`].
@@ -157,6 +158,7 @@ async fn start_tree(
         &monitor,
     );
     let exit = Arc::new(Mutex::new(None));
+    let threads = StageThreads::default();
     let args = SupervisorArgs {
         children,
         instance: instance.to_owned(),
@@ -165,6 +167,7 @@ async fn start_tree(
         draining,
         exit: exit.clone(),
         monitor: monitor.clone(),
+        threads: threads.clone(),
     };
     let (supervisor, join) = Actor::spawn(
         Some(format!("tessera/{instance}/supervisor")),
@@ -189,6 +192,7 @@ async fn start_tree(
         execution_provider,
         instance: instance.to_owned(),
         monitor,
+        threads,
     })
 }
 
@@ -315,6 +319,12 @@ impl PipelineHandle {
         &self.execution_provider
     }
 
+    /// Threads the stages still run outside the runtime (model sessions, batching); none once
+    /// [`Self::stopped`] or [`Self::shutdown`] returned.
+    pub fn stage_threads(&self) -> usize {
+        self.threads.live()
+    }
+
     /// The registered actor name of a stage (for fault-injection tests and debugging).
     pub fn stage_name(&self, id: StageId) -> String {
         stage::actor_name(&self.instance, id)
@@ -331,6 +341,7 @@ impl PipelineHandle {
             )
             .await;
         let _ = self.join.await;
+        wait_for_threads(&self.threads).await;
         if let Some(error) = take(&self.exit) {
             return Err(error);
         }
@@ -345,12 +356,27 @@ impl PipelineHandle {
     /// failure: a restart storm, or an error restarting cannot fix).
     pub async fn stopped(&mut self) -> Result<(), PipelineError> {
         let _ = (&mut self.join).await;
+        wait_for_threads(&self.threads).await;
         match take(&self.exit) {
             Some(error) => Err(error),
             None => Ok(()),
         }
     }
 }
+
+/// The stages' threads finish their current model run once the stages stop; a process that
+/// exits before they do can crash in ONNX Runtime's teardown.
+async fn wait_for_threads(threads: &StageThreads) {
+    if !threads.finished(THREADS_TIMEOUT).await {
+        tracing::warn!(
+            threads = threads.live(),
+            "Stage threads still running after the pipeline stopped"
+        );
+    }
+}
+
+/// How long a stopped pipeline waits for its stages' threads (one model run or load).
+const THREADS_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn take(exit: &Mutex<Option<PipelineError>>) -> Option<PipelineError> {
     exit.lock().ok().and_then(|mut e| e.take())

@@ -86,6 +86,9 @@ async fn a_restart_storm_stops_the_pipeline_with_an_error() -> anyhow::Result<()
         }
         other => panic!("expected a restart storm, got {other:?}"),
     }
+    // Stopped means stopped: no session thread is left inside ONNX Runtime (a process that
+    // exits while one is can crash in the runtime's teardown).
+    assert_eq!(pipeline.stage_threads(), 0);
     // Operators see it: not live, not ready, and the restarts counted.
     let monitor = pipeline.monitor();
     assert!(monitor.liveness().is_err());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ractor::{ActorCell, ActorProcessingErr};
 
+use super::threads::StageThreads;
 use crate::protocol::{StageFailure, StageId};
 
 type SpawnFuture = Pin<Box<dyn Future<Output = Result<ActorCell, ActorProcessingErr>> + Send>>;
@@ -22,6 +23,9 @@ pub struct SpawnContext {
     /// Where a stage reports a failure it recovered from by itself (a replaced session):
     /// the supervisor counts it like a restart.
     pub failures: FailureReporter,
+    /// Where a stage spawns threads outside the runtime, so that the pipeline can wait for
+    /// them when it stops.
+    pub threads: StageThreads,
 }
 
 /// Reports failures a stage recovered from by itself to the supervisor.

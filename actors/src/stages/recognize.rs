@@ -23,7 +23,7 @@ use crate::observe::{LOG_INTERVAL, Monitor, Queue, Step, Throttle};
 use crate::protocol::messages::{Prepared, PreparedTile, Recognized, TileOutputs};
 use crate::protocol::tensor::{PooledTensor, TensorPool};
 use crate::protocol::{AckHandle, DeadLetterKind, FrameKey, Rejection, StageFailure, StageId};
-use crate::stage::{ChildSpec, Edge, FailureReporter, SpawnContext};
+use crate::stage::{ChildSpec, Edge, FailureReporter, SpawnContext, StageThreads};
 
 static MODEL_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
@@ -76,6 +76,7 @@ pub fn child(
             input: input.clone(),
             out: out.clone(),
             failures: ctx.failures.clone(),
+            threads: ctx.threads.clone(),
         };
         async move {
             let (actor, _) = Actor::spawn_linked(
@@ -158,6 +159,7 @@ pub struct RecognizeArgs {
     input: Receiver<Prepared>,
     out: Edge<Recognized>,
     failures: FailureReporter,
+    threads: StageThreads,
 }
 
 /// The running threads, which stop when `stop` is dropped.
@@ -195,9 +197,10 @@ impl Actor for RecognizePool {
                 stopped: stopped.clone(),
             };
             state.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("tessera-recognize-{index}"))
-                    .spawn(move || thread.run(loaded))?,
+                args.threads
+                    .spawn(format!("tessera-recognize-{index}"), move || {
+                        thread.run(loaded)
+                    })?,
             );
             ready.push(load_outcome);
         }
@@ -227,9 +230,8 @@ impl Actor for RecognizePool {
             stopped,
         };
         state.threads.push(
-            std::thread::Builder::new()
-                .name("tessera-batching".into())
-                .spawn(move || batching.run())?,
+            args.threads
+                .spawn("tessera-batching".into(), move || batching.run())?,
         );
         tracing::debug!(
             sessions = state.threads.len() - 1,

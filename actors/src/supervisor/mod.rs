@@ -18,7 +18,7 @@ use crate::delivery::Ledger;
 use crate::error::PipelineError;
 use crate::observe::{Monitor, Phase};
 use crate::protocol::{ErrorDomain, RetryHint, StageFailure, StageId};
-use crate::stage::{ChildSpec, FailureReporter, SpawnContext};
+use crate::stage::{ChildSpec, FailureReporter, SpawnContext, StageThreads};
 
 /// How long each child may take to stop at shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +43,8 @@ pub struct SupervisorArgs {
     /// Where the supervisor leaves the reason it stopped on its own.
     pub exit: Arc<Mutex<Option<PipelineError>>>,
     pub monitor: Arc<Monitor>,
+    /// The threads the stages run outside the runtime.
+    pub threads: StageThreads,
 }
 
 /// Messages to [`PipelineSupervisor`].
@@ -97,6 +99,7 @@ impl Actor for PipelineSupervisor {
             failures: FailureReporter::new(move |failure| {
                 let _ = reporter.cast(SupervisorMsg::Recovered(failure));
             }),
+            threads: args.threads.clone(),
         };
         let mut state = SupervisorState {
             args,
@@ -110,9 +113,7 @@ impl Actor for PipelineSupervisor {
         for id in ids {
             if let Err(error) = spawn_child(&mut state, id).await {
                 // Stop what already started before failing the start.
-                for cell in state.cells.values() {
-                    cell.stop(Some("pipeline start failed".into()));
-                }
+                stop_children(&mut state, "pipeline start failed").await;
                 return Err(error);
             }
         }
@@ -142,14 +143,14 @@ impl Actor for PipelineSupervisor {
                     }
                     Err(error) => {
                         tracing::error!(stage = %id, error = %error_chain(error.as_ref()), "Restart failed");
-                        on_failure(&myself, state, id, error);
+                        on_failure(&myself, state, id, error).await;
                     }
                 }
             }
             SupervisorMsg::Recovered(failure) => {
                 if !state.shutting_down {
                     let reason = error_chain(&failure);
-                    note_failure(&myself, state, failure.stage, failure.domain, &reason);
+                    note_failure(&myself, state, failure.stage, failure.domain, &reason).await;
                 }
             }
             SupervisorMsg::Shutdown { drain, reply } => {
@@ -183,7 +184,7 @@ impl Actor for PipelineSupervisor {
             return Ok(());
         }
         tracing::warn!(stage = %id, error = %error_chain(error.as_ref()), "Stage stopped unexpectedly");
-        on_failure(&myself, state, id, error);
+        on_failure(&myself, state, id, error).await;
         Ok(())
     }
 }
@@ -197,7 +198,7 @@ fn is_source(state: &SupervisorState, id: StageId) -> bool {
 }
 
 /// Decides from the failure's classification: restart with backoff, or escalate.
-fn on_failure(
+async fn on_failure(
     myself: &ActorRef<SupervisorMsg>,
     state: &mut SupervisorState,
     id: StageId,
@@ -214,10 +215,12 @@ fn on_failure(
                 domain,
                 source: error,
             },
-        );
+        )
+        .await;
         return;
     }
-    let Some(recent) = note_failure(myself, state, id, domain, &error_chain(error.as_ref())) else {
+    let Some(recent) = note_failure(myself, state, id, domain, &error_chain(error.as_ref())).await
+    else {
         return;
     };
     let policy = &state.args.policy;
@@ -232,7 +235,7 @@ fn on_failure(
 
 /// Counts a failure in the restart window. Returns the number of recent failures, or None
 /// after escalating a restart storm.
-fn note_failure(
+async fn note_failure(
     myself: &ActorRef<SupervisorMsg>,
     state: &mut SupervisorState,
     id: StageId,
@@ -256,15 +259,21 @@ fn note_failure(
             window: policy.restart_window,
             last: format!("{id}: {reason}"),
         };
-        escalate(myself, state, error);
+        escalate(myself, state, error).await;
         return None;
     }
     Some(state.restarts.len())
 }
 
 /// Stops the pipeline with an error: the binary exits non-zero and the orchestrator
-/// restarts the pod.
-fn escalate(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, error: PipelineError) {
+/// restarts the pod. The stages are stopped (and waited for) source first, like at
+/// shutdown, so that the consumer commits what was acknowledged and nothing still runs when
+/// the pipeline reports itself stopped.
+async fn escalate(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    error: PipelineError,
+) {
     tracing::error!(error = %error_chain(&error), "Escalating: stopping the pipeline");
     if let Ok(mut exit) = state.args.exit.lock() {
         exit.get_or_insert(error);
@@ -272,10 +281,20 @@ fn escalate(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, error
     state.shutting_down = true;
     state.args.monitor.set_phase(Phase::Failed);
     state.args.ledger.close();
-    for cell in state.cells.values() {
-        cell.stop(Some("escalated".into()));
-    }
+    stop_children(state, "escalated").await;
     myself.stop(Some("escalated".into()));
+}
+
+/// Stops every child, source first, each waited for up to [`STOP_TIMEOUT`].
+async fn stop_children(state: &mut SupervisorState, reason: &str) {
+    let order: Vec<StageId> = state.args.children.iter().rev().map(|c| c.id).collect();
+    for id in order {
+        if let Some(cell) = state.cells.remove(&id) {
+            cell.stop_and_wait(Some(reason.into()), Some(STOP_TIMEOUT))
+                .await
+                .ok();
+        }
+    }
 }
 
 async fn spawn_child(state: &mut SupervisorState, id: StageId) -> Result<(), ActorProcessingErr> {
@@ -307,14 +326,7 @@ async fn shutdown(state: &mut SupervisorState, drain: Duration) -> ShutdownRepor
     // What is still in flight cannot finish once the stages stop; the consumer's close must
     // not wait for it on the final revoke.
     ledger.close();
-    let order: Vec<StageId> = state.args.children.iter().rev().map(|c| c.id).collect();
-    for id in order {
-        if let Some(cell) = state.cells.remove(&id) {
-            cell.stop_and_wait(Some("shutdown".into()), Some(STOP_TIMEOUT))
-                .await
-                .ok();
-        }
-    }
+    stop_children(state, "shutdown").await;
     if abandoned_frames > 0 {
         tracing::warn!(
             abandoned_frames,
