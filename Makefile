@@ -58,6 +58,7 @@ reference:
 	.tessera/venv/bin/python scripts/reference/make_tiny_models.py
 	.tessera/venv/bin/python scripts/reference/yolox_reference.py
 	.tessera/venv/bin/python scripts/reference/mobilenet_reference.py
+	.tessera/venv/bin/python scripts/reference/embedding_reference.py
 
 clean-setup:
 	rm -rf .tessera/onnxruntime

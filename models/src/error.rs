@@ -166,6 +166,8 @@ mod tests {
 
     #[test]
     fn causes_are_sources_and_printed_once() {
+        // Creating an `ort::Error` loads the runtime library.
+        let _env = crate::test_support::env();
         let e = ModelError::Inference {
             context: "running the model".into(),
             source: Some(ort::Error::new("device lost")),

@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+pub mod embedding;
 pub mod error;
 pub mod inspect;
 pub mod manifest;

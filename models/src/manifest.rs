@@ -29,11 +29,14 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tessera_operators::{AdapterKind, ChannelOrder, PreprocessSpec, ResizeMode};
 
+use crate::embedding::pooled_output_fragment;
 use crate::error::ModelError;
+use sha2::{Digest, Sha256};
 
 /// What a model computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,9 +111,15 @@ pub struct OutputSpec {
     pub name: String,
     /// Output adapter: `yolox`, `yolov8` or `classifier`.
     pub adapter: AdapterKind,
-    /// Name of an output usable as an embedding for trainable heads (optional).
+    /// Name of the output that is the embedding trainable heads learn on (optional): a
+    /// `[N, D]` float tensor.
     #[serde(default)]
     pub embedding: Option<String>,
+    /// Derive the `embedding` output when the graph has none: the global average pool of this
+    /// inner `[N, C, H, W]` tensor (for example the last feature map of a classifier), added
+    /// to the graph when the model loads. The other outputs are unchanged.
+    #[serde(default)]
+    pub embedding_from: Option<String>,
     /// Apply a softmax to classifier outputs (for models that output logits).
     #[serde(default)]
     pub softmax: bool,
@@ -247,6 +256,17 @@ impl ModelManifest {
         if self.task == Task::Embed && self.output.embedding.is_none() {
             return Err("task `embed` needs `output.embedding`".into());
         }
+        if self.output.embedding_from.is_some() && self.output.embedding.is_none() {
+            return Err(
+                "`output.embedding_from` needs `output.embedding`, the name of the derived output"
+                    .into(),
+            );
+        }
+        if self.output.embedding_from.is_some()
+            && self.output.embedding.as_deref() == Some(self.output.name.as_str())
+        {
+            return Err("a derived `output.embedding` must differ from `output.name`".into());
+        }
         let t = &self.thresholds;
         if !(0.0..=1.0).contains(&t.score) {
             return Err(format!("`thresholds.score` {} must be in [0, 1]", t.score));
@@ -275,6 +295,11 @@ pub struct Model {
     pub labels: Vec<String>,
     /// The ONNX file sessions load.
     pub onnx_path: PathBuf,
+    /// `sha256:<hex>` of the ONNX file: the backbone a head was trained on must be this one.
+    pub backbone_hash: String,
+    /// The graph sessions load when it differs from the file (an embedding output derived by
+    /// `output.embedding_from`); `None`: the file as it is.
+    pub graph: Option<Arc<[u8]>>,
 }
 
 impl Model {
@@ -320,10 +345,13 @@ impl Model {
             ),
             source: None,
         })?;
+        let (backbone_hash, graph) = read_graph(&manifest, &onnx_path)?;
         Ok(Model {
             manifest,
             labels,
             onnx_path,
+            backbone_hash,
+            graph,
         })
     }
 
@@ -353,6 +381,33 @@ impl Model {
     /// Number of classes (labels).
     pub fn num_classes(&self) -> usize {
         self.labels.len()
+    }
+}
+
+/// The ONNX file's hash, and the edited graph when the manifest derives an embedding.
+type GraphRead = (String, Option<Arc<[u8]>>);
+
+/// Hashes the ONNX file and, when the manifest derives an embedding, returns the edited graph.
+fn read_graph(manifest: &ModelManifest, path: &Path) -> Result<GraphRead, ModelError> {
+    let io_err = |e: std::io::Error| ModelError::Load {
+        path: path.to_path_buf(),
+        message: format!("reading the ONNX file: {e}"),
+        source: None,
+    };
+    let hash_of = |bytes: &[u8]| format!("sha256:{:x}", Sha256::digest(bytes));
+    match (&manifest.output.embedding_from, &manifest.output.embedding) {
+        (Some(from), Some(output)) => {
+            let mut bytes = std::fs::read(path).map_err(io_err)?;
+            let hash = hash_of(&bytes);
+            bytes.extend_from_slice(&pooled_output_fragment(from, output));
+            Ok((hash, Some(bytes.into())))
+        }
+        _ => {
+            let mut file = std::fs::File::open(path).map_err(io_err)?;
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut file, &mut hasher).map_err(io_err)?;
+            Ok((format!("sha256:{:x}", hasher.finalize()), None))
+        }
     }
 }
 

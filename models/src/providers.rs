@@ -7,8 +7,8 @@
 //! whenever the model itself is valid. [`crate::ModelSession::execution_provider`] reports the
 //! provider that actually took the session.
 
+use crate::manifest::Model;
 use std::fmt;
-use std::path::Path;
 
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProviderDispatch};
@@ -239,13 +239,19 @@ impl SessionConfig {
     }
 }
 
-/// Creates a session for `path`, trying the configured providers in order (see the module docs).
-/// Returns the session and the short name of the provider that took it.
+/// Creates a session for `model`'s graph, trying the configured providers in order (see the
+/// module docs). Returns the session and the short name of the provider that took it.
 pub(crate) fn build_session(
     env: &Environment,
-    path: &Path,
+    model: &Model,
     config: &SessionConfig,
 ) -> Result<(Session, &'static str), ModelError> {
+    let path = model.onnx_path.as_path();
+    // The edited graph when the model derives an output, else the file itself.
+    let commit = |builder: &mut SessionBuilder| match &model.graph {
+        Some(bytes) => builder.commit_from_memory(bytes),
+        None => builder.commit_from_file(path),
+    };
     config.validate()?;
     let load_err = |(message, source): (&str, ort::Error)| ModelError::Load {
         path: path.to_path_buf(),
@@ -277,12 +283,11 @@ pub(crate) fn build_session(
         candidates.retain(|p| registered.contains(p));
         if candidates.is_empty() {
             // CPU only: ONNX Runtime always has it, so no registration is needed.
-            let session = builder
-                .commit_from_file(path)
-                .map_err(|e| load_err(("creating the session", e)))?;
+            let session =
+                commit(&mut builder).map_err(|e| load_err(("creating the session", e)))?;
             return Ok((session, "cpu"));
         }
-        match builder.commit_from_file(path) {
+        match commit(&mut builder) {
             Ok(session) => {
                 let first = candidates[0].name();
                 tracing::info!(provider = first, model = %path.display(), "Session created.");

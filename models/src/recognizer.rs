@@ -270,6 +270,7 @@ mod tests {
                 class_id: 0,
                 score: 0.2,
             }],
+            embedding: Vec::new(),
         };
         let b = TileOutput {
             // 10.5..20.5 in the frame: the same object as a's first box.
@@ -284,6 +285,7 @@ mod tests {
                     score: 0.3,
                 },
             ],
+            embedding: Vec::new(),
         };
         let tiles = vec![(identity, a.clone()), (shifted, b.clone())];
         let (dets, cls) = finish_frame(&model, &tiles, 100, 100, &nms());

@@ -31,6 +31,9 @@ pub struct TileOutput {
     pub detections: Vec<Detection>,
     /// Best classes, best first (classifiers only).
     pub classifications: Vec<Classification>,
+    /// The embedding a trainable head reads (models whose manifest names `output.embedding`);
+    /// empty otherwise.
+    pub embedding: Vec<f32>,
 }
 
 /// A loaded model ready to run. `run` takes `&mut self` (ONNX Runtime sessions are not shared
@@ -49,6 +52,8 @@ pub struct ModelSession {
     tensor_len: usize,
     /// Per-tile NMS applied to raw detections, from the manifest's `thresholds.nms_iou`.
     tile_nms: Option<MergeConfig>,
+    /// The output read as each item's embedding, checked at load.
+    embedding: Option<String>,
 }
 
 impl ModelSession {
@@ -60,7 +65,7 @@ impl ModelSession {
         config: &SessionConfig,
     ) -> Result<Self, ModelError> {
         let path = model.onnx_path.clone();
-        let (session, execution_provider) = build_session(env, &path, config)?;
+        let (session, execution_provider) = build_session(env, &model, config)?;
         let load_err = |message: String| ModelError::Load {
             path: path.clone(),
             message,
@@ -125,6 +130,28 @@ impl ModelSession {
             )));
         }
         check_output_shape(&model, &out_shape).map_err(&load_err)?;
+        let embedding = m.output.embedding.clone();
+        if let Some(name) = &embedding {
+            let output = session
+                .outputs()
+                .iter()
+                .find(|o| o.name() == name.as_str())
+                .ok_or_else(|| {
+                    load_err(format!(
+                        "the graph has no embedding output `{name}` (outputs: {}); derive one with `output.embedding_from`",
+                        names(session.outputs().iter().map(|o| o.name()))
+                    ))
+                })?;
+            match tensor_type(output.dtype()) {
+                Some((TensorElementType::Float32, shape))
+                    if shape.is_empty() || shape.len() == 2 => {}
+                other => {
+                    return Err(load_err(format!(
+                        "embedding output `{name}` must be an f32 [N, D] tensor, it is {other:?}"
+                    )));
+                }
+            }
+        }
 
         let tile_nms = m.thresholds.nms_iou.map(|threshold| MergeConfig {
             strategy: MergeStrategy::Nms,
@@ -146,6 +173,7 @@ impl ModelSession {
             execution_provider,
             tensor_len,
             tile_nms,
+            embedding,
         })
     }
 
@@ -235,8 +263,30 @@ impl ModelSession {
             )));
         }
         let per_item = data.len() / batch;
+        let first = results.len();
         for item in data.chunks_exact(per_item) {
             results.push(decode(&self.model, self.tile_nms.as_ref(), item)?);
+        }
+        if let Some(name) = &self.embedding {
+            let value = outputs.get(name.as_str()).ok_or_else(|| {
+                ModelError::inference(format!("embedding output `{name}` missing from the run"))
+            })?;
+            let (shape, data) =
+                value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| ModelError::Inference {
+                        context: format!("reading embedding output `{name}`"),
+                        source: Some(e),
+                    })?;
+            if shape.len() != 2 || data.is_empty() || data.len() != batch * (data.len() / batch) {
+                return Err(ModelError::Shape(format!(
+                    "embedding output `{name}` has shape {shape:?} for a batch of {batch}, expected [{batch}, D]"
+                )));
+            }
+            let dim = data.len() / batch;
+            for (result, item) in results[first..].iter_mut().zip(data.chunks_exact(dim)) {
+                result.embedding = item.to_vec();
+            }
         }
         Ok(())
     }

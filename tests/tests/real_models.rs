@@ -6,6 +6,9 @@
 //!   (`tessera_tests::golden`). `golden_pipeline.rs` checks the same through the actor pipeline.
 //! - MobileNetV2 on `dog.jpg` ranks malamute first and gives the top five classes of
 //!   `scripts/reference/mobilenet_reference.py` (`tests/golden/mobilenetv2_dog.json`).
+//! - The pooled embedding tessera derives from MobileNetV2's last feature map matches
+//!   onnxruntime's output for the same graph edit made with the `onnx` package
+//!   (`scripts/reference/embedding_reference.py`), and the logits stay unchanged.
 //! - Tiling pays: on the SAHI demo image, 320 px tiles plus the full frame find at least four
 //!   times as many vehicles as the full frame alone.
 //!
@@ -173,6 +176,94 @@ fn mobilenetv2_dog_is_a_malamute() -> TestResult {
     let found: Vec<u32> = result.classifications.iter().map(|c| c.class_id).collect();
     let problems = golden::top5_mismatches(&golden, &found);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
+
+/// The reference of the derived embedding (`scripts/reference/embedding_reference.py`).
+#[derive(serde::Deserialize)]
+struct EmbeddingGolden {
+    model_sha256: String,
+    embedding: Vec<Vec<f32>>,
+    logits_top5: Vec<Vec<u32>>,
+}
+
+/// The reference script's input: item `b`, flat index `i`, computed in f32 like numpy does.
+fn embedding_input(batch: usize, len: usize) -> Vec<f32> {
+    (0..batch)
+        .flat_map(|b| (0..len).map(move |i| ((i * 7919 + b * 104_729) % 1000) as f32 / 500.0 - 1.0))
+        .collect()
+}
+
+#[test]
+fn mobilenetv2_derived_embedding_matches_onnxruntime() -> TestResult {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let golden: EmbeddingGolden = golden::load("mobilenetv2_embedding.json")?;
+    let path = workspace_root().join("models/manifests/mobilenetv2/model.toml");
+    let model = Model::load(&path, None, Some(&assets)).map_err(|e| e.detail())?;
+    assert_eq!(
+        model.backbone_hash,
+        format!("sha256:{}", golden.model_sha256)
+    );
+    let env = env().map_err(|e| e.detail())?;
+    let mut derived = ModelSession::load(&env, Arc::new(model.clone()), &SessionConfig::default())
+        .map_err(|e| e.detail())?;
+    let input = embedding_input(2, derived.tensor_len());
+    let outputs = derived.run(&input, 2)?;
+
+    // The pooled feature map, as onnxruntime computes it for the same edit made with `onnx`.
+    for (item, (found, want)) in outputs.iter().zip(&golden.embedding).enumerate() {
+        assert_eq!(found.embedding.len(), 1280, "item {item}");
+        let worst = found
+            .embedding
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "item {item}: off by up to {worst}");
+    }
+    // Different inputs, different embeddings: the test would notice a constant output.
+    assert_ne!(outputs[0].embedding, outputs[1].embedding);
+
+    // The logits are unchanged: the same classes and scores as the unedited file.
+    let mut plain = model.clone();
+    plain.manifest.output.embedding = None;
+    plain.manifest.output.embedding_from = None;
+    plain.graph = None;
+    let mut plain = ModelSession::load(&env, Arc::new(plain), &SessionConfig::default())
+        .map_err(|e| e.detail())?;
+    let unedited = plain.run(&input, 2)?;
+    for (item, (a, b)) in outputs.iter().zip(&unedited).enumerate() {
+        assert_eq!(a.classifications, b.classifications, "item {item}");
+        assert!(b.embedding.is_empty());
+        let top5: Vec<u32> = a.classifications.iter().map(|c| c.class_id).collect();
+        assert_eq!(top5, golden.logits_top5[item], "item {item}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_missing_embedding_tensor_is_a_clear_load_error() -> TestResult {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let path = workspace_root().join("models/manifests/mobilenetv2/model.toml");
+    let mut model = Model::load(&path, None, Some(&assets)).map_err(|e| e.detail())?;
+    model.manifest.output.embedding_from = Some("no-such-tensor".into());
+    let bytes = std::fs::read(&model.onnx_path)?;
+    let mut graph = bytes.clone();
+    graph.extend(tessera_models::embedding::pooled_output_fragment(
+        "no-such-tensor",
+        "embedding",
+    ));
+    model.graph = Some(graph.into());
+    let env = env().map_err(|e| e.detail())?;
+    let error = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())
+        .err()
+        .ok_or("a graph that pools a missing tensor loaded")?;
+    let detail = error.detail();
+    assert!(detail.contains("no-such-tensor"), "{detail}");
     Ok(())
 }
 
