@@ -105,6 +105,33 @@ pub enum ModelError {
         #[source]
         source: tessera_operators::preprocess::PreprocessError,
     },
+    /// A head that cannot run on this model: trained on another backbone, or for another
+    /// embedding size.
+    #[error("head v{version} does not fit this model: {reason}")]
+    HeadMismatch {
+        /// The head's version.
+        version: u64,
+        /// What differs, and what to do about it.
+        reason: String,
+    },
+    /// A head's file or message is unreadable or inconsistent.
+    #[error("invalid head: {message}")]
+    InvalidHead {
+        /// What is wrong with it.
+        message: String,
+        /// The decoder's error, if one failed.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Training or running a head failed in candle (a bug or an impossible input).
+    #[error("head computation failed ({context})")]
+    HeadCompute {
+        /// What was being done.
+        context: &'static str,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
 }
 
 impl ModelError {
@@ -122,6 +149,9 @@ impl ModelError {
             Self::InvalidConfig(_) => "invalid_config",
             Self::Inference { .. } => "inference",
             Self::Shape(_) | Self::Tensor(_) | Self::Preprocess { .. } => "shape_mismatch",
+            Self::HeadMismatch { .. } => "head_mismatch",
+            Self::InvalidHead { .. } => "invalid_head",
+            Self::HeadCompute { .. } => "head_compute",
         }
     }
 
@@ -133,9 +163,14 @@ impl ModelError {
             | Self::Manifest { .. }
             | Self::Io { .. }
             | Self::Load { .. }
-            | Self::InvalidConfig(_) => ErrorOrigin::Config,
+            | Self::InvalidConfig(_)
+            | Self::HeadMismatch { .. }
+            | Self::InvalidHead { .. } => ErrorOrigin::Config,
             Self::Inference { .. } => ErrorOrigin::External,
-            Self::Shape(_) | Self::Tensor(_) | Self::Preprocess { .. } => ErrorOrigin::Internal,
+            Self::Shape(_)
+            | Self::Tensor(_)
+            | Self::Preprocess { .. }
+            | Self::HeadCompute { .. } => ErrorOrigin::Internal,
         }
     }
 

@@ -25,6 +25,7 @@
 
 pub mod embedding;
 pub mod error;
+pub mod head;
 pub mod inspect;
 pub mod manifest;
 pub mod providers;
@@ -33,6 +34,7 @@ pub mod runtime;
 pub mod session;
 
 pub use error::{ErrorOrigin, ModelError, error_chain};
+pub use head::{Example, HEAD_FORMAT, Head, HeadMeta, TrainSettings, Validation};
 pub use inspect::{ModelInfo, TensorInfo, inspect};
 pub use manifest::{
     InputSpec, LabelsSpec, Layout, Model, ModelManifest, OutputSpec, Task, Thresholds,
