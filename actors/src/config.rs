@@ -52,6 +52,8 @@ pub struct PipelineConfig {
     pub supervision: SupervisionConfig,
     /// The HTTP endpoints: metrics, health, status and admin.
     pub http: HttpConfig,
+    /// Trainable heads over the model's embedding.
+    pub heads: HeadsConfig,
 }
 
 impl PipelineConfig {
@@ -115,6 +117,16 @@ impl PipelineConfig {
         }
         Ok(())
     }
+}
+
+/// Trainable heads: where versions are kept. Heads apply to models whose manifest names an
+/// embedding (`output.embedding`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadsConfig {
+    /// Folder where this replica also writes every head version it learns of (one safetensors
+    /// file each, read back at start); unset: the heads topic is the only store.
+    pub dir: Option<PathBuf>,
 }
 
 /// Kafka clients (rdkafka, bundled librdkafka) and topics.

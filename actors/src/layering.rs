@@ -7,21 +7,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Which top-level modules each top-level module may use (besides itself).
-const ALLOWED: [(&str, &[&str]); 9] = [
+const ALLOWED: [(&str, &[&str]); 10] = [
     ("config", &[]),
     ("protocol", &["config"]),
     ("delivery", &["protocol"]),
-    ("observe", &["protocol"]),
+    ("learn", &["protocol", "config"]),
+    ("observe", &["protocol", "learn"]),
     ("stage", &["protocol", "config", "observe"]),
     (
         "stages",
-        &["protocol", "config", "delivery", "observe", "stage"],
+        &["protocol", "config", "delivery", "learn", "observe", "stage"],
     ),
     ("error", &["protocol", "config"]),
     (
         "supervisor",
         &[
-            "protocol", "config", "delivery", "observe", "stage", "error",
+            "protocol", "config", "delivery", "learn", "observe", "stage", "error",
         ],
     ),
     (
@@ -30,6 +31,7 @@ const ALLOWED: [(&str, &[&str]); 9] = [
             "protocol",
             "config",
             "delivery",
+            "learn",
             "observe",
             "stage",
             "stages",

@@ -18,6 +18,7 @@
 pub mod config;
 pub(crate) mod delivery;
 pub mod error;
+pub mod learn;
 pub mod observe;
 pub mod protocol;
 pub(crate) mod stage;
@@ -44,6 +45,7 @@ pub use protocol::{DeadLetterKind, StageId};
 pub use supervisor::ShutdownReport;
 
 use delivery::Ledger;
+use learn::HeadRegistry;
 use protocol::tensor::TensorPool;
 use stage::{Edge, StageThreads};
 use stages::{ingest, merge, prepare, publish, recognize, sequencer};
@@ -60,6 +62,8 @@ pub struct PipelineHandle {
     instance: String,
     monitor: Arc<Monitor>,
     threads: StageThreads,
+    /// `None`: the model has no embedding for heads to read.
+    heads: Option<Arc<HeadRegistry>>,
 }
 
 /// Loads the model, then starts the actor tree, with a fresh [`Monitor`].
@@ -110,9 +114,9 @@ async fn start_tree(
     )?);
     // One probe session tells the batch dimension and the execution provider actually used,
     // and fails the start early (with a clear error) if the model cannot run here.
-    let probe = {
+    let (probe, embedding_dim) = {
         let (env, model, session) = (env.clone(), model.clone(), config.model.session.clone());
-        tokio::task::spawn_blocking(move || ModelSession::load(&env, model, &session))
+        tokio::task::spawn_blocking(move || probe_model(&env, model, &session))
             .await
             .map_err(|e| PipelineError::Escalated {
                 stage: StageId::Recognize,
@@ -142,21 +146,30 @@ async fn start_tree(
         "Model loaded"
     );
 
+    // The heads of the backbone, when the model has an embedding for them to read.
+    let heads = embedding_dim.map(|dim| {
+        let heads = HeadRegistry::new(model.backbone_hash.clone(), dim, config.heads.dir.clone());
+        let loaded = heads.load_dir();
+        if loaded > 0 {
+            tracing::info!(loaded, live = heads.live_version(), "Heads loaded from heads.dir");
+        }
+        report_live_head(&heads, &monitor);
+        heads
+    });
+
     let ledger = Ledger::new();
     {
         let ledger = ledger.clone();
         monitor.attach_progress(Box::new(move || ledger.snapshot()));
     }
     let (draining, draining_rx) = watch::channel(false);
-    let children = wire(
-        &config,
+    let loaded = LoadedModel {
         env,
-        model.clone(),
+        model: model.clone(),
         batch_dim,
-        &ledger,
-        draining_rx,
-        &monitor,
-    );
+        heads: heads.clone(),
+    };
+    let children = wire(&config, loaded, &ledger, draining_rx, &monitor);
     let exit = Arc::new(Mutex::new(None));
     let threads = StageThreads::default();
     let args = SupervisorArgs {
@@ -193,20 +206,68 @@ async fn start_tree(
         instance: instance.to_owned(),
         monitor,
         threads,
+        heads,
     })
+}
+
+/// The model as the stages use it.
+struct LoadedModel {
+    env: Arc<ort::environment::Environment>,
+    model: Arc<Model>,
+    /// Probed from a session at start.
+    batch_dim: BatchDim,
+    /// `None`: the model has no embedding for heads to read.
+    heads: Option<Arc<HeadRegistry>>,
+}
+
+/// One session, run once on zeros: fails the start early (with a clear error) if the model
+/// cannot run here, and tells the embedding size when the model has one.
+fn probe_model(
+    env: &ort::environment::Environment,
+    model: Arc<Model>,
+    session: &tessera_models::SessionConfig,
+) -> Result<(ModelSession, Option<usize>), tessera_models::ModelError> {
+    let mut probe = ModelSession::load(env, model.clone(), session)?;
+    if model.manifest.output.embedding.is_none() {
+        return Ok((probe, None));
+    }
+    let batch = match probe.batch_dim() {
+        BatchDim::Fixed(n) => n,
+        BatchDim::Dynamic => 1,
+    };
+    let zeros = vec![0.0; batch * probe.tensor_len()];
+    let dim = probe.run(&zeros, batch)?.first().map(|o| o.embedding.len());
+    Ok((probe, dim.filter(|d| *d > 0)))
+}
+
+/// Keeps the status and the model-info metric on the live head.
+fn report_live_head(heads: &Arc<HeadRegistry>, monitor: &Arc<Monitor>) {
+    let mut live = heads.subscribe();
+    let monitor = monitor.clone();
+    monitor.set_head_version(heads.live().map(|h| h.version()));
+    tokio::spawn(async move {
+        while live.changed().await.is_ok() {
+            let version = live.borrow_and_update().as_ref().map(|h| h.version());
+            monitor.set_head_version(version);
+        }
+    });
 }
 
 /// The stages and the edges between them, in start order (downstream first, the source
 /// last). A new stage is one module and one line here.
 fn wire(
     config: &PipelineConfig,
-    env: Arc<ort::environment::Environment>,
-    model: Arc<Model>,
-    batch_dim: BatchDim,
+    loaded: LoadedModel,
     ledger: &Arc<Ledger>,
     draining: watch::Receiver<bool>,
     monitor: &Arc<Monitor>,
 ) -> Vec<stage::ChildSpec> {
+    let LoadedModel {
+        env,
+        model,
+        batch_dim,
+        heads,
+    } = loaded;
     let (width, height) = (model.manifest.input.width, model.manifest.input.height);
     let tile_len = 3 * width as usize * height as usize;
     let capacity = recognize::batch_capacity(batch_dim, config.recognize.max_batch);
@@ -291,6 +352,7 @@ fn wire(
         ledger: ledger.clone(),
         draining,
         monitor: monitor.clone(),
+        heads,
     };
 
     vec![
@@ -317,6 +379,11 @@ impl PipelineHandle {
     /// The execution provider the sessions run on.
     pub fn execution_provider(&self) -> &str {
         &self.execution_provider
+    }
+
+    /// The heads of the model's backbone; `None` when the model has no embedding.
+    pub fn heads(&self) -> Option<&Arc<HeadRegistry>> {
+        self.heads.as_ref()
     }
 
     /// Threads the stages still run outside the runtime (model sessions, batching); none once

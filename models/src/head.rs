@@ -31,6 +31,9 @@ pub struct HeadMeta {
     pub version: u64,
     /// The live head this one was trained to replace, if any.
     pub parent: Option<u64>,
+    /// For a rollback: the earlier version whose weights this one carries.
+    #[serde(default)]
+    pub restored_from: Option<u64>,
     /// Class names, indexed by output.
     pub classes: Vec<String>,
     /// Training examples of each class, indexed like `classes`.
@@ -170,6 +173,7 @@ impl Head {
         let meta = HeadMeta {
             version: 0,
             parent: None,
+            restored_from: None,
             classes,
             examples_per_class,
             validation: Validation::default(),

@@ -194,6 +194,14 @@ impl Monitor {
         *lock(&self.model) = Some(model);
     }
 
+    /// Records the head that went live (in the status and the `tessera_model_info` metric).
+    pub fn set_head_version(&self, version: Option<u64>) {
+        if let Some(mut model) = self.model() {
+            model.head_version = version.map(|v| v.to_string());
+            self.set_model(model);
+        }
+    }
+
     pub fn model(&self) -> Option<ModelStatus> {
         lock(&self.model).clone()
     }

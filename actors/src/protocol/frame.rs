@@ -23,6 +23,9 @@ pub struct FrameMeta {
     pub received_ms: i64,
     /// Monotonic time of consumption, for stage latencies.
     pub received_at: Instant,
+    /// The head live when the frame was consumed: every tile of the frame, and every attempt
+    /// at it, is classified by this one, so a camera's results switch heads once, in order.
+    pub head: Option<Arc<tessera_models::Head>>,
     /// Released when the last reference to the frame is dropped (after its output is
     /// acknowledged, or its stream revoked): bounds frames in flight.
     pub _credit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -40,6 +43,7 @@ impl FrameMeta {
             kafka_timestamp_ms: None,
             received_ms: now_ms(),
             received_at: Instant::now(),
+            head: None,
             _credit: None,
         }
     }

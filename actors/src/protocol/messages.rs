@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_models::TileOutput;
+use tessera_models::{Head, TileOutput};
 use tessera_operators::preprocess::InputTransform;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -76,6 +76,8 @@ pub struct PreparedTile {
 pub struct TileChunk {
     /// The frame's handle: its key, and how to hand it back if its model run fails.
     pub frame: AckHandle,
+    /// The head pinned on the frame, applied to these tiles' embeddings.
+    pub head: Option<Arc<Head>>,
     pub tiles: Vec<PreparedTile>,
 }
 

@@ -27,8 +27,9 @@ pub struct FrameResult {
     pub image: ImageSize,
     /// The model that produced the result.
     pub model: ModelRef,
-    /// Version of the trainable head in use, if any.
-    pub head_version: Option<String>,
+    /// Version of the head that produced `classifications` (the head live when the frame was
+    /// consumed); `null` when no head is live and they come from the model itself.
+    pub head_version: Option<u64>,
     /// Number of tiles run through the model (including the full-frame pass).
     pub tile_count: usize,
     /// `ok`, or `skipped` when the lag policy dropped the frame unprocessed.

@@ -19,10 +19,12 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{Semaphore, TryAcquireError, watch};
+use tessera_models::Head;
 use tokio::task::JoinHandle;
 
 use crate::config::{FlowConfig, KafkaConfig};
 use crate::delivery::{Committable, Ledger};
+use crate::learn::HeadRegistry;
 use crate::observe::{LOG_INTERVAL, Monitor, Queue, Throttle};
 use crate::protocol::{Frame, FrameMeta, PartitionId, StageFailure, StageId, now_ms};
 use crate::stage::kafka::consumer_config;
@@ -43,6 +45,9 @@ pub struct IngestSettings {
     /// Set when the pipeline drains for shutdown: consumption stops (partitions paused).
     pub draining: watch::Receiver<bool>,
     pub monitor: Arc<Monitor>,
+    /// The heads of the backbone (`None`: the model has no embedding): each frame pins the
+    /// live one when it is consumed.
+    pub heads: Option<Arc<HeadRegistry>>,
 }
 
 /// The supervisor's entry for ingest, the source.
@@ -290,6 +295,7 @@ impl Actor for Ingest {
             operator_pause: settings.monitor.watch_pause(),
             draining: settings.draining.clone(),
             monitor: settings.monitor.clone(),
+            heads: settings.heads.clone(),
         }));
         let settle_loop = tokio::spawn(settle_loop(
             consumer.clone(),
@@ -464,6 +470,7 @@ struct ConsumeLoop {
     /// Set when the pipeline drains for shutdown.
     draining: watch::Receiver<bool>,
     monitor: Arc<Monitor>,
+    heads: Option<Arc<HeadRegistry>>,
 }
 
 /// Why consumption is paused.
@@ -518,7 +525,7 @@ async fn consume_loop(ctx: ConsumeLoop) {
             }
         };
         let frame = match held.pop_front() {
-            Some(message) => register(&ctx.ledger, &message, credit),
+            Some(message) => register(&ctx.ledger, &message, credit, live_head(&ctx.heads)),
             None => {
                 let mut pause = ctx.operator_pause.clone();
                 let mut draining = ctx.draining.clone();
@@ -528,7 +535,7 @@ async fn consume_loop(ctx: ConsumeLoop) {
                     () = pause_becomes(&mut pause, true) => continue,
                     () = pause_becomes(&mut draining, true) => continue,
                     message = ctx.consumer.recv() => match message {
-                        Ok(message) => register(&ctx.ledger, &message, credit),
+                        Ok(message) => register(&ctx.ledger, &message, credit, live_head(&ctx.heads)),
                         Err(error) => {
                             if let Some(held_back) = CONSUMER_ERROR.allow() {
                                 tracing::warn!(%error, held_back, "Kafka consumer error");
@@ -621,10 +628,15 @@ fn set_paused(ctx: &ConsumeLoop, pause: bool, reason: PauseReason) {
 }
 
 /// Records a consumed message in flight and turns it into a frame holding `credit`.
+fn live_head(heads: &Option<Arc<HeadRegistry>>) -> Option<Arc<Head>> {
+    heads.as_ref().and_then(|heads| heads.live())
+}
+
 fn register<M: Message>(
     ledger: &Arc<Ledger>,
     message: &M,
     credit: tokio::sync::OwnedSemaphorePermit,
+    head: Option<Arc<Head>>,
 ) -> Frame {
     let partition = PartitionId {
         topic: Arc::from(message.topic()),
@@ -651,6 +663,7 @@ fn register<M: Message>(
             kafka_timestamp_ms,
             received_ms: now_ms(),
             received_at: Instant::now(),
+            head,
             _credit: Some(credit),
         }),
         payload,

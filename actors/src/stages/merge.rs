@@ -247,14 +247,23 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
                 },
             })
             .collect(),
+        // A head's class ids index its own classes.
         classifications: classifications
             .iter()
             .map(|c| ClassificationOut {
-                label: model.label(c.class_id).to_owned(),
+                label: match &meta.head {
+                    Some(head) => head
+                        .classes()
+                        .get(c.class_id as usize)
+                        .cloned()
+                        .unwrap_or_default(),
+                    None => model.label(c.class_id).to_owned(),
+                },
                 class_id: c.class_id,
                 score: c.score,
             })
             .collect(),
+        head_version: meta.head.as_ref().map(|head| head.version()),
         latency_ms: Latencies {
             decode: millis(frame.decode),
             preprocess: millis(preprocess),

@@ -219,6 +219,7 @@ impl Prepare {
             };
             out.send(Prepared::Tiles(TileChunk {
                 frame: frame.meta.ack.clone(),
+                head: frame.meta.head.clone(),
                 tiles: prepared,
             }))?;
         }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use ort::environment::Environment;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tessera_models::{BatchDim, Model, ModelError, ModelSession, SessionConfig, TileOutput};
+use tessera_models::{
+    BatchDim, Head, Model, ModelError, ModelSession, SessionConfig, TileOutput,
+};
 use tessera_operators::batching::Batcher;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -91,6 +93,42 @@ pub fn child(
     })
 }
 
+/// Replaces the classifications of every tile whose frame pinned a head with the head's, from
+/// the tile's embedding: one head computation per head in the batch (normally one).
+fn apply_heads(
+    slots: &[TileSlot],
+    outputs: &mut [TileOutput],
+    top_k: usize,
+) -> Result<(), ModelError> {
+    let mut done = vec![false; slots.len()];
+    for first in 0..slots.len() {
+        let Some(head) = slots[first].head.as_ref().filter(|_| !done[first]) else {
+            continue;
+        };
+        let members: Vec<usize> = (first..slots.len())
+            .filter(|&i| !done[i] && slots[i].head.as_ref().is_some_and(|h| Arc::ptr_eq(h, head)))
+            .collect();
+        let mut embeddings = Vec::with_capacity(members.len() * head.meta().embedding_dim);
+        for &i in &members {
+            embeddings.extend_from_slice(&outputs[i].embedding);
+        }
+        if embeddings.len() != members.len() * head.meta().embedding_dim {
+            return Err(ModelError::Shape(format!(
+                "head v{} reads {}-d embeddings; the model gave {} values for {} tiles",
+                head.version(),
+                head.meta().embedding_dim,
+                embeddings.len(),
+                members.len()
+            )));
+        }
+        for (&i, classes) in members.iter().zip(head.classify(&embeddings, top_k)?) {
+            outputs[i].classifications = classes;
+            done[i] = true;
+        }
+    }
+    Ok(())
+}
+
 /// A deliberate, counted panic for fault-injection tests.
 #[derive(Debug)]
 pub struct InjectedFault {
@@ -119,6 +157,8 @@ impl InjectedFault {
 #[derive(Debug, Clone)]
 struct TileSlot {
     frame: AckHandle,
+    /// The head pinned on the frame.
+    head: Option<Arc<Head>>,
     /// Tile index within the frame.
     tile: usize,
     /// Time spent preparing this tile.
@@ -321,7 +361,7 @@ impl BatchingThread {
                 Some(Prepared::Unprocessed(frame)) => self.forward(Recognized::Unprocessed(frame)),
                 Some(Prepared::Tiles(chunk)) => {
                     for tile in chunk.tiles {
-                        self.push(&chunk.frame, tile);
+                        self.push(&chunk.frame, &chunk.head, tile);
                     }
                 }
                 None => {}
@@ -341,7 +381,7 @@ impl BatchingThread {
 
     /// Copies a tile into the open batch's next slot (a one-slot batch takes the tile's own
     /// tensor); dispatches the batch if it is full.
-    fn push(&mut self, frame: &AckHandle, tile: PreparedTile) {
+    fn push(&mut self, frame: &AckHandle, head: &Option<Arc<Head>>, tile: PreparedTile) {
         let capacity = self.batcher.capacity();
         let len = tile.tensor.len();
         let slot = self.batcher.len();
@@ -372,6 +412,7 @@ impl BatchingThread {
         }
         let slot = TileSlot {
             frame: frame.clone(),
+            head: head.clone(),
             tile: tile.index,
             preprocess: tile.preprocess,
         };
@@ -519,9 +560,14 @@ impl SessionThread {
         elapsed: Duration,
     ) {
         let metrics = &self.settings.monitor.metrics;
+        let top_k = self.settings.model.manifest.thresholds.top_k;
+        let outcome = outcome.and_then(|mut outputs| {
+            outputs.truncate(slots.len());
+            apply_heads(&slots, &mut outputs, top_k)?;
+            Ok(outputs)
+        });
         match outcome {
-            Ok(mut outputs) => {
-                outputs.truncate(slots.len());
+            Ok(outputs) => {
                 metrics
                     .stage(Step::Inference)
                     .observe(elapsed.as_secs_f64());
@@ -664,6 +710,7 @@ mod tests {
     fn outputs_go_back_to_their_frames() {
         let slot = |seq, tile| TileSlot {
             frame: AckHandle::detached(key(seq)),
+            head: None,
             tile,
             preprocess: Duration::from_millis(1),
         };
