@@ -121,12 +121,29 @@ impl PipelineConfig {
 
 /// Trainable heads: where versions are kept. Heads apply to models whose manifest names an
 /// embedding (`output.embedding`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeadsConfig {
+    /// The compacted topic promoted heads are published to, keyed by scope; every replica
+    /// applies the newest version on it.
+    pub topic: String,
+    /// How long the start may take to read the heads topic to its end (a replica serves the
+    /// newest head from its first result).
+    #[serde(with = "humantime_serde")]
+    pub load_timeout: Duration,
     /// Folder where this replica also writes every head version it learns of (one safetensors
     /// file each, read back at start); unset: the heads topic is the only store.
     pub dir: Option<PathBuf>,
+}
+
+impl Default for HeadsConfig {
+    fn default() -> Self {
+        Self {
+            topic: "tessera.heads".into(),
+            load_timeout: Duration::from_secs(30),
+            dir: None,
+        }
+    }
 }
 
 /// Kafka clients (rdkafka, bundled librdkafka) and topics.

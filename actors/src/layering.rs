@@ -16,7 +16,9 @@ const ALLOWED: [(&str, &[&str]); 10] = [
     ("stage", &["protocol", "config", "observe"]),
     (
         "stages",
-        &["protocol", "config", "delivery", "learn", "observe", "stage"],
+        &[
+            "protocol", "config", "delivery", "learn", "observe", "stage",
+        ],
     ),
     ("error", &["protocol", "config"]),
     (

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef, ActorStatus};
-use tessera_models::{BatchDim, Model, ModelSession, init_runtime};
+use tessera_models::{BatchDim, Head, Model, ModelSession, init_runtime};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -48,7 +48,7 @@ use delivery::Ledger;
 use learn::HeadRegistry;
 use protocol::tensor::TensorPool;
 use stage::{Edge, StageThreads};
-use stages::{ingest, merge, prepare, publish, recognize, sequencer};
+use stages::{heads, ingest, merge, prepare, publish, recognize, sequencer};
 use supervisor::{PipelineSupervisor, SupervisorArgs, SupervisorMsg};
 
 /// A running pipeline.
@@ -64,6 +64,9 @@ pub struct PipelineHandle {
     threads: StageThreads,
     /// `None`: the model has no embedding for heads to read.
     heads: Option<Arc<HeadRegistry>>,
+    /// Where heads are published.
+    kafka: config::KafkaConfig,
+    heads_topic: String,
 }
 
 /// Loads the model, then starts the actor tree, with a fresh [`Monitor`].
@@ -151,11 +154,26 @@ async fn start_tree(
         let heads = HeadRegistry::new(model.backbone_hash.clone(), dim, config.heads.dir.clone());
         let loaded = heads.load_dir();
         if loaded > 0 {
-            tracing::info!(loaded, live = heads.live_version(), "Heads loaded from heads.dir");
+            tracing::info!(
+                loaded,
+                live = heads.live_version(),
+                "Heads loaded from heads.dir"
+            );
         }
         report_live_head(&heads, &monitor);
         heads
     });
+    if let Some(registry) = &heads {
+        let reader = heads_settings(&config, registry, &monitor);
+        let read = heads::catch_up(&reader, config.heads.load_timeout)
+            .await
+            .map_err(|failure| PipelineError::Escalated {
+                stage: StageId::Heads,
+                domain: failure.domain,
+                source: Box::new(failure),
+            })?;
+        tracing::info!(read, live = registry.live_version(), topic = %config.heads.topic, "Heads topic read");
+    }
 
     let ledger = Ledger::new();
     {
@@ -207,6 +225,8 @@ async fn start_tree(
         monitor,
         threads,
         heads,
+        kafka: config.kafka.clone(),
+        heads_topic: config.heads.topic.clone(),
     })
 }
 
@@ -238,6 +258,19 @@ fn probe_model(
     let zeros = vec![0.0; batch * probe.tensor_len()];
     let dim = probe.run(&zeros, batch)?.first().map(|o| o.embedding.len());
     Ok((probe, dim.filter(|d| *d > 0)))
+}
+
+fn heads_settings(
+    config: &PipelineConfig,
+    registry: &Arc<HeadRegistry>,
+    monitor: &Arc<Monitor>,
+) -> heads::HeadsSettings {
+    heads::HeadsSettings {
+        kafka: config.kafka.clone(),
+        topic: config.heads.topic.clone(),
+        registry: registry.clone(),
+        monitor: monitor.clone(),
+    }
 }
 
 /// Keeps the status and the model-info metric on the live head.
@@ -352,17 +385,23 @@ fn wire(
         ledger: ledger.clone(),
         draining,
         monitor: monitor.clone(),
-        heads,
+        heads: heads.clone(),
     };
+    let learning_heads = heads;
 
-    vec![
+    let mut children = vec![
         publish::child(publish, sequenced.clone()),
         sequencer::child(ledger.clone(), monitor.clone(), finished.clone(), sequenced),
         merge::child(merge, recognized.clone(), finished),
         recognize::child(recognize, prepared_rx, recognized),
         prepare::child(prepare, frames.clone(), prepared),
         ingest::child(ingest, frames),
-    ]
+    ];
+    // The learning stages are beside the frame path: they start first, the source last.
+    if let Some(registry) = &learning_heads {
+        children.insert(0, heads::child(heads_settings(config, registry, monitor)));
+    }
+    children
 }
 
 impl PipelineHandle {
@@ -384,6 +423,28 @@ impl PipelineHandle {
     /// The heads of the model's backbone; `None` when the model has no embedding.
     pub fn heads(&self) -> Option<&Arc<HeadRegistry>> {
         self.heads.as_ref()
+    }
+
+    /// Publishes `head` to the heads topic, keyed by its scope; every replica of the group,
+    /// this one included, applies it (it goes live where it is the newest version). Refused
+    /// before publishing if it does not fit this model's backbone.
+    pub async fn publish_head(&self, head: &Head) -> Result<(i32, i64), PipelineError> {
+        let registry = self.heads.as_ref().ok_or_else(no_embedding)?;
+        head.check_backbone(registry.backbone(), registry.embedding_dim())?;
+        let bytes = head.to_bytes()?;
+        let written =
+            stage::kafka::produce_one(&self.kafka, &self.heads_topic, HEAD_SCOPE, &bytes).await?;
+        tracing::info!(version = head.version(), topic = %self.heads_topic, "Head published");
+        Ok(written)
+    }
+
+    /// Makes the weights of an earlier `version` live again, on every replica: they are
+    /// published as a new version (newest wins everywhere). Returns the new version.
+    pub async fn rollback(&self, version: u64) -> Result<u64, PipelineError> {
+        let registry = self.heads.as_ref().ok_or_else(no_embedding)?;
+        let head = registry.restore(version)?;
+        self.publish_head(&head).await?;
+        Ok(head.version())
     }
 
     /// Threads the stages still run outside the runtime (model sessions, batching); none once
@@ -444,6 +505,18 @@ async fn wait_for_threads(threads: &StageThreads) {
 
 /// How long a stopped pipeline waits for its stages' threads (one model run or load).
 const THREADS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The scope of the one head of step 6 (camera groups get their own scopes later).
+pub const HEAD_SCOPE: &str = "global";
+
+fn no_embedding() -> PipelineError {
+    PipelineError::Model(tessera_models::ModelError::InvalidHead {
+        message:
+            "the model has no embedding output for heads (set `output.embedding` in its manifest)"
+                .into(),
+        source: None,
+    })
+}
 
 fn take(exit: &Mutex<Option<PipelineError>>) -> Option<PipelineError> {
     exit.lock().ok().and_then(|mut e| e.take())

@@ -23,6 +23,7 @@
 //! # }
 //! ```
 
+pub mod embedder;
 pub mod embedding;
 pub mod error;
 pub mod head;
@@ -33,6 +34,7 @@ pub mod recognizer;
 pub mod runtime;
 pub mod session;
 
+pub use embedder::Embedder;
 pub use error::{ErrorOrigin, ModelError, error_chain};
 pub use head::{Example, HEAD_FORMAT, Head, HeadMeta, TrainSettings, Validation};
 pub use inspect::{ModelInfo, TensorInfo, inspect};

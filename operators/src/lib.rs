@@ -11,6 +11,7 @@ pub mod batching;
 pub mod decode;
 pub mod detection;
 pub mod geometry;
+pub mod labels;
 pub mod learning;
 pub mod merge;
 pub mod preprocess;

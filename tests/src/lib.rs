@@ -4,6 +4,7 @@ pub mod delivery;
 pub mod golden;
 pub mod harness;
 pub mod http;
+pub mod learning;
 
 pub use tessera_operators::test_images as hostile;
 

@@ -197,3 +197,104 @@ impl HeadRegistry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_models::{Example, TrainSettings};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const BACKBONE: &str = "sha256:backbone";
+
+    fn head(version: u64, backbone: &str) -> Result<Head, ModelError> {
+        let embeddings = [[1.0f32, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]];
+        let examples: Vec<Example<'_>> = embeddings
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Example {
+                embedding: e,
+                class: i % 2,
+            })
+            .collect();
+        let settings = TrainSettings {
+            steps: 5,
+            ..TrainSettings::default()
+        };
+        let mut head = Head::train(
+            vec!["a".into(), "b".into()],
+            &examples,
+            2,
+            backbone.into(),
+            &settings,
+        )?;
+        head.meta_mut().version = version;
+        Ok(head)
+    }
+
+    #[test]
+    fn the_newest_version_goes_live_whatever_the_order() -> TestResult {
+        let registry = HeadRegistry::new(BACKBONE.into(), 2, None);
+        let live = registry.subscribe();
+        assert_eq!(registry.apply(head(2, BACKBONE)?)?, Applied::Live);
+        assert_eq!(registry.apply(head(1, BACKBONE)?)?, Applied::Older);
+        assert_eq!(registry.apply(head(2, BACKBONE)?)?, Applied::Known);
+        assert_eq!(registry.live_version(), 2);
+        assert!(live.has_changed()?);
+        assert_eq!(registry.next_version(), 3);
+        let listed: Vec<(u64, bool)> = registry
+            .list()
+            .iter()
+            .map(|h| (h.meta.version, h.live))
+            .collect();
+        assert_eq!(listed, vec![(1, false), (2, true)]);
+        Ok(())
+    }
+
+    #[test]
+    fn another_backbones_head_and_version_zero_are_refused() -> TestResult {
+        let registry = HeadRegistry::new(BACKBONE.into(), 2, None);
+        let error = registry
+            .apply(head(1, "sha256:other")?)
+            .err()
+            .ok_or("a foreign head was applied")?;
+        assert!(error.to_string().contains("sha256:other"), "{error}");
+        assert!(registry.apply(head(0, BACKBONE)?).is_err());
+        assert_eq!(registry.live_version(), 0);
+        assert!(registry.live().is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_rollback_is_a_new_version_with_the_old_weights() -> TestResult {
+        let registry = HeadRegistry::new(BACKBONE.into(), 2, None);
+        registry.apply(head(1, BACKBONE)?)?;
+        registry.apply(head(2, BACKBONE)?)?;
+        let restored = registry.restore(1)?;
+        assert_eq!(restored.version(), 3);
+        assert_eq!(restored.meta().restored_from, Some(1));
+        assert_eq!(restored.meta().parent, Some(2));
+        let probe = [0.3f32, 0.7];
+        let original = registry.get(1).ok_or("version 1")?;
+        assert_eq!(
+            restored.probabilities(&probe)?,
+            original.probabilities(&probe)?
+        );
+        assert_eq!(registry.apply(restored)?, Applied::Live);
+        assert!(registry.restore(9).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn heads_written_to_the_folder_are_read_back() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let first = HeadRegistry::new(BACKBONE.into(), 2, Some(dir.path().to_path_buf()));
+        first.apply(head(1, BACKBONE)?)?;
+        first.apply(head(2, BACKBONE)?)?;
+        std::fs::write(dir.path().join("head-9.safetensors"), b"garbage")?;
+        let second = HeadRegistry::new(BACKBONE.into(), 2, Some(dir.path().to_path_buf()));
+        assert_eq!(second.load_dir(), 2);
+        assert_eq!(second.live_version(), 2);
+        Ok(())
+    }
+}

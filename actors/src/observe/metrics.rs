@@ -32,9 +32,12 @@ pub mod names {
     pub const COMMIT_FAILURES: &str = "tessera_ingest_commit_failures_total";
     pub const PRODUCERS_REPLACED: &str = "tessera_publish_producers_replaced_total";
     pub const MODEL_INFO: &str = "tessera_model_info";
+    pub const HEADS_APPLIED: &str = "tessera_heads_applied_total";
+    pub const HEADS_REFUSED: &str = "tessera_heads_refused_total";
+    pub const HEAD_LIVE_VERSION: &str = "tessera_heads_live_version";
 
     /// Every tessera metric family, in exposition order of this list.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 23] = [
         FRAMES_CONSUMED,
         PARTITIONS_ASSIGNED,
         PARTITIONS_PAUSED,
@@ -55,6 +58,9 @@ pub mod names {
         COMMIT_FAILURES,
         PRODUCERS_REPLACED,
         MODEL_INFO,
+        HEADS_APPLIED,
+        HEADS_REFUSED,
+        HEAD_LIVE_VERSION,
     ];
 
     /// The process metrics (Linux) registered beside tessera's own.
@@ -186,6 +192,12 @@ pub struct Metrics {
     /// Producers replaced after a fatal error.
     pub producers_replaced: IntCounter,
     model_info: IntGaugeVec,
+    /// Heads that went live on this replica.
+    pub heads_applied: IntCounter,
+    /// Records of the heads topic refused (not a head, or another backbone's).
+    pub heads_refused: IntCounter,
+    /// Version of the live head, 0 before the first.
+    pub head_live_version: IntGauge,
 }
 
 /// Latency buckets from 0.5 ms to 60 s (stages span sub-millisecond merges to queued frames).
@@ -337,6 +349,21 @@ impl Metrics {
                 "Kafka producers replaced after a fatal error (their records are sent again)",
             )
             .expect("valid metric"),
+            heads_applied: IntCounter::new(
+                names::HEADS_APPLIED,
+                "Heads that went live on this replica (promoted here or read from the heads topic)",
+            )
+            .expect("valid metric"),
+            heads_refused: IntCounter::new(
+                names::HEADS_REFUSED,
+                "Heads topic records refused: not a head, or trained on another backbone",
+            )
+            .expect("valid metric"),
+            head_live_version: IntGauge::new(
+                names::HEAD_LIVE_VERSION,
+                "Version of the live head (0: none, classifications come from the model)",
+            )
+            .expect("valid metric"),
             frames_dead_lettered,
             actor_restarts,
             delivery_failures,
@@ -359,7 +386,7 @@ impl Metrics {
                 .delivery_failures
                 .with_label_values(&[domain.as_str()]);
         }
-        let collectors: [Box<dyn Collector>; 20] = [
+        let collectors: [Box<dyn Collector>; 23] = [
             Box::new(metrics.frames_consumed.clone()),
             Box::new(metrics.partitions_assigned.clone()),
             Box::new(metrics.partitions_paused.clone()),
@@ -380,6 +407,9 @@ impl Metrics {
             Box::new(metrics.commit_failures.clone()),
             Box::new(metrics.producers_replaced.clone()),
             Box::new(metrics.model_info.clone()),
+            Box::new(metrics.heads_applied.clone()),
+            Box::new(metrics.heads_refused.clone()),
+            Box::new(metrics.head_live_version.clone()),
         ];
         for collector in collectors {
             metrics

@@ -196,6 +196,9 @@ impl Monitor {
 
     /// Records the head that went live (in the status and the `tessera_model_info` metric).
     pub fn set_head_version(&self, version: Option<u64>) {
+        self.metrics
+            .head_live_version
+            .set(version.unwrap_or(0) as i64);
         if let Some(mut model) = self.model() {
             model.head_version = version.map(|v| v.to_string());
             self.set_model(model);

@@ -12,17 +12,20 @@ pub enum StageId {
     Merge,
     Sequencer,
     Publish,
+    /// Applies the heads published on the heads topic.
+    Heads,
 }
 
 impl StageId {
-    /// Every stage, in the order a frame passes them.
-    pub const ALL: [StageId; 6] = [
+    /// Every stage: those a frame passes, in order, then the learning stages.
+    pub const ALL: [StageId; 7] = [
         StageId::Ingest,
         StageId::Prepare,
         StageId::Recognize,
         StageId::Merge,
         StageId::Sequencer,
         StageId::Publish,
+        StageId::Heads,
     ];
 
     /// Stable snake_case name (actor names, metric labels).
@@ -34,6 +37,7 @@ impl StageId {
             StageId::Merge => "merge",
             StageId::Sequencer => "sequencer",
             StageId::Publish => "publish",
+            StageId::Heads => "heads",
         }
     }
 }

@@ -58,6 +58,42 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// A consumer that reads topics it assigns itself (the heads topic, the examples topic, a
+/// frame fetched by offset): its own group id, nothing committed, from the earliest offset.
+pub fn reader_config(config: &KafkaConfig, purpose: &str) -> ClientConfig {
+    let mut client = base(config);
+    client
+        .set("group.id", format!("{}.{purpose}", config.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100");
+    for (key, value) in &config.consumer_properties {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Produces one record and waits for Kafka's acknowledgement (rare records: a promoted head,
+/// a rollback). Returns the partition and offset written.
+pub async fn produce_one(
+    config: &KafkaConfig,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+) -> Result<(i32, i64), rdkafka::error::KafkaError> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = producer_config(config).create()?;
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            config.message_timeout,
+        )
+        .await
+        .map(|delivery| (delivery.partition, delivery.offset))
+        .map_err(|(error, _)| error)
+}
+
 fn base(config: &KafkaConfig) -> ClientConfig {
     base_with_secrets(config, |name| std::env::var(name).ok())
 }

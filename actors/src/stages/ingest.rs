@@ -18,8 +18,8 @@ use rdkafka::consumer::{
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{Semaphore, TryAcquireError, watch};
 use tessera_models::Head;
+use tokio::sync::{Semaphore, TryAcquireError, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{FlowConfig, KafkaConfig};

@@ -1,7 +1,9 @@
-//! The stages of the frame path, in the order a frame passes them. A stage never imports
-//! another stage's module: it knows its input and output message types (protocol) and the
-//! edge to its successor (handed to it by the wiring).
+//! The stages: those of the frame path (ingest, prepare, recognize, merge, sequencer,
+//! publish), and those of learning on the job (heads). A stage never imports another stage's
+//! module: it knows its input and output message types (protocol) and the edge to its
+//! successor (handed to it by the wiring).
 
+pub mod heads;
 pub mod ingest;
 pub mod merge;
 pub mod prepare;

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use ort::environment::Environment;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tessera_models::{
-    BatchDim, Head, Model, ModelError, ModelSession, SessionConfig, TileOutput,
-};
+use tessera_models::{BatchDim, Head, Model, ModelError, ModelSession, SessionConfig, TileOutput};
 use tessera_operators::batching::Batcher;
 use tokio::sync::OwnedSemaphorePermit;
 

@@ -1,0 +1,200 @@
+//! Heads: reads the compacted heads topic and applies every head on it to this replica's
+//! registry, where the newest version goes live; so every replica converges on the same head,
+//! whichever replica trained it. At start the pipeline reads the topic up to its end before
+//! consuming a frame (`catch_up`), so a replica that starts later serves the newest head from
+//! its first result.
+//!
+//! A record is keyed by the head's scope (`global`) and holds the head as one safetensors
+//! file (`tessera_models::Head::to_bytes`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tessera_models::Head;
+use tokio::task::JoinHandle;
+
+use crate::config::KafkaConfig;
+use crate::learn::{Applied, HeadRegistry};
+use crate::observe::{LOG_INTERVAL, Monitor, Throttle};
+use crate::protocol::{StageFailure, StageId};
+use crate::stage::kafka::reader_config;
+use crate::stage::{ChildSpec, SpawnContext};
+
+/// How often a missing heads topic is looked for again.
+const TOPIC_RETRY: Duration = Duration::from_secs(5);
+
+static BAD_HEAD: Throttle = Throttle::new(LOG_INTERVAL);
+
+#[derive(Debug, Clone)]
+pub struct HeadsSettings {
+    pub kafka: KafkaConfig,
+    /// The compacted heads topic (`heads.topic`).
+    pub topic: String,
+    pub registry: Arc<HeadRegistry>,
+    pub monitor: Arc<Monitor>,
+}
+
+/// The supervisor's entry for the heads reader.
+pub fn child(settings: HeadsSettings) -> ChildSpec {
+    ChildSpec::new(StageId::Heads, move |ctx: SpawnContext| {
+        let settings = settings.clone();
+        async move {
+            let (actor, _) = Actor::spawn_linked(
+                Some(ctx.actor_name(StageId::Heads)),
+                HeadsReader,
+                settings,
+                ctx.supervisor,
+            )
+            .await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// Reads the heads topic up to its end (as it is now), applying every head; returns how
+/// many were read. An absent topic has no heads.
+pub async fn catch_up(settings: &HeadsSettings, timeout: Duration) -> Result<usize, StageFailure> {
+    let consumer = reader(settings)?;
+    let Some(ends) = assign_all(&consumer, &settings.topic).await? else {
+        return Ok(0);
+    };
+    let mut remaining: Vec<(i32, i64)> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    let mut read = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !remaining.is_empty() {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .map_err(|_| {
+                StageFailure::external(
+                    StageId::Heads,
+                    format!(
+                        "reading the heads topic `{}` to its end took longer than {timeout:?}",
+                        settings.topic
+                    ),
+                )
+            })?
+            .map_err(|e| StageFailure::external(StageId::Heads, e.to_string()))?;
+        apply(&settings.registry, &settings.monitor, message.payload());
+        read += 1;
+        let (partition, next) = (message.partition(), message.offset() + 1);
+        remaining.retain(|&(p, end)| p != partition || next < end);
+    }
+    Ok(read)
+}
+
+/// The heads reader actor: one task consuming the topic for as long as the stage runs.
+#[derive(Debug)]
+pub struct HeadsReader;
+
+impl Actor for HeadsReader {
+    type Msg = ();
+    type State = JoinHandle<()>;
+    type Arguments = HeadsSettings;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        settings: HeadsSettings,
+    ) -> Result<JoinHandle<()>, ActorProcessingErr> {
+        let consumer = reader(&settings)?;
+        Ok(tokio::spawn(follow(consumer, settings)))
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<()>,
+        task: &mut JoinHandle<()>,
+    ) -> Result<(), ActorProcessingErr> {
+        task.abort();
+        Ok(())
+    }
+}
+
+/// Applies every head on the topic, from its start, then each new one as it arrives.
+async fn follow(consumer: StreamConsumer, settings: HeadsSettings) {
+    loop {
+        match assign_all(&consumer, &settings.topic).await {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(failure) => {
+                tracing::warn!(error = %failure, "Cannot read the heads topic yet");
+            }
+        }
+        tokio::time::sleep(TOPIC_RETRY).await;
+    }
+    loop {
+        match consumer.recv().await {
+            Ok(message) => apply(&settings.registry, &settings.monitor, message.payload()),
+            Err(error) => {
+                if let Some(held_back) = BAD_HEAD.allow() {
+                    tracing::warn!(%error, held_back, "Heads topic read failed");
+                }
+                tokio::time::sleep(TOPIC_RETRY).await;
+            }
+        }
+    }
+}
+
+fn reader(settings: &HeadsSettings) -> Result<StreamConsumer, StageFailure> {
+    reader_config(&settings.kafka, "heads")
+        .create()
+        .map_err(|e| StageFailure::external(StageId::Heads, e.to_string()))
+}
+
+/// Assigns every partition of `topic` from its start; returns each partition's end offset,
+/// or `None` when the topic does not exist (yet).
+async fn assign_all(
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> Result<Option<Vec<(i32, i64)>>, StageFailure> {
+    let external =
+        |e: rdkafka::error::KafkaError| StageFailure::external(StageId::Heads, e.to_string());
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(external)?;
+    let Some(found) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    else {
+        return Ok(None);
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for partition in found.partitions() {
+        let id = partition.id();
+        assignment
+            .add_partition_offset(topic, id, Offset::Beginning)
+            .map_err(external)?;
+        let (_, high) = consumer
+            .fetch_watermarks(topic, id, Duration::from_secs(10))
+            .map_err(external)?;
+        ends.push((id, high));
+    }
+    consumer.assign(&assignment).map_err(external)?;
+    Ok(Some(ends))
+}
+
+/// Applies one record's head; a record that is not a head of this backbone is skipped
+/// (counted and logged: the heads topic is tessera's own, so it means a bug or a mixed-up
+/// deployment).
+fn apply(registry: &HeadRegistry, monitor: &Monitor, payload: Option<&[u8]>) {
+    let Some(payload) = payload else {
+        // A tombstone: nothing to apply (a head is never withdrawn, only superseded).
+        return;
+    };
+    match Head::from_bytes(payload).and_then(|head| registry.apply(head)) {
+        Ok(Applied::Live) => monitor.metrics.heads_applied.inc(),
+        Ok(Applied::Older | Applied::Known) => {}
+        Err(error) => {
+            monitor.metrics.heads_refused.inc();
+            if let Some(held_back) = BAD_HEAD.allow() {
+                tracing::warn!(error = %error.detail(), held_back, "Head on the heads topic refused");
+            }
+        }
+    }
+}
