@@ -54,6 +54,10 @@ pub struct PipelineConfig {
     pub http: HttpConfig,
     /// Trainable heads over the model's embedding.
     pub heads: HeadsConfig,
+    /// Labelled feedback.
+    pub labels: LabelsConfig,
+    /// Training new heads from the labelled examples.
+    pub finetune: FineTuneConfig,
 }
 
 impl PipelineConfig {
@@ -109,6 +113,7 @@ impl PipelineConfig {
             ));
         }
         self.http.validate()?;
+        self.finetune.validate()?;
         if self.supervision.max_restarts == 0 {
             return Err(ConfigError::invalid(
                 "supervision.max_restarts",
@@ -143,6 +148,142 @@ impl Default for HeadsConfig {
             load_timeout: Duration::from_secs(30),
             dir: None,
         }
+    }
+}
+
+/// Labelled feedback: the labels topic, and where joined examples are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelsConfig {
+    /// Topic of label records (JSON, see the README). One partition: the replica that owns it
+    /// (in a consumer group of its own, `<kafka.group_id>.labels`) is the group's trainer.
+    pub topic: String,
+    /// Compacted topic of joined examples (label plus embedding), keyed by the label's
+    /// `labels/<partition>/<offset>`; a label's offset is committed only once its example is
+    /// written there, and the trainer re-reads it at start, so examples survive restarts.
+    pub examples_topic: String,
+    /// Recent frames' embeddings kept for joining labels without reading the frame back.
+    pub embedding_cache: usize,
+    /// Largest inline image a label may carry, in bytes (decoded).
+    pub max_image_bytes: usize,
+    /// How long reading a labelled frame back from Kafka may take.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+}
+
+impl Default for LabelsConfig {
+    fn default() -> Self {
+        Self {
+            topic: "labels".into(),
+            examples_topic: "tessera.examples".into(),
+            embedding_cache: 4096,
+            max_image_bytes: 8 * 1024 * 1024,
+            fetch_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Fine-tuning: when new heads are trained, on what, and when one is promoted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FineTuneConfig {
+    /// Train heads on this replica when it is the trainer (owns the labels topic).
+    pub enabled: bool,
+    /// Train every this long when new labels arrived since the last round; `0s`: never on a
+    /// timer.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Train once this many new labels arrived; `0`: never on a count.
+    pub min_new_labels: usize,
+    /// Cores one round may use (its own thread pool, never the async runtime's threads).
+    pub threads: usize,
+    /// Examples kept per class in the replay buffer (a uniform sample of all seen).
+    pub per_class: usize,
+    /// Classes kept in the replay buffer; labels of further classes are refused.
+    pub max_classes: usize,
+    /// Share of examples held out for validation, in percent (a stable split by example id).
+    pub validation_percent: u8,
+    /// Training examples a round needs.
+    pub min_examples: usize,
+    /// Full-batch AdamW steps per round.
+    pub steps: usize,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// Units of a hidden ReLU layer; unset: a linear softmax head.
+    pub hidden: Option<usize>,
+    /// A candidate may be this much less accurate than the live head on the same held-out
+    /// examples and still be promoted.
+    pub tolerance: f32,
+    /// A candidate's validation accuracy must reach this.
+    pub floor: f32,
+    /// No class's recall may fall by more than this against the live head's.
+    pub max_recall_drop: f32,
+    /// No class's recall may be below this.
+    pub min_class_recall: f32,
+    /// Held-out examples needed to decide.
+    pub min_validation_examples: usize,
+}
+
+impl Default for FineTuneConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(600),
+            min_new_labels: 50,
+            threads: 1,
+            per_class: 500,
+            max_classes: 256,
+            validation_percent: 20,
+            min_examples: 10,
+            steps: 150,
+            learning_rate: 0.01,
+            hidden: None,
+            tolerance: 0.01,
+            floor: 0.6,
+            max_recall_drop: 0.25,
+            min_class_recall: 0.3,
+            min_validation_examples: 4,
+        }
+    }
+}
+
+impl FineTuneConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.threads == 0 {
+            return Err(ConfigError::invalid(
+                "finetune.threads",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=90).contains(&self.validation_percent) {
+            return Err(ConfigError::invalid(
+                "finetune.validation_percent",
+                "must be within 1..=90",
+            ));
+        }
+        if self.per_class == 0 || self.max_classes < 2 {
+            return Err(ConfigError::invalid(
+                "finetune.per_class",
+                "per_class must be at least 1 and max_classes at least 2",
+            ));
+        }
+        if self.steps == 0 || !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(ConfigError::invalid(
+                "finetune.steps",
+                "steps must be at least 1 and learning_rate positive",
+            ));
+        }
+        for (field, value) in [
+            ("finetune.tolerance", self.tolerance),
+            ("finetune.floor", self.floor),
+            ("finetune.max_recall_drop", self.max_recall_drop),
+            ("finetune.min_class_recall", self.min_class_recall),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ConfigError::invalid(field, "must be within 0..=1"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef, ActorStatus};
-use tessera_models::{BatchDim, Head, Model, ModelSession, init_runtime};
+use tessera_models::{BatchDim, Embedder, Head, Model, ModelSession, init_runtime};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -45,10 +45,10 @@ pub use protocol::{DeadLetterKind, StageId};
 pub use supervisor::ShutdownReport;
 
 use delivery::Ledger;
-use learn::HeadRegistry;
+use learn::{EmbeddingCache, HeadRegistry, Learning, TrainerState};
 use protocol::tensor::TensorPool;
 use stage::{Edge, StageThreads};
-use stages::{heads, ingest, merge, prepare, publish, recognize, sequencer};
+use stages::{finetune, heads, ingest, labels, merge, prepare, publish, recognize, sequencer};
 use supervisor::{PipelineSupervisor, SupervisorArgs, SupervisorMsg};
 
 /// A running pipeline.
@@ -64,6 +64,8 @@ pub struct PipelineHandle {
     threads: StageThreads,
     /// `None`: the model has no embedding for heads to read.
     heads: Option<Arc<HeadRegistry>>,
+    /// Heads, examples and the trainer; `None` when the model has no embedding.
+    learning: Option<Arc<Learning>>,
     /// Where heads are published.
     kafka: config::KafkaConfig,
     heads_topic: String,
@@ -129,7 +131,8 @@ async fn start_tree(
     };
     let batch_dim = probe.batch_dim();
     let execution_provider = probe.execution_provider().to_owned();
-    drop(probe);
+    // The probe session stays as the labels stage's backbone when heads apply.
+    let probe = embedding_dim.map(|_| probe);
     monitor.set_model(observe::ModelStatus {
         name: model.manifest.name.clone(),
         version: model.manifest.version.clone(),
@@ -175,6 +178,20 @@ async fn start_tree(
         tracing::info!(read, live = registry.live_version(), topic = %config.heads.topic, "Heads topic read");
     }
 
+    let learning = match (&heads, probe) {
+        (Some(heads), Some(probe)) => Some(Arc::new(Learning {
+            heads: heads.clone(),
+            cache: EmbeddingCache::new(config.labels.embedding_cache),
+            trainer: TrainerState::default(),
+            embedder: Arc::new(Mutex::new(Embedder::new(probe)?)),
+            publish: head_publisher(&config),
+        })),
+        _ => None,
+    };
+
+    if let Some(learning) = &learning {
+        monitor.attach_learning(learning.clone());
+    }
     let ledger = Ledger::new();
     {
         let ledger = ledger.clone();
@@ -186,6 +203,7 @@ async fn start_tree(
         model: model.clone(),
         batch_dim,
         heads: heads.clone(),
+        learning: learning.clone(),
     };
     let children = wire(&config, loaded, &ledger, draining_rx, &monitor);
     let exit = Arc::new(Mutex::new(None));
@@ -225,6 +243,7 @@ async fn start_tree(
         monitor,
         threads,
         heads,
+        learning,
         kafka: config.kafka.clone(),
         heads_topic: config.heads.topic.clone(),
     })
@@ -238,6 +257,7 @@ struct LoadedModel {
     batch_dim: BatchDim,
     /// `None`: the model has no embedding for heads to read.
     heads: Option<Arc<HeadRegistry>>,
+    learning: Option<Arc<Learning>>,
 }
 
 /// One session, run once on zeros: fails the start early (with a clear error) if the model
@@ -300,6 +320,7 @@ fn wire(
         model,
         batch_dim,
         heads,
+        learning,
     } = loaded;
     let (width, height) = (model.manifest.input.width, model.manifest.input.height);
     let tile_len = 3 * width as usize * height as usize;
@@ -342,6 +363,7 @@ fn wire(
         merge: config.merge.clone(),
         ledger: ledger.clone(),
         monitor: monitor.clone(),
+        learning: learning.clone(),
     };
     let recognize = recognize::RecognizeSettings {
         env,
@@ -387,7 +409,6 @@ fn wire(
         monitor: monitor.clone(),
         heads: heads.clone(),
     };
-    let learning_heads = heads;
 
     let mut children = vec![
         publish::child(publish, sequenced.clone()),
@@ -398,8 +419,30 @@ fn wire(
         ingest::child(ingest, frames),
     ];
     // The learning stages are beside the frame path: they start first, the source last.
-    if let Some(registry) = &learning_heads {
-        children.insert(0, heads::child(heads_settings(config, registry, monitor)));
+    if let Some(learning) = &learning {
+        let examples = Edge::new(StageId::FineTune);
+        let finetune = finetune::FineTuneSettings {
+            kafka: config.kafka.clone(),
+            labels: config.labels.clone(),
+            finetune: config.finetune.clone(),
+            learning: learning.clone(),
+            monitor: monitor.clone(),
+        };
+        let labels = labels::LabelsSettings {
+            kafka: config.kafka.clone(),
+            labels: config.labels.clone(),
+            limits: config.limits.clone(),
+            learning: learning.clone(),
+            monitor: monitor.clone(),
+        };
+        children.splice(
+            0..0,
+            [
+                heads::child(heads_settings(config, &learning.heads, monitor)),
+                finetune::child(finetune, examples.clone()),
+                labels::child(labels, examples),
+            ],
+        );
     }
     children
 }
@@ -423,6 +466,11 @@ impl PipelineHandle {
     /// The heads of the model's backbone; `None` when the model has no embedding.
     pub fn heads(&self) -> Option<&Arc<HeadRegistry>> {
         self.heads.as_ref()
+    }
+
+    /// Heads, examples and the trainer; `None` when the model has no embedding.
+    pub fn learning(&self) -> Option<&Arc<Learning>> {
+        self.learning.as_ref()
     }
 
     /// Publishes `head` to the heads topic, keyed by its scope; every replica of the group,
@@ -505,6 +553,23 @@ async fn wait_for_threads(threads: &StageThreads) {
 
 /// How long a stopped pipeline waits for its stages' threads (one model run or load).
 const THREADS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Publishes heads to `heads.topic`, keyed by their scope, waiting for Kafka's ack.
+fn head_publisher(config: &PipelineConfig) -> learn::PublishHead {
+    let kafka = config.kafka.clone();
+    let topic = config.heads.topic.clone();
+    Arc::new(move |head: Head| {
+        let (kafka, topic) = (kafka.clone(), topic.clone());
+        Box::pin(async move {
+            let bytes = head.to_bytes().map_err(|e| e.detail())?;
+            stage::kafka::produce_one(&kafka, &topic, HEAD_SCOPE, &bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(version = head.version(), %topic, "Head published");
+            Ok(())
+        })
+    })
+}
 
 /// The scope of the one head of step 6 (camera groups get their own scopes later).
 pub const HEAD_SCOPE: &str = "global";

@@ -6,7 +6,10 @@
 //! | `GET /healthz` | liveness: the actor tree is up and its consumer polls |
 //! | `GET /readyz` | readiness: running, model loaded, consumer in its group |
 //! | `GET /v1/status` | JSON: partitions, offsets, in flight, model, versions, uptime |
+//! | `GET /v1/heads` | JSON: the head versions this replica knows, with their metadata, and the live one |
 //! | `POST /v1/pause`, `POST /v1/resume` | admin, `Authorization: Bearer <token>` |
+//! | `POST /v1/heads/rollback` | admin: `{"version": N}` makes version N's weights live again on every replica |
+//! | `POST /v1/finetune` | admin: run a fine-tune round now (on the trainer replica) |
 //!
 //! The server runs beside the actor tree, not inside it, so it can still report a tree that
 //! is starting, draining or has failed.
@@ -56,12 +59,15 @@ pub fn router(monitor: Arc<Monitor>, config: &HttpConfig) -> Router {
     let admin = Router::new()
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
+        .route("/v1/heads/rollback", post(rollback))
+        .route("/v1/finetune", post(finetune))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
+        .route("/v1/heads", get(heads))
         .merge(admin)
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
@@ -189,6 +195,88 @@ async fn resume(State(state): State<AppState>) -> Json<PauseState> {
         paused: false,
         changed,
     })
+}
+
+/// The answer of `GET /v1/heads`.
+#[derive(Debug, Serialize)]
+struct HeadsBody {
+    live: u64,
+    heads: Vec<tessera_actors::learn::HeadListing>,
+}
+
+async fn heads(State(state): State<AppState>) -> Response {
+    match state.monitor.learning() {
+        Some(learning) => Json(HeadsBody {
+            live: learning.heads.live_version(),
+            heads: learning.heads.list(),
+        })
+        .into_response(),
+        None => no_heads(),
+    }
+}
+
+fn no_heads() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no heads: the pipeline is not running, or its model has no embedding output".into(),
+    )
+}
+
+/// The body of `POST /v1/heads/rollback`.
+#[derive(Debug, serde::Deserialize)]
+struct RollbackRequest {
+    version: u64,
+}
+
+async fn rollback(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let Some(learning) = state.monitor.learning() else {
+        return no_heads();
+    };
+    let request: RollbackRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"version\": <number>}}: {e}"),
+            );
+        }
+    };
+    if learning.heads.get(request.version).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no head version {} on this replica", request.version),
+        );
+    }
+    match learning.rollback(request.version).await {
+        Ok(version) => {
+            tracing::info!(
+                restored = request.version,
+                version,
+                "Head rolled back by an operator"
+            );
+            Json(serde_json::json!({ "version": version, "restored_from": request.version }))
+                .into_response()
+        }
+        Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+async fn finetune(State(state): State<AppState>) -> Response {
+    let Some(learning) = state.monitor.learning() else {
+        return no_heads();
+    };
+    if !learning.trainer.is_owner() {
+        return error(
+            StatusCode::CONFLICT,
+            "this replica is not the trainer (it does not own the labels topic); ask the replica whose /v1/status says `trainer: true`".into(),
+        );
+    }
+    learning.trainer.request();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "requested": true })),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Serialize)]

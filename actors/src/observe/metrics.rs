@@ -35,9 +35,15 @@ pub mod names {
     pub const HEADS_APPLIED: &str = "tessera_heads_applied_total";
     pub const HEADS_REFUSED: &str = "tessera_heads_refused_total";
     pub const HEAD_LIVE_VERSION: &str = "tessera_heads_live_version";
+    pub const LABELS_JOINED: &str = "tessera_labels_joined_total";
+    pub const FINETUNE_RUNS: &str = "tessera_finetune_runs_total";
+    pub const FINETUNE_DURATION: &str = "tessera_finetune_duration_seconds";
+    pub const FINETUNE_LIVE_ACCURACY: &str = "tessera_finetune_live_validation_accuracy";
+    pub const REPLAY_EXAMPLES: &str = "tessera_finetune_replay_examples";
+    pub const REPLAY_BYTES: &str = "tessera_finetune_replay_bytes";
 
     /// Every tessera metric family, in exposition order of this list.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 29] = [
         FRAMES_CONSUMED,
         PARTITIONS_ASSIGNED,
         PARTITIONS_PAUSED,
@@ -61,6 +67,12 @@ pub mod names {
         HEADS_APPLIED,
         HEADS_REFUSED,
         HEAD_LIVE_VERSION,
+        LABELS_JOINED,
+        FINETUNE_RUNS,
+        FINETUNE_DURATION,
+        FINETUNE_LIVE_ACCURACY,
+        REPLAY_EXAMPLES,
+        REPLAY_BYTES,
     ];
 
     /// The process metrics (Linux) registered beside tessera's own.
@@ -84,6 +96,8 @@ pub mod labels {
     pub const TOPIC: &str = "topic";
     pub const PARTITION: &str = "partition";
     pub const MODEL: &str = "model";
+    pub const OUTCOME: &str = "outcome";
+    pub const VIA: &str = "via";
     pub const VERSION: &str = "version";
     pub const HEAD_VERSION: &str = "head_version";
     pub const EXECUTION_PROVIDER: &str = "execution_provider";
@@ -198,7 +212,22 @@ pub struct Metrics {
     pub heads_refused: IntCounter,
     /// Version of the live head, 0 before the first.
     pub head_live_version: IntGauge,
+    /// Labels joined with an embedding, by how (`cache`, `fetch`, `inline`).
+    labels_joined: IntCounterVec,
+    /// Fine-tune rounds by outcome.
+    finetune_runs: IntCounterVec,
+    pub finetune_duration: Histogram,
+    /// The live head's validation accuracy on the last round's held-out examples.
+    pub finetune_live_accuracy: prometheus::Gauge,
+    pub replay_examples: IntGauge,
+    pub replay_bytes: IntGauge,
 }
+
+/// How a label found its embedding: the recent-frames cache, the frame read back from Kafka, or
+/// the image inside the label.
+pub const JOINED_VIA: [&str; 3] = ["cache", "fetch", "inline"];
+/// Outcomes of a fine-tune round.
+pub const FINETUNE_OUTCOMES: [&str; 4] = ["promoted", "rejected", "skipped", "failed"];
 
 /// Latency buckets from 0.5 ms to 60 s (stages span sub-millisecond merges to queued frames).
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -364,11 +393,50 @@ impl Metrics {
                 "Version of the live head (0: none, classifications come from the model)",
             )
             .expect("valid metric"),
+            labels_joined: IntCounterVec::new(
+                Opts::new(
+                    names::LABELS_JOINED,
+                    "Labels joined with an embedding and written as examples, by how the embedding was found",
+                ),
+                &[labels::VIA],
+            )
+            .expect("valid metric"),
+            finetune_runs: IntCounterVec::new(
+                Opts::new(names::FINETUNE_RUNS, "Fine-tune rounds, by outcome"),
+                &[labels::OUTCOME],
+            )
+            .expect("valid metric"),
+            finetune_duration: Histogram::with_opts(
+                HistogramOpts::new(names::FINETUNE_DURATION, "Duration of a fine-tune round")
+                    .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            )
+            .expect("valid metric"),
+            finetune_live_accuracy: prometheus::Gauge::new(
+                names::FINETUNE_LIVE_ACCURACY,
+                "Validation accuracy of the live head on the last round's held-out examples",
+            )
+            .expect("valid metric"),
+            replay_examples: IntGauge::new(
+                names::REPLAY_EXAMPLES,
+                "Labelled examples in the replay buffer",
+            )
+            .expect("valid metric"),
+            replay_bytes: IntGauge::new(
+                names::REPLAY_BYTES,
+                "Memory the replay buffer's examples hold",
+            )
+            .expect("valid metric"),
             frames_dead_lettered,
             actor_restarts,
             delivery_failures,
             registry,
         };
+        for via in JOINED_VIA {
+            metrics.labels_joined.with_label_values(&[via]);
+        }
+        for outcome in FINETUNE_OUTCOMES {
+            metrics.finetune_runs.with_label_values(&[outcome]);
+        }
         for kind in DeadLetterKind::ALL {
             metrics
                 .frames_dead_lettered
@@ -386,7 +454,7 @@ impl Metrics {
                 .delivery_failures
                 .with_label_values(&[domain.as_str()]);
         }
-        let collectors: [Box<dyn Collector>; 23] = [
+        let collectors: [Box<dyn Collector>; 29] = [
             Box::new(metrics.frames_consumed.clone()),
             Box::new(metrics.partitions_assigned.clone()),
             Box::new(metrics.partitions_paused.clone()),
@@ -410,6 +478,12 @@ impl Metrics {
             Box::new(metrics.heads_applied.clone()),
             Box::new(metrics.heads_refused.clone()),
             Box::new(metrics.head_live_version.clone()),
+            Box::new(metrics.labels_joined.clone()),
+            Box::new(metrics.finetune_runs.clone()),
+            Box::new(metrics.finetune_duration.clone()),
+            Box::new(metrics.finetune_live_accuracy.clone()),
+            Box::new(metrics.replay_examples.clone()),
+            Box::new(metrics.replay_bytes.clone()),
         ];
         for collector in collectors {
             metrics
@@ -443,6 +517,16 @@ impl Metrics {
         self.frames_dead_lettered
             .with_label_values(&[kind.as_str()])
             .inc();
+    }
+
+    /// Counts a label joined with its embedding `via` one of [`JOINED_VIA`].
+    pub fn label_joined(&self, via: &str) {
+        self.labels_joined.with_label_values(&[via]).inc();
+    }
+
+    /// Counts a fine-tune round ending with `outcome` (one of [`FINETUNE_OUTCOMES`]).
+    pub fn finetune_run(&self, outcome: &str) {
+        self.finetune_runs.with_label_values(&[outcome]).inc();
     }
 
     /// Counts a failed delivery (the record is sent again).

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::learn::Learning;
 use tokio::sync::watch;
 
 use super::metrics::Metrics;
@@ -101,6 +103,21 @@ pub struct StatusReport {
     pub partitions: Vec<PartitionStatus>,
     pub model: Option<ModelStatus>,
     pub totals: Totals,
+    /// Heads and fine-tuning; absent when the model has no embedding.
+    pub learning: Option<LearningStatus>,
+}
+
+/// Learning on the job, in the status document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LearningStatus {
+    /// The live head's version, 0 for none.
+    pub live_head: u64,
+    /// Head versions this replica knows.
+    pub head_versions: usize,
+    /// Whether this replica is the group's trainer (it owns the labels topic).
+    pub trainer: bool,
+    /// The last fine-tune round on this replica.
+    pub last_round: Option<crate::learn::RoundReport>,
 }
 
 /// Why the pipeline is not ready (the body of a failing `/readyz`), or why it is not live.
@@ -134,6 +151,8 @@ pub struct Monitor {
     progress: OnceLock<ProgressProbe>,
     /// Asks the root of the actor tree whether it is up.
     tree: OnceLock<TreeProbe>,
+    /// Heads and the trainer, once the pipeline runs (for the status and admin endpoints).
+    learning: OnceLock<Arc<Learning>>,
     /// Last time (ms since start) the consumer was seen serving its client (statistics are
     /// delivered from its poll), or 0 before the first time.
     consumer_heartbeat_ms: AtomicI64,
@@ -166,6 +185,7 @@ impl Monitor {
             pause: watch::Sender::new(false),
             progress: OnceLock::new(),
             tree: OnceLock::new(),
+            learning: OnceLock::new(),
             consumer_heartbeat_ms: AtomicI64::new(0),
             liveness_timeout,
         })
@@ -408,7 +428,23 @@ impl Monitor {
                 frames_dead_lettered: metrics.dead_lettered_total(),
                 tiles_inferred: metrics.tiles_inferred.get(),
             },
+            learning: self.learning().map(|learning| LearningStatus {
+                live_head: learning.heads.live_version(),
+                head_versions: learning.heads.list().len(),
+                trainer: learning.trainer.is_owner(),
+                last_round: learning.trainer.last(),
+            }),
         }
+    }
+
+    /// Makes heads and the trainer reachable from the status and admin endpoints.
+    pub fn attach_learning(&self, learning: Arc<Learning>) {
+        let _ = self.learning.set(learning);
+    }
+
+    /// Heads and the trainer, when the model has an embedding and the pipeline started.
+    pub fn learning(&self) -> Option<&Arc<Learning>> {
+        self.learning.get()
     }
 }
 

@@ -35,11 +35,19 @@ pub enum DeadLetterKind {
     ShapeMismatch,
     /// The frame failed every attempt (`flow.max_attempts`).
     ProcessingFailed,
+    /// A label record that is not valid (JSON, fields, label text, inline image encoding).
+    LabelMalformed,
+    /// A label's frame cannot be read (retention expired, no such topic, partition or offset).
+    LabelFrameMissing,
+    /// A label's box lies outside its frame.
+    LabelBoxOutside,
+    /// A label's frame or inline image is not a decodable image.
+    LabelImageInvalid,
 }
 
 impl DeadLetterKind {
     /// Every kind, in the README table's order.
-    pub const ALL: [DeadLetterKind; 12] = [
+    pub const ALL: [DeadLetterKind; 16] = [
         DeadLetterKind::MissingKey,
         DeadLetterKind::InvalidKey,
         DeadLetterKind::InvalidHeader,
@@ -52,6 +60,10 @@ impl DeadLetterKind {
         DeadLetterKind::Inference,
         DeadLetterKind::ShapeMismatch,
         DeadLetterKind::ProcessingFailed,
+        DeadLetterKind::LabelMalformed,
+        DeadLetterKind::LabelFrameMissing,
+        DeadLetterKind::LabelBoxOutside,
+        DeadLetterKind::LabelImageInvalid,
     ];
 
     /// Stable snake_case name: the `tessera-error-kind` header and the metric label.
@@ -69,6 +81,10 @@ impl DeadLetterKind {
             DeadLetterKind::Inference => "inference",
             DeadLetterKind::ShapeMismatch => "shape_mismatch",
             DeadLetterKind::ProcessingFailed => "processing_failed",
+            DeadLetterKind::LabelMalformed => "label_malformed",
+            DeadLetterKind::LabelFrameMissing => "label_frame_missing",
+            DeadLetterKind::LabelBoxOutside => "label_box_outside",
+            DeadLetterKind::LabelImageInvalid => "label_image_invalid",
         }
     }
 

@@ -14,11 +14,15 @@ pub enum StageId {
     Publish,
     /// Applies the heads published on the heads topic.
     Heads,
+    /// Joins labels with embeddings into examples.
+    Labels,
+    /// Trains, validates and promotes heads.
+    FineTune,
 }
 
 impl StageId {
     /// Every stage: those a frame passes, in order, then the learning stages.
-    pub const ALL: [StageId; 7] = [
+    pub const ALL: [StageId; 9] = [
         StageId::Ingest,
         StageId::Prepare,
         StageId::Recognize,
@@ -26,6 +30,8 @@ impl StageId {
         StageId::Sequencer,
         StageId::Publish,
         StageId::Heads,
+        StageId::Labels,
+        StageId::FineTune,
     ];
 
     /// Stable snake_case name (actor names, metric labels).
@@ -38,6 +44,8 @@ impl StageId {
             StageId::Sequencer => "sequencer",
             StageId::Publish => "publish",
             StageId::Heads => "heads",
+            StageId::Labels => "labels",
+            StageId::FineTune => "finetune",
         }
     }
 }

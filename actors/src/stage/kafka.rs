@@ -94,6 +94,68 @@ pub async fn produce_one(
         .map_err(|(error, _)| error)
 }
 
+/// Assigns every partition of `topic` from its start; returns each partition's end offset,
+/// or `None` when the topic does not exist (yet).
+pub async fn assign_all(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    topic: &str,
+) -> Result<Option<Vec<(i32, i64)>>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let timeout = std::time::Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let Some(found) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    else {
+        return Ok(None);
+    };
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for partition in found.partitions() {
+        let id = partition.id();
+        assignment.add_partition_offset(topic, id, rdkafka::Offset::Beginning)?;
+        let (_, high) = consumer.fetch_watermarks(topic, id, timeout)?;
+        ends.push((id, high));
+    }
+    consumer.assign(&assignment)?;
+    Ok(Some(ends))
+}
+
+/// Reads `topic` from its start to its end as it is now, handing each record's key and value
+/// to `apply`; returns how many were read. An absent topic has none. Fails when the end is not
+/// reached within `timeout`.
+pub async fn read_to_end(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    topic: &str,
+    timeout: std::time::Duration,
+    mut apply: impl FnMut(Option<&[u8]>, Option<&[u8]>),
+) -> Result<usize, String> {
+    use rdkafka::message::Message;
+    let Some(ends) = assign_all(consumer, topic)
+        .await
+        .map_err(|e| format!("reading topic `{topic}`: {e}"))?
+    else {
+        return Ok(0);
+    };
+    let mut remaining: Vec<(i32, i64)> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    let mut read = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !remaining.is_empty() {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .map_err(|_| {
+                format!("reading topic `{topic}` to its end took longer than {timeout:?}")
+            })?
+            .map_err(|e| format!("reading topic `{topic}`: {e}"))?;
+        apply(message.key(), message.payload());
+        read += 1;
+        let (partition, next) = (message.partition(), message.offset() + 1);
+        remaining.retain(|&(p, end)| p != partition || next < end);
+    }
+    Ok(read)
+}
+
 fn base(config: &KafkaConfig) -> ClientConfig {
     base_with_secrets(config, |name| std::env::var(name).ok())
 }

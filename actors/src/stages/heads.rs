@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tessera_models::Head;
 use tokio::task::JoinHandle;
 
@@ -21,7 +20,7 @@ use crate::config::KafkaConfig;
 use crate::learn::{Applied, HeadRegistry};
 use crate::observe::{LOG_INTERVAL, Monitor, Throttle};
 use crate::protocol::{StageFailure, StageId};
-use crate::stage::kafka::reader_config;
+use crate::stage::kafka::{assign_all, read_to_end, reader_config};
 use crate::stage::{ChildSpec, SpawnContext};
 
 /// How often a missing heads topic is looked for again.
@@ -59,31 +58,11 @@ pub fn child(settings: HeadsSettings) -> ChildSpec {
 /// many were read. An absent topic has no heads.
 pub async fn catch_up(settings: &HeadsSettings, timeout: Duration) -> Result<usize, StageFailure> {
     let consumer = reader(settings)?;
-    let Some(ends) = assign_all(&consumer, &settings.topic).await? else {
-        return Ok(0);
-    };
-    let mut remaining: Vec<(i32, i64)> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
-    let mut read = 0;
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !remaining.is_empty() {
-        let message = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .map_err(|_| {
-                StageFailure::external(
-                    StageId::Heads,
-                    format!(
-                        "reading the heads topic `{}` to its end took longer than {timeout:?}",
-                        settings.topic
-                    ),
-                )
-            })?
-            .map_err(|e| StageFailure::external(StageId::Heads, e.to_string()))?;
-        apply(&settings.registry, &settings.monitor, message.payload());
-        read += 1;
-        let (partition, next) = (message.partition(), message.offset() + 1);
-        remaining.retain(|&(p, end)| p != partition || next < end);
-    }
-    Ok(read)
+    read_to_end(&consumer, &settings.topic, timeout, |_, value| {
+        apply(&settings.registry, &settings.monitor, value)
+    })
+    .await
+    .map_err(|e| StageFailure::external(StageId::Heads, e))
 }
 
 /// The heads reader actor: one task consuming the topic for as long as the stage runs.
@@ -120,8 +99,8 @@ async fn follow(consumer: StreamConsumer, settings: HeadsSettings) {
         match assign_all(&consumer, &settings.topic).await {
             Ok(Some(_)) => break,
             Ok(None) => {}
-            Err(failure) => {
-                tracing::warn!(error = %failure, "Cannot read the heads topic yet");
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read the heads topic yet");
             }
         }
         tokio::time::sleep(TOPIC_RETRY).await;
@@ -143,40 +122,6 @@ fn reader(settings: &HeadsSettings) -> Result<StreamConsumer, StageFailure> {
     reader_config(&settings.kafka, "heads")
         .create()
         .map_err(|e| StageFailure::external(StageId::Heads, e.to_string()))
-}
-
-/// Assigns every partition of `topic` from its start; returns each partition's end offset,
-/// or `None` when the topic does not exist (yet).
-async fn assign_all(
-    consumer: &StreamConsumer,
-    topic: &str,
-) -> Result<Option<Vec<(i32, i64)>>, StageFailure> {
-    let external =
-        |e: rdkafka::error::KafkaError| StageFailure::external(StageId::Heads, e.to_string());
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(external)?;
-    let Some(found) = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-    else {
-        return Ok(None);
-    };
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for partition in found.partitions() {
-        let id = partition.id();
-        assignment
-            .add_partition_offset(topic, id, Offset::Beginning)
-            .map_err(external)?;
-        let (_, high) = consumer
-            .fetch_watermarks(topic, id, Duration::from_secs(10))
-            .map_err(external)?;
-        ends.push((id, high));
-    }
-    consumer.assign(&assignment).map_err(external)?;
-    Ok(Some(ends))
 }
 
 /// Applies one record's head; a record that is not a head of this backbone is skipped

@@ -11,6 +11,7 @@ use tessera_operators::merge::MergeConfig;
 use tessera_operators::preprocess::InputTransform;
 
 use crate::delivery::Ledger;
+use crate::learn::Learning;
 use crate::observe::{Monitor, Step};
 use crate::protocol::messages::{FrameLayout, Recognized, Unprocessed};
 use crate::protocol::result::{
@@ -30,6 +31,9 @@ pub struct MergeSettings {
     pub merge: MergeConfig,
     pub ledger: Arc<Ledger>,
     pub monitor: Arc<Monitor>,
+    /// Where a single-tile frame's embedding is kept for joining labels (`None`: the model
+    /// has no embedding).
+    pub learning: Option<Arc<Learning>>,
 }
 
 /// The supervisor's entry for merge.
@@ -205,6 +209,22 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
         };
     }
     let started = Instant::now();
+    let mut outputs = outputs;
+    if let (Some(learning), [Some(only)]) = (&settings.learning, outputs.as_mut_slice())
+        && !only.embedding.is_empty()
+    {
+        // The whole frame in one tile: its embedding is the frame's, as the labels stage
+        // would compute it.
+        let key = &frame.meta.key;
+        learning.cache.insert(
+            (
+                key.partition.topic.clone(),
+                key.partition.partition,
+                key.offset,
+            ),
+            Arc::from(std::mem::take(&mut only.embedding)),
+        );
+    }
     let tiles: Vec<(InputTransform, TileOutput)> = frame
         .transforms
         .iter()

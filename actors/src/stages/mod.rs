@@ -1,10 +1,12 @@
 //! The stages: those of the frame path (ingest, prepare, recognize, merge, sequencer,
-//! publish), and those of learning on the job (heads). A stage never imports another stage's
+//! publish), and those of learning on the job (heads, labels, finetune). A stage never imports another stage's
 //! module: it knows its input and output message types (protocol) and the edge to its
 //! successor (handed to it by the wiring).
 
+pub mod finetune;
 pub mod heads;
 pub mod ingest;
+pub mod labels;
 pub mod merge;
 pub mod prepare;
 pub mod publish;

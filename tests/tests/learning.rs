@@ -1,0 +1,331 @@
+//! Learning on the job, end to end on the embedded broker: frames are classified, labels on
+//! the labels topic refer to them, a fine-tune round trains, validates and promotes a head,
+//! and the results switch to it. A class the live head does not know is learned from labels
+//! while the classes it knew stay as accurate; labels assigned at random yield a rejected head
+//! and the live head stays. The labelled images are augmented crops the test makes from the
+//! shared images (nothing is committed).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tessera::embedded::{CameraFrame, Output, publish_frames, read_outputs};
+use tessera_actors::learn::{Learning, RoundOutcome, RoundReport};
+use tessera_actors::{FrameResult, PipelineConfig, PipelineHandle};
+use tessera_tests::harness::{DLQ, FRAMES, Harness, RESULTS, eventually};
+use tessera_tests::learning::{BICYCLE, CAR, DOG, PARKING, Scene, augmented, jpeg};
+use tessera_tests::{assets_dir, manifest};
+
+const LABELS: &str = "labels";
+
+/// Frames of `scene`, `count` of them, ids `<prefix>-<label>-<i>`.
+fn frames_of(
+    assets: &std::path::Path,
+    scene: Scene,
+    count: usize,
+    seed: u64,
+    prefix: &str,
+) -> anyhow::Result<Vec<(CameraFrame, &'static str)>> {
+    augmented(assets, scene, count, seed)?
+        .iter()
+        .enumerate()
+        .map(|(i, crop)| {
+            Ok((
+                CameraFrame {
+                    camera: b"cam-1".to_vec(),
+                    frame_id: format!("{prefix}-{}-{i}", scene.label),
+                    payload: jpeg(crop)?,
+                    content_type: None,
+                    capture_ms: i as i64,
+                },
+                scene.label,
+            ))
+        })
+        .collect()
+}
+
+/// Publishes the frames and waits for their results (by frame id).
+async fn classify(
+    harness: &Harness,
+    frames: &[(CameraFrame, &'static str)],
+) -> anyhow::Result<HashMap<String, FrameResult>> {
+    let sent: Vec<CameraFrame> = frames.iter().map(|(f, _)| f.clone()).collect();
+    publish_frames(&harness.brokers, FRAMES, &sent).await?;
+    let wanted: Vec<&str> = sent.iter().map(|f| f.frame_id.as_str()).collect();
+    let outputs = read_outputs(
+        &harness.brokers,
+        RESULTS,
+        DLQ,
+        Duration::from_secs(180),
+        |_| {},
+        |outputs| {
+            let have: Vec<&str> = outputs.iter().filter_map(Output::frame_id).collect();
+            wanted.iter().all(|id| have.contains(id))
+        },
+    )
+    .await?;
+    Ok(outputs
+        .iter()
+        .filter_map(Output::result)
+        .filter(|r| wanted.contains(&r.frame_id.as_str()))
+        .map(|r| (r.frame_id.clone(), r.clone()))
+        .collect())
+}
+
+/// Sends one label per frame (a reference to its record), with `label_of` choosing the label.
+async fn label(
+    harness: &Harness,
+    results: &HashMap<String, FrameResult>,
+    frames: &[(CameraFrame, &'static str)],
+    mut label_of: impl FnMut(usize, &'static str) -> &'static str,
+) -> anyhow::Result<usize> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &harness.brokers)
+        .create()?;
+    let mut sent = 0;
+    for (i, (frame, truth)) in frames.iter().enumerate() {
+        let result = results
+            .get(&frame.frame_id)
+            .ok_or_else(|| anyhow::anyhow!("no result for {}", frame.frame_id))?;
+        let record = serde_json::json!({
+            "label": label_of(i, truth),
+            "frame": {
+                "topic": result.source.topic,
+                "partition": result.source.partition,
+                "offset": result.source.offset,
+            },
+        });
+        let value = serde_json::to_vec(&record)?;
+        producer
+            .send(
+                FutureRecord::<(), _>::to(LABELS).payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+/// Waits until the replay buffer holds `count` examples.
+async fn examples_reach(pipeline: &PipelineHandle, count: i64) -> anyhow::Result<()> {
+    let metrics = &pipeline.monitor().metrics;
+    eventually(Duration::from_secs(120), || {
+        (metrics.replay_examples.get() >= count).then_some(())
+    })
+    .await
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "the replay buffer holds {} examples, {count} expected",
+            metrics.replay_examples.get()
+        )
+    })
+}
+
+/// Asks for a round and waits for its report.
+async fn round(learning: &Arc<Learning>) -> anyhow::Result<RoundReport> {
+    let before = learning.trainer.last().map(|r| r.finished_ms);
+    learning.trainer.request();
+    eventually(Duration::from_secs(120), || {
+        learning
+            .trainer
+            .last()
+            .filter(|r| Some(r.finished_ms) != before)
+    })
+    .await
+    .ok_or_else(|| anyhow::anyhow!("no fine-tune round finished"))
+}
+
+/// Share of `results` whose top class is the frame's true label.
+fn accuracy(results: &HashMap<String, FrameResult>, frames: &[(CameraFrame, &'static str)]) -> f64 {
+    let correct = frames
+        .iter()
+        .filter(|(frame, truth)| {
+            results
+                .get(&frame.frame_id)
+                .and_then(|r| r.classifications.first())
+                .is_some_and(|c| c.label == *truth)
+        })
+        .count();
+    correct as f64 / frames.len().max(1) as f64
+}
+
+fn config(harness: &Harness, group: &str) -> PipelineConfig {
+    let mut config = harness.config(group);
+    config.model.manifest = manifest("mobilenetv2");
+    config.tiling.enabled = false;
+    // Rounds on demand only, so the test decides when.
+    config.finetune.interval = Duration::ZERO;
+    config.finetune.min_new_labels = 0;
+    config.finetune.validation_percent = 25;
+    config.finetune.min_examples = 8;
+    config
+}
+
+async fn start(harness: &Harness, group: &str) -> anyhow::Result<(PipelineHandle, Arc<Learning>)> {
+    let assets = assets_dir().ok_or_else(|| anyhow::anyhow!("assets"))?;
+    harness.kafka.create_topic(LABELS, 1)?;
+    harness.kafka.create_topic("tessera.heads", 1)?;
+    harness.kafka.create_topic("tessera.examples", 1)?;
+    let pipeline = tessera_actors::start(config(harness, group), group, Some(&assets)).await?;
+    let learning = pipeline
+        .learning()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("MobileNetV2 has an embedding: learning is on"))?;
+    let owner = eventually(Duration::from_secs(60), || {
+        learning.trainer.is_owner().then_some(())
+    })
+    .await;
+    anyhow::ensure!(owner.is_some(), "the only replica never became the trainer");
+    Ok((pipeline, learning))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_teach_a_new_class_without_forgetting_the_old_ones() -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let harness = Harness::start(1, 1)?;
+    let (pipeline, learning) = start(&harness, "learn").await?;
+
+    // The first head: three classes, from labels on frames the pipeline processed.
+    let mut known = Vec::new();
+    for (seed, scene) in [DOG, CAR, BICYCLE].into_iter().enumerate() {
+        known.extend(frames_of(&assets, scene, 24, 10 + seed as u64, "train")?);
+    }
+    let results = classify(&harness, &known).await?;
+    assert!(
+        results.values().all(|r| r.head_version.is_none()),
+        "no head yet"
+    );
+    let labelled = label(&harness, &results, &known, |_, truth| truth).await?;
+    examples_reach(&pipeline, labelled as i64).await?;
+    let first = round(&learning).await?;
+    assert_eq!(first.outcome, RoundOutcome::Promoted, "{first:?}");
+    let v1 = first.version.ok_or_else(|| anyhow::anyhow!("no version"))?;
+    eventually(Duration::from_secs(60), || {
+        (learning.heads.live_version() == v1).then_some(())
+    })
+    .await
+    .ok_or_else(|| anyhow::anyhow!("head {v1} never went live"))?;
+
+    // Held-out frames (other crops) of the known classes, under the first head.
+    let mut held_out_known = Vec::new();
+    for (seed, scene) in [DOG, CAR, BICYCLE].into_iter().enumerate() {
+        held_out_known.extend(frames_of(&assets, scene, 12, 50 + seed as u64, "v1")?);
+    }
+    let under_v1 = classify(&harness, &held_out_known).await?;
+    assert!(under_v1.values().all(|r| r.head_version == Some(v1)));
+    let known_before = accuracy(&under_v1, &held_out_known);
+
+    // A class the live head does not know: frames of it, labels for part of them.
+    let new_class = frames_of(&assets, PARKING, 30, 70, "train")?;
+    let results = classify(&harness, &new_class).await?;
+    let labelled_new = label(&harness, &results, &new_class[..24], |_, truth| truth).await?;
+    examples_reach(&pipeline, (labelled + labelled_new) as i64).await?;
+    let second = round(&learning).await?;
+    assert_eq!(second.outcome, RoundOutcome::Promoted, "{second:?}");
+    assert!(second.classes.iter().any(|c| c == "parking"), "{second:?}");
+    let v2 = second
+        .version
+        .ok_or_else(|| anyhow::anyhow!("no version"))?;
+    assert_eq!(second.parent, Some(v1));
+    eventually(Duration::from_secs(60), || {
+        (learning.heads.live_version() == v2).then_some(())
+    })
+    .await
+    .ok_or_else(|| anyhow::anyhow!("head {v2} never went live"))?;
+
+    // Held-out frames of the new class are recognised; the known classes stay as accurate.
+    let held_out_new = frames_of(&assets, PARKING, 20, 90, "v2")?;
+    let new_results = classify(&harness, &held_out_new).await?;
+    let new_accuracy = accuracy(&new_results, &held_out_new);
+    let again: Vec<(CameraFrame, &'static str)> = held_out_known
+        .iter()
+        .map(|(frame, truth)| {
+            let mut frame = frame.clone();
+            frame.frame_id = frame.frame_id.replace("v1-", "v2-");
+            (frame, *truth)
+        })
+        .collect();
+    let under_v2 = classify(&harness, &again).await?;
+    assert!(under_v2.values().all(|r| r.head_version == Some(v2)));
+    let known_after = accuracy(&under_v2, &again);
+    println!(
+        "new class accuracy {new_accuracy:.3}; known classes {known_before:.3} under v{v1}, {known_after:.3} under v{v2}"
+    );
+    assert!(new_accuracy >= 0.9, "new class accuracy {new_accuracy}");
+    assert!(
+        known_after >= known_before - 0.02,
+        "known classes fell from {known_before} to {known_after}"
+    );
+
+    // Status and metrics tell what happened.
+    let status = pipeline.monitor().status();
+    let learning_status = status
+        .learning
+        .ok_or_else(|| anyhow::anyhow!("no learning status"))?;
+    assert_eq!(learning_status.live_head, v2);
+    assert!(learning_status.trainer);
+    let metrics = pipeline.monitor().metrics.encode_text();
+    assert!(
+        metrics.contains(r#"tessera_finetune_runs_total{outcome="promoted"} 2"#),
+        "{metrics}"
+    );
+    pipeline.shutdown(Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_labels_yield_a_rejected_head_and_the_live_head_stays() -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let harness = Harness::start(1, 1)?;
+    let (pipeline, learning) = start(&harness, "poison").await?;
+    let mut good = Vec::new();
+    for (seed, scene) in [DOG, PARKING].into_iter().enumerate() {
+        good.extend(frames_of(&assets, scene, 16, 200 + seed as u64, "good")?);
+    }
+    let results = classify(&harness, &good).await?;
+    let labelled = label(&harness, &results, &good, |_, truth| truth).await?;
+    examples_reach(&pipeline, labelled as i64).await?;
+    let first = round(&learning).await?;
+    assert_eq!(first.outcome, RoundOutcome::Promoted, "{first:?}");
+    let live = first.version;
+
+    // Poison: many more frames, each labelled with a class drawn at random.
+    let mut poison = Vec::new();
+    for (seed, scene) in [DOG, CAR, BICYCLE, PARKING].into_iter().enumerate() {
+        poison.extend(frames_of(&assets, scene, 20, 300 + seed as u64, "poison")?);
+    }
+    let results = classify(&harness, &poison).await?;
+    let classes = ["dog", "car", "bicycle", "parking"];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let poisoned = label(&harness, &results, &poison, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        classes[(state % 4) as usize]
+    })
+    .await?;
+    examples_reach(&pipeline, (labelled + poisoned) as i64).await?;
+    let second = round(&learning).await?;
+    assert_eq!(second.outcome, RoundOutcome::Rejected, "{second:?}");
+    assert!(second.reason.is_some());
+    assert_eq!(
+        Some(learning.heads.live_version()),
+        live,
+        "the live head changed"
+    );
+    let metrics = pipeline.monitor().metrics.encode_text();
+    assert!(
+        metrics.contains(r#"tessera_finetune_runs_total{outcome="rejected"} 1"#),
+        "{metrics}"
+    );
+    pipeline.shutdown(Duration::from_secs(10)).await?;
+    Ok(())
+}
