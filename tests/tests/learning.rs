@@ -165,11 +165,17 @@ fn config(harness: &Harness, group: &str) -> PipelineConfig {
     config
 }
 
-async fn start(harness: &Harness, group: &str) -> anyhow::Result<(PipelineHandle, Arc<Learning>)> {
-    let assets = assets_dir().ok_or_else(|| anyhow::anyhow!("assets"))?;
+/// A broker with the frame topics and the learning topics (labels, heads, examples).
+fn broker() -> anyhow::Result<Harness> {
+    let harness = Harness::start(1, 1)?;
     harness.kafka.create_topic(LABELS, 1)?;
     harness.kafka.create_topic("tessera.heads", 1)?;
     harness.kafka.create_topic("tessera.examples", 1)?;
+    Ok(harness)
+}
+
+async fn start(harness: &Harness, group: &str) -> anyhow::Result<(PipelineHandle, Arc<Learning>)> {
+    let assets = assets_dir().ok_or_else(|| anyhow::anyhow!("assets"))?;
     let pipeline = tessera_actors::start(config(harness, group), group, Some(&assets)).await?;
     let learning = pipeline
         .learning()
@@ -188,7 +194,7 @@ async fn labels_teach_a_new_class_without_forgetting_the_old_ones() -> anyhow::R
     let Some(assets) = assets_dir() else {
         return Ok(());
     };
-    let harness = Harness::start(1, 1)?;
+    let harness = broker()?;
     let (pipeline, learning) = start(&harness, "learn").await?;
 
     // The first head: three classes, from labels on frames the pipeline processed.
@@ -284,7 +290,7 @@ async fn random_labels_yield_a_rejected_head_and_the_live_head_stays() -> anyhow
     let Some(assets) = assets_dir() else {
         return Ok(());
     };
-    let harness = Harness::start(1, 1)?;
+    let harness = broker()?;
     let (pipeline, learning) = start(&harness, "poison").await?;
     let mut good = Vec::new();
     for (seed, scene) in [DOG, PARKING].into_iter().enumerate() {
@@ -327,5 +333,151 @@ async fn random_labels_yield_a_rejected_head_and_the_live_head_stays() -> anyhow
         "{metrics}"
     );
     pipeline.shutdown(Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// Sends raw label records.
+async fn send_labels(harness: &Harness, values: &[Vec<u8>]) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &harness.brokers)
+        .create()?;
+    for value in values {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(LABELS).payload(value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_that_cannot_be_joined_are_dead_lettered_with_their_kind() -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let harness = broker()?;
+    let (pipeline, _learning) = start(&harness, "bad-labels").await?;
+    let frames = frames_of(&assets, DOG, 1, 400, "one")?;
+    let results = classify(&harness, &frames).await?;
+    let source = &results
+        .values()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no result"))?
+        .source;
+    let frame = serde_json::json!({"topic": source.topic, "partition": source.partition, "offset": source.offset});
+    let inline = {
+        use std::io::Write;
+        let mut text = Vec::new();
+        // Standard base64 of the frame's JPEG, written by hand to keep the test's own deps.
+        let bytes = &frames[0].0.payload;
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    text.write_all(&[ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]])?;
+                } else {
+                    text.write_all(b"=")?;
+                }
+            }
+        }
+        String::from_utf8(text)?
+    };
+    let records = [
+        // Joined: whole frame (cache), a box (read back), an inline image.
+        serde_json::json!({"label": "dog", "frame": frame}),
+        serde_json::json!({"label": "dog", "frame": frame, "box": {"x1": 10, "y1": 10, "x2": 60, "y2": 60}}),
+        serde_json::json!({"label": "dog", "image": inline}),
+        // Dead-lettered, each with its own kind.
+        serde_json::json!({"label": "dog", "frame": {"topic": source.topic, "partition": source.partition, "offset": source.offset + 1000}}),
+        serde_json::json!({"label": "dog", "frame": frame, "box": {"x1": 5000, "y1": 10, "x2": 6000, "y2": 60}}),
+        serde_json::json!({"label": "dog", "image": "bm90IGFuIGltYWdl"}),
+        serde_json::json!({"label": "", "frame": frame}),
+    ];
+    let mut values: Vec<Vec<u8>> = records
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<_, _>>()?;
+    values.push(b"{not json".to_vec());
+    send_labels(&harness, &values).await?;
+
+    let expected = [
+        "label_frame_missing",
+        "label_box_outside",
+        "label_image_invalid",
+        "label_malformed",
+        "label_malformed",
+    ];
+    let outputs = read_outputs(
+        &harness.brokers,
+        RESULTS,
+        DLQ,
+        Duration::from_secs(120),
+        |_| {},
+        |outputs| {
+            outputs
+                .iter()
+                .filter(|o| matches!(o, Output::DeadLetter { .. }))
+                .count()
+                >= expected.len()
+        },
+    )
+    .await?;
+    let mut kinds: Vec<String> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::DeadLetter { kind, .. } => Some(kind.clone()),
+            Output::Result { .. } => None,
+        })
+        .collect();
+    kinds.sort();
+    let mut want: Vec<String> = expected.iter().map(|k| k.to_string()).collect();
+    want.sort();
+    assert_eq!(kinds, want);
+    examples_reach(&pipeline, 3).await?;
+    let metrics = pipeline.monitor().metrics.encode_text();
+    for via in ["cache", "fetch", "inline"] {
+        assert!(
+            metrics.contains(&format!(r#"tessera_labels_joined_total{{via="{via}"}} 1"#)),
+            "{via}: {metrics}"
+        );
+    }
+    pipeline.shutdown(Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_trainer_keeps_every_acknowledged_example() -> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let harness = broker()?;
+    let (pipeline, _) = start(&harness, "restart").await?;
+    let mut frames = frames_of(&assets, DOG, 6, 500, "keep")?;
+    frames.extend(frames_of(&assets, CAR, 6, 501, "keep")?);
+    let results = classify(&harness, &frames).await?;
+    let labelled = label(&harness, &results, &frames, |_, truth| truth).await?;
+    examples_reach(&pipeline, labelled as i64).await?;
+    pipeline.shutdown(Duration::from_secs(10)).await?;
+
+    // A new process: the buffer comes back from the examples topic, whole.
+    let (restarted, learning) = start(&harness, "restart").await?;
+    assert_eq!(
+        restarted.monitor().metrics.replay_examples.get(),
+        labelled as i64,
+        "examples lost or doubled across the restart"
+    );
+    // And it trains on them.
+    let report = round(&learning).await?;
+    assert_eq!(
+        report.training_examples + report.held_out_examples,
+        labelled
+    );
+    restarted.shutdown(Duration::from_secs(10)).await?;
     Ok(())
 }
