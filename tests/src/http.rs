@@ -16,6 +16,16 @@ pub async fn request(
     url: &str,
     token: Option<&str>,
 ) -> anyhow::Result<Option<Answer>> {
+    request_with_body(method, url, token, None).await
+}
+
+/// [`request`] with a JSON body for a POST.
+pub async fn request_with_body(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    json: Option<String>,
+) -> anyhow::Result<Option<Answer>> {
     let (method, url, token) = (method.to_owned(), url.to_owned(), token.map(str::to_owned));
     let answer = tokio::task::spawn_blocking(move || -> Option<Answer> {
         let agent = ureq::Agent::config_builder()
@@ -30,7 +40,12 @@ pub async fn request(
                 if let Some(value) = &authorization {
                     request = request.header("Authorization", value);
                 }
-                request.send_empty()
+                match json {
+                    Some(body) => request
+                        .header("Content-Type", "application/json")
+                        .send(body),
+                    None => request.send_empty(),
+                }
             }
             _ => {
                 let mut request = agent.get(&url);

@@ -12,9 +12,11 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tessera::embedded::{CameraFrame, Output, publish_frames, read_outputs};
+use tessera::http::HttpServer;
 use tessera_actors::learn::{Learning, RoundOutcome, RoundReport};
 use tessera_actors::{FrameResult, PipelineConfig, PipelineHandle};
 use tessera_tests::harness::{DLQ, FRAMES, Harness, RESULTS, eventually};
+use tessera_tests::http::{request, request_with_body};
 use tessera_tests::learning::{BICYCLE, CAR, DOG, PARKING, Scene, augmented, jpeg};
 use tessera_tests::{assets_dir, manifest};
 
@@ -281,9 +283,56 @@ async fn labels_teach_a_new_class_without_forgetting_the_old_ones() -> anyhow::R
         metrics.contains(r#"tessera_finetune_runs_total{outcome="promoted"} 2"#),
         "{metrics}"
     );
+
+    // Operators list the heads and roll back over HTTP; the rollback is a new version.
+    let mut http_config = tessera_actors::config::HttpConfig {
+        address: "127.0.0.1:0".into(),
+        admin_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    http_config.liveness_timeout = Duration::ZERO;
+    let http = HttpServer::start(&http_config, pipeline.monitor().clone()).await?;
+    let base = format!("http://{}", http.local_addr());
+    let listed = request("GET", &format!("{base}/v1/heads"), None)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no answer"))?;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let listed: serde_json::Value = serde_json::from_str(&listed.body)?;
+    assert_eq!(listed["live"], v2);
+    let versions: Vec<u64> = listed["heads"]
+        .as_array()
+        .map(|heads| heads.iter().filter_map(|h| h["version"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(versions, vec![v1, v2]);
+    let unauthorised = request("POST", &format!("{base}/v1/finetune"), None).await?;
+    assert_eq!(unauthorised.map(|a| a.status), Some(401));
+    let rollback = request_with_body(
+        "POST",
+        &format!("{base}/v1/heads/rollback"),
+        Some(TOKEN),
+        Some(format!(r#"{{"version": {v1}}}"#)),
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("no answer"))?;
+    assert_eq!(rollback.status, 200, "{}", rollback.body);
+    let v3 = v2 + 1;
+    eventually(Duration::from_secs(60), || {
+        (learning.heads.live_version() == v3).then_some(())
+    })
+    .await
+    .ok_or_else(|| anyhow::anyhow!("the rollback never went live"))?;
+    let live = learning
+        .heads
+        .live()
+        .ok_or_else(|| anyhow::anyhow!("no live head"))?;
+    assert_eq!(live.meta().restored_from, Some(v1));
+    assert_eq!(live.classes().len(), 3, "version {v1}'s classes are back");
+    http.stop().await;
     pipeline.shutdown(Duration::from_secs(10)).await?;
     Ok(())
 }
+
+const TOKEN: &str = "learning-t0ken";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_labels_yield_a_rejected_head_and_the_live_head_stays() -> anyhow::Result<()> {

@@ -78,6 +78,51 @@ pub struct RoundResult {
     pub promoted: Option<Head>,
 }
 
+/// [`run_round`] on a thread pool of `cores` threads of its own: candle's CPU kernels use
+/// rayon, and a pool of the round's own bounds the cores it takes. Its threads run at the
+/// lowest priority (nice 19): where recognition needs a core, it gets it, and a round takes
+/// what is left. Call it from a dedicated thread, never from the async runtime.
+pub fn run_round_on(
+    cores: usize,
+    examples: &[LabelledExample],
+    live: Option<&Arc<Head>>,
+    settings: &RoundSettings,
+    backbone: &str,
+    embedding_dim: usize,
+    version: u64,
+) -> RoundResult {
+    let run = || run_round(examples, live, settings, backbone, embedding_dim, version);
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.max(1))
+        .thread_name(|i| format!("tessera-finetune-{i}"))
+        .start_handler(|_| lower_priority())
+        .build()
+    {
+        Ok(pool) => pool.install(run),
+        Err(error) => {
+            tracing::warn!(%error, "No thread pool for the round; running on this thread");
+            run()
+        }
+    }
+}
+
+/// Lowers the calling thread to the lowest scheduling priority of its policy (niceness 19 on
+/// Linux; allowed without privileges). A failure only leaves it as it was.
+fn lower_priority() {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let lowest = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
+    );
+    if let Err(error) = lowest {
+        tracing::debug!(?error, "Fine-tune thread priority not lowered");
+    }
+}
+
 /// Runs a round over `examples` (the replay buffer's), against the `live` head.
 pub fn run_round(
     examples: &[LabelledExample],

@@ -15,7 +15,9 @@ use tessera_models::TrainSettings;
 use tessera_operators::learning::{LabelledExample, PromotionPolicy, ReplayBuffer, ReplayLimits};
 
 use crate::config::{FineTuneConfig, KafkaConfig, LabelsConfig};
-use crate::learn::{ExampleRecord, Learning, RoundOutcome, RoundResult, RoundSettings, run_round};
+use crate::learn::{
+    ExampleRecord, Learning, RoundOutcome, RoundResult, RoundSettings, run_round_on,
+};
 use crate::observe::Monitor;
 use crate::protocol::{StageFailure, StageId};
 use crate::stage::kafka::{read_to_end, reader_config};
@@ -234,28 +236,15 @@ fn start_round(
     state
         .threads
         .spawn("tessera-finetune".into(), move || {
-            let run = || {
-                run_round(
-                    &examples,
-                    live.as_ref(),
-                    &round,
-                    heads.backbone(),
-                    heads.embedding_dim(),
-                    version,
-                )
-            };
-            // candle's CPU kernels use rayon: a pool of our own bounds the cores a round takes.
-            let result = match rayon::ThreadPoolBuilder::new()
-                .num_threads(cores)
-                .thread_name(|i| format!("tessera-finetune-{i}"))
-                .build()
-            {
-                Ok(pool) => pool.install(run),
-                Err(error) => {
-                    tracing::warn!(%error, "No thread pool for the round; running on one thread");
-                    run()
-                }
-            };
+            let result = run_round_on(
+                cores,
+                &examples,
+                live.as_ref(),
+                &round,
+                heads.backbone(),
+                heads.embedding_dim(),
+                version,
+            );
             let _ = reply.cast(FineTuneMsg::Done(Box::new(result)));
         })
         .map_err(|e| StageFailure::internal(StageId::FineTune, e.to_string()))?;
