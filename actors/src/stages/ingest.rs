@@ -31,7 +31,6 @@ use crate::stage::kafka::consumer_config;
 use crate::stage::{ChildSpec, Edge, SpawnContext};
 
 static CONSUMER_ERROR: Throttle = Throttle::new(LOG_INTERVAL);
-static COMMIT_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
 /// What ingest is built from.
 #[derive(Debug, Clone)]
@@ -246,6 +245,8 @@ pub struct IngestState {
     consume_loop: AbortOnDrop,
     /// The task that stores offsets and dispatches frames again as frames settle.
     settle_loop: AbortOnDrop,
+    /// How long the final commit may keep trying through a rebalance in progress.
+    final_commit_within: Duration,
 }
 
 impl std::fmt::Debug for IngestState {
@@ -316,6 +317,7 @@ impl Actor for Ingest {
             measuring_lag: Arc::new(AtomicBool::new(false)),
             consume_loop: AbortOnDrop(Some(consume_loop)),
             settle_loop: AbortOnDrop(Some(settle_loop)),
+            final_commit_within: settings.kafka.revoke_drain_timeout,
         })
     }
 
@@ -358,7 +360,7 @@ impl Actor for Ingest {
         state.settle_loop.stop().await;
         // The last acknowledgements' offsets, then one synchronous commit.
         store(&state.consumer, &state.ledger.take_work().store);
-        commit(&state.consumer, &state.monitor);
+        commit_final(&state.consumer, &state.monitor, state.final_commit_within).await;
         Ok(())
     }
 }
@@ -441,17 +443,25 @@ fn dispatch(out: &Edge<Frame>, monitor: &Monitor, frame: Frame) {
     }
 }
 
-fn commit(consumer: &IngestConsumer, monitor: &Monitor) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => tracing::debug!("Committed stored offsets"),
-        // Nothing stored since the last commit is not an error worth reporting.
-        Err(rdkafka::error::KafkaError::ConsumerCommit(
-            rdkafka::types::RDKafkaErrorCode::NoOffset,
-        )) => {}
-        Err(error) => {
-            monitor.metrics.commit_failures.inc();
-            if let Some(held_back) = COMMIT_FAILED.allow() {
-                tracing::warn!(%error, held_back, "Offset commit failed");
+/// The commit at shutdown: while another member joins, the coordinator refuses commits until
+/// the group is stable again, so a refused commit is tried again for a while (librdkafka
+/// rejoins on its own threads) rather than leaving offsets for the next owner to re-process.
+async fn commit_final(consumer: &IngestConsumer, monitor: &Monitor, within: Duration) {
+    use rdkafka::error::KafkaError::ConsumerCommit;
+    use rdkafka::types::RDKafkaErrorCode::{IllegalGeneration, NoOffset, RebalanceInProgress};
+    let deadline = Instant::now() + within;
+    loop {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(ConsumerCommit(NoOffset)) => return,
+            Err(ConsumerCommit(RebalanceInProgress | IllegalGeneration))
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => {
+                monitor.metrics.commit_failures.inc();
+                tracing::warn!(%error, "Final offset commit failed; the next owner re-reads from the last commit");
+                return;
             }
         }
     }
