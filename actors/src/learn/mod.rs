@@ -11,7 +11,9 @@ pub mod trainer;
 
 pub use cache::{EmbeddingCache, FrameAddress};
 pub use registry::{Applied, HeadListing, HeadRegistry};
-pub use round::{RoundOutcome, RoundReport, RoundResult, RoundSettings, run_round, run_round_on};
+pub use round::{
+    Round, RoundOutcome, RoundReport, RoundResult, RoundSettings, run_round, run_round_on,
+};
 pub use trainer::TrainerState;
 
 use std::sync::{Arc, Mutex};

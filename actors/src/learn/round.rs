@@ -82,16 +82,8 @@ pub struct RoundResult {
 /// rayon, and a pool of the round's own bounds the cores it takes. Its threads run at the
 /// lowest priority (nice 19): where recognition needs a core, it gets it, and a round takes
 /// what is left. Call it from a dedicated thread, never from the async runtime.
-pub fn run_round_on(
-    cores: usize,
-    examples: &[LabelledExample],
-    live: Option<&Arc<Head>>,
-    settings: &RoundSettings,
-    backbone: &str,
-    embedding_dim: usize,
-    version: u64,
-) -> RoundResult {
-    let run = || run_round(examples, live, settings, backbone, embedding_dim, version);
+pub fn run_round_on(cores: usize, round: &Round<'_>, settings: &RoundSettings) -> RoundResult {
+    let run = || run_round(round, settings);
     match rayon::ThreadPoolBuilder::new()
         .num_threads(cores.max(1))
         .thread_name(|i| format!("tessera-finetune-{i}"))
@@ -123,15 +115,29 @@ fn lower_priority() {
     }
 }
 
-/// Runs a round over `examples` (the replay buffer's), against the `live` head.
-pub fn run_round(
-    examples: &[LabelledExample],
-    live: Option<&Arc<Head>>,
-    settings: &RoundSettings,
-    backbone: &str,
-    embedding_dim: usize,
-    version: u64,
-) -> RoundResult {
+/// What one round works on.
+#[derive(Debug, Clone, Copy)]
+pub struct Round<'a> {
+    /// The replay buffer's examples.
+    pub examples: &'a [LabelledExample],
+    /// The live head the candidate has to beat.
+    pub live: Option<&'a Arc<Head>>,
+    /// `sha256:<hex>` of the backbone the embeddings come from.
+    pub backbone: &'a str,
+    pub embedding_dim: usize,
+    /// The version the candidate gets.
+    pub version: u64,
+}
+
+/// Runs a round over the replay buffer's examples, against the live head.
+pub fn run_round(round: &Round<'_>, settings: &RoundSettings) -> RoundResult {
+    let Round {
+        examples,
+        live,
+        backbone,
+        embedding_dim,
+        version,
+    } = *round;
     let started = std::time::Instant::now();
     let parent = live.map(|h| h.version());
     let (held_out, training): (Vec<&LabelledExample>, Vec<&LabelledExample>) = examples

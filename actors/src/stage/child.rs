@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ractor::{ActorCell, ActorProcessingErr};
+use ractor::{Actor, ActorCell, ActorProcessingErr};
 
 use super::threads::StageThreads;
 use crate::protocol::{StageFailure, StageId};
@@ -90,6 +90,27 @@ impl ChildSpec {
             source: false,
             spawn: Arc::new(move |ctx| Box::pin(spawn(ctx))),
         }
+    }
+
+    /// A child that is one actor: spawned linked to the supervisor under its stage's name,
+    /// with arguments made afresh for each (re)start from the spawn context.
+    pub fn actor<A>(
+        id: StageId,
+        actor: A,
+        args: impl Fn(&SpawnContext) -> A::Arguments + Send + Sync + 'static,
+    ) -> Self
+    where
+        A: Actor + Clone + Sync,
+    {
+        Self::new(id, move |ctx: SpawnContext| {
+            let (actor, args) = (actor.clone(), args(&ctx));
+            async move {
+                let (spawned, _) =
+                    Actor::spawn_linked(Some(ctx.actor_name(id)), actor, args, ctx.supervisor)
+                        .await?;
+                Ok(spawned.get_cell())
+            }
+        })
     }
 
     /// Marks the child as the source of frames.

@@ -16,12 +16,12 @@ use tessera_operators::learning::{LabelledExample, PromotionPolicy, ReplayBuffer
 
 use crate::config::{FineTuneConfig, KafkaConfig, LabelsConfig};
 use crate::learn::{
-    ExampleRecord, Learning, RoundOutcome, RoundResult, RoundSettings, run_round_on,
+    ExampleRecord, Learning, Round, RoundOutcome, RoundResult, RoundSettings, run_round_on,
 };
 use crate::observe::Monitor;
 use crate::protocol::{StageFailure, StageId};
 use crate::stage::kafka::{read_to_end, reader_config};
-use crate::stage::{ChildSpec, Edge, SpawnContext, StageThreads};
+use crate::stage::{ChildSpec, Edge, StageThreads};
 
 /// How often the triggers are checked.
 const TICK: Duration = Duration::from_secs(1);
@@ -60,32 +60,21 @@ impl FineTuneSettings {
 
 /// The supervisor's entry for fine-tune; `input` is the edge from the labels stage.
 pub fn child(settings: FineTuneSettings, input: Edge<LabelledExample>) -> ChildSpec {
-    ChildSpec::new(StageId::FineTune, move |ctx: SpawnContext| {
-        let args = FineTuneArgs {
-            settings: settings.clone(),
-            threads: ctx.threads.clone(),
-        };
-        let input = input.clone();
-        async move {
-            let (actor, _) = Actor::spawn_linked(
-                Some(ctx.actor_name(StageId::FineTune)),
-                FineTune,
-                args,
-                ctx.supervisor,
-            )
-            .await?;
-            input.point_to_actor(actor.clone(), FineTuneMsg::Example);
-            Ok(actor.get_cell())
-        }
+    ChildSpec::actor(StageId::FineTune, FineTune, move |ctx| FineTuneArgs {
+        settings: settings.clone(),
+        input: input.clone(),
+        threads: ctx.threads.clone(),
     })
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct FineTune;
 
 #[derive(Debug)]
 pub struct FineTuneArgs {
     settings: FineTuneSettings,
+    /// The edge from the labels stage, pointed at this actor once it runs.
+    input: Edge<LabelledExample>,
     threads: StageThreads,
 }
 
@@ -145,6 +134,8 @@ impl Actor for FineTune {
             }
         });
         myself.send_interval(TICK, || FineTuneMsg::Tick);
+        args.input
+            .point_to_actor(myself.clone(), FineTuneMsg::Example);
         Ok(FineTuneState {
             settings,
             threads: args.threads,
@@ -236,15 +227,14 @@ fn start_round(
     state
         .threads
         .spawn("tessera-finetune".into(), move || {
-            let result = run_round_on(
-                cores,
-                &examples,
-                live.as_ref(),
-                &round,
-                heads.backbone(),
-                heads.embedding_dim(),
+            let input = Round {
+                examples: &examples,
+                live: live.as_ref(),
+                backbone: heads.backbone(),
+                embedding_dim: heads.embedding_dim(),
                 version,
-            );
+            };
+            let result = run_round_on(cores, &input, &round);
             let _ = reply.cast(FineTuneMsg::Done(Box::new(result)));
         })
         .map_err(|e| StageFailure::internal(StageId::FineTune, e.to_string()))?;

@@ -20,8 +20,8 @@ use crate::config::KafkaConfig;
 use crate::learn::{Applied, HeadRegistry};
 use crate::observe::{LOG_INTERVAL, Monitor, Throttle};
 use crate::protocol::{StageFailure, StageId};
+use crate::stage::ChildSpec;
 use crate::stage::kafka::{assign_all, read_to_end, reader_config};
-use crate::stage::{ChildSpec, SpawnContext};
 
 /// How often a missing heads topic is looked for again.
 const TOPIC_RETRY: Duration = Duration::from_secs(5);
@@ -39,19 +39,7 @@ pub struct HeadsSettings {
 
 /// The supervisor's entry for the heads reader.
 pub fn child(settings: HeadsSettings) -> ChildSpec {
-    ChildSpec::new(StageId::Heads, move |ctx: SpawnContext| {
-        let settings = settings.clone();
-        async move {
-            let (actor, _) = Actor::spawn_linked(
-                Some(ctx.actor_name(StageId::Heads)),
-                HeadsReader,
-                settings,
-                ctx.supervisor,
-            )
-            .await?;
-            Ok(actor.get_cell())
-        }
-    })
+    ChildSpec::actor(StageId::Heads, HeadsReader, move |_| settings.clone())
 }
 
 /// Reads the heads topic up to its end (as it is now), applying every head; returns how
@@ -66,7 +54,7 @@ pub async fn catch_up(settings: &HeadsSettings, timeout: Duration) -> Result<usi
 }
 
 /// The heads reader actor: one task consuming the topic for as long as the stage runs.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct HeadsReader;
 
 impl Actor for HeadsReader {

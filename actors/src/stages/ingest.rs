@@ -28,7 +28,7 @@ use crate::learn::HeadRegistry;
 use crate::observe::{LOG_INTERVAL, Monitor, Queue, Throttle};
 use crate::protocol::{Frame, FrameMeta, PartitionId, StageFailure, StageId, now_ms};
 use crate::stage::kafka::consumer_config;
-use crate::stage::{ChildSpec, Edge, SpawnContext};
+use crate::stage::{ChildSpec, Edge};
 
 static CONSUMER_ERROR: Throttle = Throttle::new(LOG_INTERVAL);
 
@@ -51,24 +51,14 @@ pub struct IngestSettings {
 
 /// The supervisor's entry for ingest, the source.
 pub fn child(settings: IngestSettings, out: Edge<Frame>) -> ChildSpec {
-    ChildSpec::new(StageId::Ingest, move |ctx: SpawnContext| {
-        let args = (settings.clone(), out.clone());
-        async move {
-            let (actor, _) = Actor::spawn_linked(
-                Some(ctx.actor_name(StageId::Ingest)),
-                Ingest,
-                args,
-                ctx.supervisor,
-            )
-            .await?;
-            Ok(actor.get_cell())
-        }
+    ChildSpec::actor(StageId::Ingest, Ingest, move |_| {
+        (settings.clone(), out.clone())
     })
     .into_source()
 }
 
 /// The ingest actor.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Ingest;
 
 /// Messages to [`Ingest`].

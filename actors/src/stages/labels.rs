@@ -30,7 +30,7 @@ use crate::learn::{ExampleRecord, Learning};
 use crate::observe::{LOG_INTERVAL, Monitor, Throttle};
 use crate::protocol::{DeadLetterKind, StageFailure, StageId, headers};
 use crate::stage::kafka::{consumer_config, producer_config, reader_config};
-use crate::stage::{ChildSpec, Edge, SpawnContext};
+use crate::stage::{ChildSpec, Edge};
 
 static LABEL_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
@@ -53,23 +53,13 @@ impl std::fmt::Debug for LabelsSettings {
 
 /// The supervisor's entry for the labels consumer; `out` leads to the fine-tune stage.
 pub fn child(settings: LabelsSettings, out: Edge<LabelledExample>) -> ChildSpec {
-    ChildSpec::new(StageId::Labels, move |ctx: SpawnContext| {
-        let args = (settings.clone(), out.clone());
-        async move {
-            let (actor, _) = Actor::spawn_linked(
-                Some(ctx.actor_name(StageId::Labels)),
-                LabelsReader,
-                args,
-                ctx.supervisor,
-            )
-            .await?;
-            Ok(actor.get_cell())
-        }
+    ChildSpec::actor(StageId::Labels, LabelsReader, move |_| {
+        (settings.clone(), out.clone())
     })
 }
 
 /// The labels actor: one task consuming the topic while the stage runs.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct LabelsReader;
 
 impl Actor for LabelsReader {

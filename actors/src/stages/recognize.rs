@@ -23,7 +23,7 @@ use crate::observe::{LOG_INTERVAL, Monitor, Queue, Step, Throttle};
 use crate::protocol::messages::{Prepared, PreparedTile, Recognized, TileOutputs};
 use crate::protocol::tensor::{PooledTensor, TensorPool};
 use crate::protocol::{AckHandle, DeadLetterKind, FrameKey, Rejection, StageFailure, StageId};
-use crate::stage::{ChildSpec, Edge, FailureReporter, SpawnContext, StageThreads};
+use crate::stage::{ChildSpec, Edge, FailureReporter, StageThreads};
 
 static MODEL_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
@@ -70,23 +70,13 @@ pub fn child(
     input: Receiver<Prepared>,
     out: Edge<Recognized>,
 ) -> ChildSpec {
-    ChildSpec::new(StageId::Recognize, move |ctx: SpawnContext| {
-        let args = RecognizeArgs {
+    ChildSpec::actor(StageId::Recognize, RecognizePool, move |ctx| {
+        RecognizeArgs {
             settings: settings.clone(),
             input: input.clone(),
             out: out.clone(),
             failures: ctx.failures.clone(),
             threads: ctx.threads.clone(),
-        };
-        async move {
-            let (actor, _) = Actor::spawn_linked(
-                Some(ctx.actor_name(StageId::Recognize)),
-                RecognizePool,
-                args,
-                ctx.supervisor,
-            )
-            .await?;
-            Ok(actor.get_cell())
         }
     })
 }
@@ -187,7 +177,7 @@ pub enum RecognizeMsg {
 }
 
 /// The recognize actor.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct RecognizePool;
 
 /// Start arguments of [`RecognizePool`].

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tessera_actors::learn::{RoundSettings, run_round_on};
+use tessera_actors::learn::{Round, RoundSettings, run_round_on};
 use tessera_models::{ModelSession, SessionConfig, TrainSettings};
 use tessera_operators::learning::{LabelledExample, PromotionPolicy, ReplayBuffer, ReplayLimits};
 
@@ -80,15 +80,7 @@ fn main() -> anyhow::Result<()> {
         let mut last = None;
         for _ in 0..args.repeat.max(1) {
             let started = Instant::now();
-            let result = run_round_on(
-                args.cores,
-                &examples,
-                None,
-                &settings,
-                "sha256:bench",
-                DIM,
-                1,
-            );
+            let result = run_round_on(args.cores, &round_of(&examples), &settings);
             times.push(started.elapsed().as_secs_f64());
             last = Some(result.report);
         }
@@ -129,6 +121,17 @@ fn main() -> anyhow::Result<()> {
         busy / idle
     );
     Ok(())
+}
+
+/// A first round (no live head) over `examples`.
+fn round_of(examples: &[LabelledExample]) -> Round<'_> {
+    Round {
+        examples,
+        live: None,
+        backbone: "sha256:bench",
+        embedding_dim: DIM,
+        version: 1,
+    }
 }
 
 /// `n` examples of `classes` clusters, ids `bench/<i>`.
@@ -195,7 +198,7 @@ fn recognition(args: &Args, settings: &RoundSettings) -> anyhow::Result<(f64, f6
             let examples = synthetic(1000, args.classes, 13);
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    run_round_on(cores, &examples, None, &settings, "sha256:bench", DIM, 1);
+                    run_round_on(cores, &round_of(&examples), &settings);
                     rounds.fetch_add(1, Ordering::Relaxed);
                 }
             })
