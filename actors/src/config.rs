@@ -133,7 +133,8 @@ pub struct HeadsConfig {
     /// applies the newest version on it.
     pub topic: String,
     /// How long the start may take to read the heads topic to its end (a replica serves the
-    /// newest head from its first result).
+    /// newest head from its first result); also the limit for the fine-tune stage reading the
+    /// examples topic at start.
     #[serde(with = "humantime_serde")]
     pub load_timeout: Duration,
     /// Folder where this replica also writes every head version it learns of (one safetensors

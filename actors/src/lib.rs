@@ -62,13 +62,8 @@ pub struct PipelineHandle {
     instance: String,
     monitor: Arc<Monitor>,
     threads: StageThreads,
-    /// `None`: the model has no embedding for heads to read.
-    heads: Option<Arc<HeadRegistry>>,
     /// Heads, examples and the trainer; `None` when the model has no embedding.
     learning: Option<Arc<Learning>>,
-    /// Where heads are published.
-    kafka: config::KafkaConfig,
-    heads_topic: String,
 }
 
 /// Loads the model, then starts the actor tree, with a fresh [`Monitor`].
@@ -152,43 +147,13 @@ async fn start_tree(
         "Model loaded"
     );
 
-    // The heads of the backbone, when the model has an embedding for them to read.
-    let heads = embedding_dim.map(|dim| {
-        let heads = HeadRegistry::new(model.backbone_hash.clone(), dim, config.heads.dir.clone());
-        let loaded = heads.load_dir();
-        if loaded > 0 {
-            tracing::info!(
-                loaded,
-                live = heads.live_version(),
-                "Heads loaded from heads.dir"
-            );
+    // Learning on the job, when the model has an embedding for heads to read.
+    let learning = match (embedding_dim, probe) {
+        (Some(dim), Some(probe)) => {
+            Some(start_learning(&config, &model, dim, probe, &monitor).await?)
         }
-        report_live_head(&heads, &monitor);
-        heads
-    });
-    if let Some(registry) = &heads {
-        let reader = heads_settings(&config, registry, &monitor);
-        let read = heads::catch_up(&reader, config.heads.load_timeout)
-            .await
-            .map_err(|failure| PipelineError::Escalated {
-                stage: StageId::Heads,
-                domain: failure.domain,
-                source: Box::new(failure),
-            })?;
-        tracing::info!(read, live = registry.live_version(), topic = %config.heads.topic, "Heads topic read");
-    }
-
-    let learning = match (&heads, probe) {
-        (Some(heads), Some(probe)) => Some(Arc::new(Learning {
-            heads: heads.clone(),
-            cache: EmbeddingCache::new(config.labels.embedding_cache),
-            trainer: TrainerState::default(),
-            embedder: Arc::new(Mutex::new(Embedder::new(probe)?)),
-            publish: head_publisher(&config),
-        })),
         _ => None,
     };
-
     if let Some(learning) = &learning {
         monitor.attach_learning(learning.clone());
     }
@@ -202,7 +167,6 @@ async fn start_tree(
         env,
         model: model.clone(),
         batch_dim,
-        heads: heads.clone(),
         learning: learning.clone(),
     };
     let children = wire(&config, loaded, &ledger, draining_rx, &monitor);
@@ -242,10 +206,7 @@ async fn start_tree(
         instance: instance.to_owned(),
         monitor,
         threads,
-        heads,
         learning,
-        kafka: config.kafka.clone(),
-        heads_topic: config.heads.topic.clone(),
     })
 }
 
@@ -256,8 +217,50 @@ struct LoadedModel {
     /// Probed from a session at start.
     batch_dim: BatchDim,
     /// `None`: the model has no embedding for heads to read.
-    heads: Option<Arc<HeadRegistry>>,
     learning: Option<Arc<Learning>>,
+}
+
+/// The heads of the backbone (from `heads.dir`, then the heads topic read to its end, so the
+/// first frame sees the newest head) and the rest of learning on the job.
+async fn start_learning(
+    config: &PipelineConfig,
+    model: &Model,
+    embedding_dim: usize,
+    probe: ModelSession,
+    monitor: &Arc<Monitor>,
+) -> Result<Arc<Learning>, PipelineError> {
+    let registry = HeadRegistry::new(
+        model.backbone_hash.clone(),
+        embedding_dim,
+        config.heads.dir.clone(),
+    );
+    let loaded = registry.load_dir();
+    if loaded > 0 {
+        tracing::info!(
+            loaded,
+            live = registry.live_version(),
+            "Heads loaded from heads.dir"
+        );
+    }
+    report_live_head(&registry, monitor);
+    let read = heads::catch_up(
+        &heads_settings(config, &registry, monitor),
+        config.heads.load_timeout,
+    )
+    .await
+    .map_err(|failure| PipelineError::Escalated {
+        stage: StageId::Heads,
+        domain: failure.domain,
+        source: Box::new(failure),
+    })?;
+    tracing::info!(read, live = registry.live_version(), topic = %config.heads.topic, "Heads topic read");
+    Ok(Arc::new(Learning {
+        heads: registry,
+        cache: EmbeddingCache::new(config.labels.embedding_cache),
+        trainer: TrainerState::default(),
+        embedder: Arc::new(Mutex::new(Embedder::new(probe)?)),
+        publish: head_publisher(config),
+    }))
 }
 
 /// One session, run once on zeros: fails the start early (with a clear error) if the model
@@ -319,7 +322,6 @@ fn wire(
         env,
         model,
         batch_dim,
-        heads,
         learning,
     } = loaded;
     let (width, height) = (model.manifest.input.width, model.manifest.input.height);
@@ -407,7 +409,7 @@ fn wire(
         ledger: ledger.clone(),
         draining,
         monitor: monitor.clone(),
-        heads: heads.clone(),
+        heads: learning.as_ref().map(|l| l.heads.clone()),
     };
 
     let mut children = vec![
@@ -427,6 +429,7 @@ fn wire(
             finetune: config.finetune.clone(),
             learning: learning.clone(),
             monitor: monitor.clone(),
+            restore_timeout: config.heads.load_timeout,
         };
         let labels = labels::LabelsSettings {
             kafka: config.kafka.clone(),
@@ -465,7 +468,7 @@ impl PipelineHandle {
 
     /// The heads of the model's backbone; `None` when the model has no embedding.
     pub fn heads(&self) -> Option<&Arc<HeadRegistry>> {
-        self.heads.as_ref()
+        self.learning.as_ref().map(|l| &l.heads)
     }
 
     /// Heads, examples and the trainer; `None` when the model has no embedding.
@@ -476,23 +479,18 @@ impl PipelineHandle {
     /// Publishes `head` to the heads topic, keyed by its scope; every replica of the group,
     /// this one included, applies it (it goes live where it is the newest version). Refused
     /// before publishing if it does not fit this model's backbone.
-    pub async fn publish_head(&self, head: &Head) -> Result<(i32, i64), PipelineError> {
-        let registry = self.heads.as_ref().ok_or_else(no_embedding)?;
-        head.check_backbone(registry.backbone(), registry.embedding_dim())?;
-        let bytes = head.to_bytes()?;
-        let written =
-            stage::kafka::produce_one(&self.kafka, &self.heads_topic, HEAD_SCOPE, &bytes).await?;
-        tracing::info!(version = head.version(), topic = %self.heads_topic, "Head published");
-        Ok(written)
+    pub async fn publish_head(&self, head: &Head) -> Result<(), PipelineError> {
+        let learning = self.learning.as_ref().ok_or_else(no_embedding)?;
+        let heads = &learning.heads;
+        head.check_backbone(heads.backbone(), heads.embedding_dim())?;
+        (learning.publish)(head.clone()).await.map_err(unpublished)
     }
 
     /// Makes the weights of an earlier `version` live again, on every replica: they are
     /// published as a new version (newest wins everywhere). Returns the new version.
     pub async fn rollback(&self, version: u64) -> Result<u64, PipelineError> {
-        let registry = self.heads.as_ref().ok_or_else(no_embedding)?;
-        let head = registry.restore(version)?;
-        self.publish_head(&head).await?;
-        Ok(head.version())
+        let learning = self.learning.as_ref().ok_or_else(no_embedding)?;
+        learning.rollback(version).await.map_err(unpublished)
     }
 
     /// Threads the stages still run outside the runtime (model sessions, batching); none once
@@ -561,10 +559,8 @@ fn head_publisher(config: &PipelineConfig) -> learn::PublishHead {
     Arc::new(move |head: Head| {
         let (kafka, topic) = (kafka.clone(), topic.clone());
         Box::pin(async move {
-            let bytes = head.to_bytes().map_err(|e| e.detail())?;
-            stage::kafka::produce_one(&kafka, &topic, HEAD_SCOPE, &bytes)
-                .await
-                .map_err(|e| e.to_string())?;
+            let bytes = head.to_bytes()?;
+            stage::kafka::produce_one(&kafka, &topic, HEAD_SCOPE, &bytes).await?;
             tracing::info!(version = head.version(), %topic, "Head published");
             Ok(())
         })
@@ -573,6 +569,14 @@ fn head_publisher(config: &PipelineConfig) -> learn::PublishHead {
 
 /// The scope of the one head of step 6 (camera groups get their own scopes later).
 pub const HEAD_SCOPE: &str = "global";
+
+fn unpublished(error: Box<dyn std::error::Error + Send + Sync>) -> PipelineError {
+    PipelineError::Escalated {
+        stage: StageId::Heads,
+        domain: protocol::ErrorDomain::External,
+        source: error,
+    }
+}
 
 fn no_embedding() -> PipelineError {
     PipelineError::Model(tessera_models::ModelError::InvalidHead {

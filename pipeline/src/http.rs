@@ -257,7 +257,10 @@ async fn rollback(State(state): State<AppState>, body: axum::body::Bytes) -> Res
             Json(serde_json::json!({ "version": version, "restored_from": request.version }))
                 .into_response()
         }
-        Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        Err(reason) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            tessera_models::error_chain(reason.as_ref()),
+        ),
     }
 }
 

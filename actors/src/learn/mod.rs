@@ -37,9 +37,13 @@ pub struct Learning {
     pub publish: PublishHead,
 }
 
-/// Publishes a head to the heads topic; the error says why not.
-pub type PublishHead =
-    Arc<dyn Fn(Head) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+/// Why a head could not be published.
+pub type PublishError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Publishes a head to the heads topic.
+pub type PublishHead = Arc<
+    dyn Fn(Head) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>> + Send + Sync,
+>;
 
 impl std::fmt::Debug for Learning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,8 +58,8 @@ impl std::fmt::Debug for Learning {
 impl Learning {
     /// Makes the weights of an earlier `version` live again on every replica: they are
     /// published as a new version. Returns it.
-    pub async fn rollback(&self, version: u64) -> Result<u64, String> {
-        let head = self.heads.restore(version).map_err(|e| e.detail())?;
+    pub async fn rollback(&self, version: u64) -> Result<u64, PublishError> {
+        let head = self.heads.restore(version)?;
         let new_version = head.version();
         (self.publish)(head).await?;
         Ok(new_version)

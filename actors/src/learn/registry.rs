@@ -108,7 +108,12 @@ impl HeadRegistry {
     }
 
     /// Adds a head (refused if trained on another backbone); it goes live if it is the newest.
+    /// It is also written to `heads.dir`, if set.
     pub fn apply(&self, head: Head) -> Result<Applied, ModelError> {
+        self.insert(head, true)
+    }
+
+    fn insert(&self, head: Head, persist: bool) -> Result<Applied, ModelError> {
         head.check_backbone(&self.backbone, self.embedding_dim)?;
         let version = head.version();
         if version == 0 {
@@ -125,7 +130,7 @@ impl HeadRegistry {
             }
             versions.insert(version, head.clone());
         }
-        if let Some(dir) = &self.dir {
+        if let Some(dir) = self.dir.as_ref().filter(|_| persist) {
             let path = dir.join(format!("head-{version}.safetensors"));
             if let Err(error) = head.save(&path) {
                 tracing::warn!(error = %error.detail(), path = %path.display(), "Could not write the head to disk");
@@ -181,7 +186,8 @@ impl HeadRegistry {
             if path.extension().is_none_or(|e| e != "safetensors") {
                 continue;
             }
-            match Head::load(&path).and_then(|head| self.apply(head)) {
+            // Read from the folder: nothing to write back.
+            match Head::load(&path).and_then(|head| self.insert(head, false)) {
                 Ok(_) => loaded += 1,
                 Err(error) => {
                     tracing::warn!(error = %error.detail(), path = %path.display(), "Head file skipped");

@@ -6,9 +6,11 @@ pub mod child;
 pub mod edge;
 pub mod frame_stage;
 pub mod kafka;
+pub mod task;
 pub mod threads;
 
 pub use child::{ChildSpec, FailureReporter, SpawnContext, actor_name};
 pub use edge::{Edge, Undelivered};
 pub use frame_stage::{FrameStage, frame_stage};
+pub use task::StageTask;
 pub use threads::StageThreads;

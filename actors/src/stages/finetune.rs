@@ -21,7 +21,7 @@ use crate::learn::{
 use crate::observe::Monitor;
 use crate::protocol::{StageFailure, StageId};
 use crate::stage::kafka::{read_to_end, reader_config};
-use crate::stage::{ChildSpec, Edge, StageThreads};
+use crate::stage::{ChildSpec, Edge, StageTask, StageThreads};
 
 /// How often the triggers are checked.
 const TICK: Duration = Duration::from_secs(1);
@@ -33,6 +33,9 @@ pub struct FineTuneSettings {
     pub finetune: FineTuneConfig,
     pub learning: Arc<Learning>,
     pub monitor: Arc<Monitor>,
+    /// How long reading the examples topic to its end at start may take
+    /// (`heads.load_timeout`, the same kind of read).
+    pub restore_timeout: Duration,
 }
 
 impl FineTuneSettings {
@@ -96,8 +99,8 @@ pub struct FineTuneState {
     new_labels: usize,
     last_round: Instant,
     running: bool,
-    /// Forwards on-demand requests to the actor.
-    requests: tokio::task::JoinHandle<()>,
+    /// Forwards on-demand requests to the actor; held so it ends with the state.
+    _requests: StageTask,
 }
 
 impl Actor for FineTune {
@@ -125,7 +128,7 @@ impl Actor for FineTune {
         report_buffer(&settings.monitor, &buffer);
         let learning = settings.learning.clone();
         let forward = myself.clone();
-        let requests = tokio::spawn(async move {
+        let requests = StageTask::spawn(async move {
             loop {
                 learning.trainer.requested().await;
                 if forward.cast(FineTuneMsg::Requested).is_err() {
@@ -143,7 +146,7 @@ impl Actor for FineTune {
             new_labels: 0,
             last_round: Instant::now(),
             running: false,
-            requests,
+            _requests: requests,
         })
     }
 
@@ -179,15 +182,6 @@ impl Actor for FineTune {
                 finish_round(&state.settings, *result).await;
             }
         }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<FineTuneMsg>,
-        state: &mut FineTuneState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.requests.abort();
         Ok(())
     }
 }
@@ -251,7 +245,10 @@ async fn finish_round(settings: &FineTuneSettings, result: RoundResult) {
         && let Err(error) = (settings.learning.publish)(head).await
     {
         report.outcome = RoundOutcome::Failed;
-        report.reason = Some(format!("the promoted head could not be published: {error}"));
+        report.reason = Some(format!(
+            "the promoted head could not be published: {}",
+            tessera_models::error_chain(error.as_ref())
+        ));
     }
     let metrics = &settings.monitor.metrics;
     metrics.finetune_run(report.outcome.as_str());
@@ -303,7 +300,7 @@ async fn restore(
     let read = read_to_end(
         &consumer,
         &settings.labels.examples_topic,
-        settings.labels.fetch_timeout.max(Duration::from_secs(30)),
+        settings.restore_timeout,
         |_, value| {
             let record = value.and_then(|v| serde_json::from_slice::<ExampleRecord>(v).ok());
             match record {

@@ -14,14 +14,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use tessera_models::Head;
-use tokio::task::JoinHandle;
 
 use crate::config::KafkaConfig;
 use crate::learn::{Applied, HeadRegistry};
 use crate::observe::{LOG_INTERVAL, Monitor, Throttle};
 use crate::protocol::{StageFailure, StageId};
-use crate::stage::ChildSpec;
 use crate::stage::kafka::{assign_all, read_to_end, reader_config};
+use crate::stage::{ChildSpec, StageTask};
 
 /// How often a missing heads topic is looked for again.
 const TOPIC_RETRY: Duration = Duration::from_secs(5);
@@ -59,25 +58,16 @@ pub struct HeadsReader;
 
 impl Actor for HeadsReader {
     type Msg = ();
-    type State = JoinHandle<()>;
+    type State = StageTask;
     type Arguments = HeadsSettings;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<()>,
         settings: HeadsSettings,
-    ) -> Result<JoinHandle<()>, ActorProcessingErr> {
+    ) -> Result<StageTask, ActorProcessingErr> {
         let consumer = reader(&settings)?;
-        Ok(tokio::spawn(follow(consumer, settings)))
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<()>,
-        task: &mut JoinHandle<()>,
-    ) -> Result<(), ActorProcessingErr> {
-        task.abort();
-        Ok(())
+        Ok(StageTask::spawn(follow(consumer, settings)))
     }
 }
 

@@ -20,7 +20,6 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tessera_models::Head;
 use tokio::sync::{Semaphore, TryAcquireError, watch};
-use tokio::task::JoinHandle;
 
 use crate::config::{FlowConfig, KafkaConfig};
 use crate::delivery::{Committable, Ledger};
@@ -28,7 +27,7 @@ use crate::learn::HeadRegistry;
 use crate::observe::{LOG_INTERVAL, Monitor, Queue, Throttle};
 use crate::protocol::{Frame, FrameMeta, PartitionId, StageFailure, StageId, now_ms};
 use crate::stage::kafka::consumer_config;
-use crate::stage::{ChildSpec, Edge};
+use crate::stage::{ChildSpec, Edge, StageTask};
 
 static CONSUMER_ERROR: Throttle = Throttle::new(LOG_INTERVAL);
 
@@ -200,28 +199,6 @@ fn offsets_list(committable: &[Committable]) -> TopicPartitionList {
 
 type IngestConsumer = StreamConsumer<IngestContext>;
 
-/// Aborts a task when the actor's state is dropped, whether it stopped or failed.
-#[derive(Debug)]
-struct AbortOnDrop(Option<JoinHandle<()>>);
-
-impl AbortOnDrop {
-    /// Aborts the task and waits until it is gone (with what it held).
-    async fn stop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
-    }
-}
-
 /// State of [`Ingest`].
 pub struct IngestState {
     consumer: Arc<IngestConsumer>,
@@ -232,9 +209,9 @@ pub struct IngestState {
     /// Whether a watermark query is under way.
     measuring_lag: Arc<AtomicBool>,
     /// The task that polls the consumer.
-    consume_loop: AbortOnDrop,
+    consume_loop: StageTask,
     /// The task that stores offsets and dispatches frames again as frames settle.
-    settle_loop: AbortOnDrop,
+    settle_loop: StageTask,
     /// How long the final commit may keep trying through a rebalance in progress.
     final_commit_within: Duration,
 }
@@ -277,7 +254,7 @@ impl Actor for Ingest {
             .map_err(|e| StageFailure::config(StageId::Ingest, e))?;
         let consumer = Arc::new(consumer);
         tracing::info!(topics = ?topics, group = %settings.kafka.group_id, "Subscribed to input topics");
-        let consume_loop = tokio::spawn(consume_loop(ConsumeLoop {
+        let consume_loop = StageTask::spawn(consume_loop(ConsumeLoop {
             consumer: consumer.clone(),
             out: out.clone(),
             credits: settings.credits.clone(),
@@ -288,7 +265,7 @@ impl Actor for Ingest {
             monitor: settings.monitor.clone(),
             heads: settings.heads.clone(),
         }));
-        let settle_loop = tokio::spawn(settle_loop(
+        let settle_loop = StageTask::spawn(settle_loop(
             consumer.clone(),
             settings.ledger.clone(),
             out.clone(),
@@ -305,8 +282,8 @@ impl Actor for Ingest {
             out,
             monitor: settings.monitor,
             measuring_lag: Arc::new(AtomicBool::new(false)),
-            consume_loop: AbortOnDrop(Some(consume_loop)),
-            settle_loop: AbortOnDrop(Some(settle_loop)),
+            consume_loop,
+            settle_loop,
             final_commit_within: settings.kafka.revoke_drain_timeout,
         })
     }

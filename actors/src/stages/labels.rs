@@ -23,14 +23,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use tessera_operators::decode::{DecodeLimits, decode_image};
 use tessera_operators::labels::{Label, LabelError, LabelSource, crop_rect, parse_label};
 use tessera_operators::learning::LabelledExample;
-use tokio::task::JoinHandle;
 
 use crate::config::{KafkaConfig, LabelsConfig};
 use crate::learn::{ExampleRecord, Learning};
 use crate::observe::{LOG_INTERVAL, Monitor, Throttle};
 use crate::protocol::{DeadLetterKind, StageFailure, StageId, headers};
 use crate::stage::kafka::{consumer_config, producer_config, reader_config};
-use crate::stage::{ChildSpec, Edge};
+use crate::stage::{ChildSpec, Edge, StageTask};
 
 static LABEL_FAILED: Throttle = Throttle::new(LOG_INTERVAL);
 
@@ -64,14 +63,14 @@ pub struct LabelsReader;
 
 impl Actor for LabelsReader {
     type Msg = ();
-    type State = JoinHandle<()>;
+    type State = StageTask;
     type Arguments = (LabelsSettings, Edge<LabelledExample>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<()>,
         (settings, out): (LabelsSettings, Edge<LabelledExample>),
-    ) -> Result<JoinHandle<()>, ActorProcessingErr> {
+    ) -> Result<StageTask, ActorProcessingErr> {
         let external =
             |e: rdkafka::error::KafkaError| StageFailure::external(StageId::Labels, e.to_string());
         let mut config = consumer_config(&settings.kafka);
@@ -90,22 +89,13 @@ impl Actor for LabelsReader {
         let fetcher: BaseConsumer = reader_config(&settings.kafka, "labels-fetch")
             .create()
             .map_err(external)?;
-        Ok(tokio::spawn(consume(
+        Ok(StageTask::spawn(consume(
             consumer,
             producer,
             Arc::new(fetcher),
             settings,
             out,
         )))
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<()>,
-        task: &mut JoinHandle<()>,
-    ) -> Result<(), ActorProcessingErr> {
-        task.abort();
-        Ok(())
     }
 }
 
