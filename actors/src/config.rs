@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tessera_models::SessionConfig;
 use tessera_operators::decode::DecodeLimits;
 use tessera_operators::merge::MergeConfig;
+use tessera_operators::scopes::{CameraGroup, Scopes};
 use tessera_operators::tiling::TilingConfig;
 
 /// An invalid configuration value.
@@ -58,9 +59,22 @@ pub struct PipelineConfig {
     pub labels: LabelsConfig,
     /// Training new heads from the labelled examples.
     pub finetune: FineTuneConfig,
+    /// Camera groups, each with heads of its own (`[[groups]]`, `name` and `cameras`: camera-id
+    /// patterns with `*` and `?`); a camera uses the first group it matches, else the global
+    /// head. Labels from a camera train its group's head.
+    pub groups: Vec<CameraGroup>,
+    /// The second stage of a detection pipeline: boxes re-classified by the scope's head.
+    pub second_stage: SecondStageConfig,
+    /// Label requests: frames and boxes worth labelling, for a labelling tool.
+    pub label_requests: LabelRequestsConfig,
 }
 
 impl PipelineConfig {
+    /// The camera groups as scopes of heads.
+    pub fn scopes(&self) -> Result<Scopes, ConfigError> {
+        Scopes::new(&self.groups).map_err(|e| ConfigError::invalid("groups", e.to_string()))
+    }
+
     /// Checks cross-field rules of every section.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
@@ -114,6 +128,18 @@ impl PipelineConfig {
         }
         self.http.validate()?;
         self.finetune.validate()?;
+        self.scopes()?;
+        self.second_stage.validate()?;
+        self.label_requests
+            .sampler()
+            .validate()
+            .map_err(|e| ConfigError::invalid("label_requests", e.to_string()))?;
+        if self.label_requests.max_pending == 0 {
+            return Err(ConfigError::invalid(
+                "label_requests.max_pending",
+                "must be at least 1",
+            ));
+        }
         if self.supervision.max_restarts == 0 {
             return Err(ConfigError::invalid(
                 "supervision.max_restarts",
@@ -285,6 +311,128 @@ impl FineTuneConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// The second stage of a detection pipeline: every selected box is cropped from the decoded
+/// frame, embedded by a classifier backbone (one session for every scope) and classified by
+/// the head serving the camera. Heads then train on this backbone's embeddings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecondStageConfig {
+    /// Run the second stage (the model must be a detector).
+    pub enabled: bool,
+    /// Manifest of the backbone (`model.toml`); it must name an embedding output.
+    pub manifest: PathBuf,
+    /// Its ONNX file; default: as for `model.onnx`.
+    pub onnx: Option<PathBuf>,
+    /// Session options and execution providers of the backbone.
+    pub session: SessionConfig,
+    /// Boxes the detector scored at least this are classified.
+    pub min_score: f32,
+    /// Detector labels whose boxes are classified; empty: every label.
+    pub classes: Vec<String>,
+    /// Most boxes classified per frame, the best scored first.
+    pub max_crops: usize,
+    /// Head classes that reject a box (`head.rejected` in the result): negative labels train
+    /// `none`.
+    pub reject_labels: Vec<String>,
+}
+
+impl Default for SecondStageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            manifest: PathBuf::from("models/manifests/mobilenetv2/model.toml"),
+            onnx: None,
+            session: SessionConfig::default(),
+            min_score: 0.3,
+            classes: Vec::new(),
+            max_crops: 10,
+            reject_labels: vec![
+                tessera_operators::labels::NEGATIVE_CLASS.to_owned(),
+                "background".to_owned(),
+            ],
+        }
+    }
+}
+
+impl SecondStageConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.min_score) {
+            return Err(ConfigError::invalid(
+                "second_stage.min_score",
+                "must be within 0..=1",
+            ));
+        }
+        if self.max_crops == 0 {
+            return Err(ConfigError::invalid(
+                "second_stage.max_crops",
+                "must be at least 1",
+            ));
+        }
+        self.session
+            .validate()
+            .map_err(|e| ConfigError::invalid("second_stage.session", e.to_string()))
+    }
+
+    /// Which boxes are classified.
+    pub fn selection(&self) -> tessera_operators::crops::CropSelection {
+        tessera_operators::crops::CropSelection {
+            min_score: self.min_score,
+            classes: self.classes.clone(),
+            max_crops: self.max_crops,
+        }
+    }
+}
+
+/// Label requests (active learning): a sampler picks predicted boxes and classifications
+/// worth labelling and publishes them, with the current prediction, for a labelling tool to
+/// answer on the labels topic. Strategies are tried in order (uncertain, classes, rare,
+/// random); each has its own rate limit per minute and per hour, on each replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelRequestsConfig {
+    /// Publish label requests.
+    pub enabled: bool,
+    /// Topic of the requests (JSON, keyed by camera).
+    pub topic: String,
+    /// Requests handed to the producer and not yet acknowledged, at most; more are dropped
+    /// (and counted): requests are hints, never a reason to slow frames down.
+    pub max_pending: usize,
+    /// Predictions whose score is within `epsilon` of `threshold`.
+    pub uncertain: tessera_operators::sampling::UncertainConfig,
+    /// Predictions of chosen classes.
+    pub classes: tessera_operators::sampling::ClassesConfig,
+    /// Predictions of classes rare in the camera's scope.
+    pub rare: tessera_operators::sampling::RareConfig,
+    /// A random share of predictions.
+    pub random: tessera_operators::sampling::RandomConfig,
+}
+
+impl Default for LabelRequestsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            topic: "label-requests".into(),
+            max_pending: 64,
+            uncertain: Default::default(),
+            classes: Default::default(),
+            rare: Default::default(),
+            random: Default::default(),
+        }
+    }
+}
+
+impl LabelRequestsConfig {
+    /// The sampler's settings.
+    pub fn sampler(&self) -> tessera_operators::sampling::SamplerConfig {
+        tessera_operators::sampling::SamplerConfig {
+            uncertain: self.uncertain.clone(),
+            classes: self.classes.clone(),
+            rare: self.rare.clone(),
+            random: self.random.clone(),
+        }
     }
 }
 

@@ -48,7 +48,10 @@ use delivery::Ledger;
 use learn::{EmbeddingCache, HeadRegistry, Learning, TrainerState};
 use protocol::tensor::TensorPool;
 use stage::{Edge, StageThreads};
-use stages::{finetune, heads, ingest, labels, merge, prepare, publish, recognize, sequencer};
+use stages::{
+    finetune, heads, ingest, label_requests, labels, merge, prepare, publish, recognize,
+    second_stage, sequencer,
+};
 use supervisor::{PipelineSupervisor, SupervisorArgs, SupervisorMsg};
 
 /// A running pipeline.
@@ -126,7 +129,7 @@ async fn start_tree(
     };
     let batch_dim = probe.batch_dim();
     let execution_provider = probe.execution_provider().to_owned();
-    // The probe session stays as the labels stage's backbone when heads apply.
+    // The probe session stays as the labels stage's backbone when heads apply to the model.
     let probe = embedding_dim.map(|_| probe);
     monitor.set_model(observe::ModelStatus {
         name: model.manifest.name.clone(),
@@ -147,12 +150,18 @@ async fn start_tree(
         "Model loaded"
     );
 
-    // Learning on the job, when the model has an embedding for heads to read.
-    let learning = match (embedding_dim, probe) {
-        (Some(dim), Some(probe)) => {
-            Some(start_learning(&config, &model, dim, probe, &monitor).await?)
+    // Learning on the job: heads on the second stage's backbone, else on the model's own
+    // embedding when it has one.
+    let learning = if config.second_stage.enabled {
+        let (backbone, dim, session) = load_backbone(&config, &env, &model, assets_dir).await?;
+        Some(start_learning(&config, &backbone, dim, session, &monitor).await?)
+    } else {
+        match (embedding_dim, probe) {
+            (Some(dim), Some(probe)) => {
+                Some(start_learning(&config, &model, dim, probe, &monitor).await?)
+            }
+            _ => None,
         }
-        _ => None,
     };
     if let Some(learning) = &learning {
         monitor.attach_learning(learning.clone());
@@ -238,11 +247,11 @@ async fn start_learning(
     if loaded > 0 {
         tracing::info!(
             loaded,
-            live = registry.live_version(),
+            live = ?registry.live_heads().versions(),
             "Heads loaded from heads.dir"
         );
     }
-    report_live_head(&registry, monitor);
+    report_live_heads(&registry, monitor);
     let read = heads::catch_up(
         &heads_settings(config, &registry, monitor),
         config.heads.load_timeout,
@@ -253,14 +262,66 @@ async fn start_learning(
         domain: failure.domain,
         source: Box::new(failure),
     })?;
-    tracing::info!(read, live = registry.live_version(), topic = %config.heads.topic, "Heads topic read");
+    tracing::info!(read, live = ?registry.live_heads().versions(), topic = %config.heads.topic, "Heads topic read");
     Ok(Arc::new(Learning {
         heads: registry,
+        scopes: config.scopes()?,
         cache: EmbeddingCache::new(config.labels.embedding_cache),
         trainer: TrainerState::default(),
         embedder: Arc::new(Mutex::new(Embedder::new(probe)?)),
         publish: head_publisher(config),
     }))
+}
+
+/// The second stage's backbone: its model, embedding size and one session (the second stage
+/// and the labels stage share it). Fails the start with a clear error when the model is not a
+/// detector or the backbone has no embedding.
+async fn load_backbone(
+    config: &PipelineConfig,
+    env: &Arc<ort::environment::Environment>,
+    model: &Model,
+    assets_dir: Option<&Path>,
+) -> Result<(Arc<Model>, usize, ModelSession), PipelineError> {
+    if model.manifest.task != tessera_models::Task::Detect {
+        return Err(ConfigError::invalid(
+            "second_stage.enabled",
+            format!(
+                "the second stage classifies detected boxes; model `{}` is not a detector",
+                model.manifest.name
+            ),
+        )
+        .into());
+    }
+    let second = &config.second_stage;
+    let backbone = Arc::new(Model::load(
+        &second.manifest,
+        second.onnx.as_deref(),
+        assets_dir,
+    )?);
+    let (env, loaded, session) = (env.clone(), backbone.clone(), second.session.clone());
+    let (probe, dim) = tokio::task::spawn_blocking(move || probe_model(&env, loaded, &session))
+        .await
+        .map_err(|e| PipelineError::Escalated {
+            stage: StageId::SecondStage,
+            domain: protocol::ErrorDomain::Internal,
+            source: Box::new(e),
+        })??;
+    let dim = dim.ok_or_else(|| {
+        ConfigError::invalid(
+            "second_stage.manifest",
+            format!(
+                "backbone `{}` has no embedding output (set `output.embedding` or `output.embedding_from` in its manifest)",
+                backbone.manifest.name
+            ),
+        )
+    })?;
+    tracing::info!(
+        backbone = %backbone.manifest.name,
+        embedding = dim,
+        provider = probe.execution_provider(),
+        "Second-stage backbone loaded"
+    );
+    Ok((backbone, dim, probe))
 }
 
 /// One session, run once on zeros: fails the start early (with a clear error) if the model
@@ -296,15 +357,15 @@ fn heads_settings(
     }
 }
 
-/// Keeps the status and the model-info metric on the live head.
-fn report_live_head(heads: &Arc<HeadRegistry>, monitor: &Arc<Monitor>) {
+/// Keeps the status and the head metrics on the live heads.
+fn report_live_heads(heads: &Arc<HeadRegistry>, monitor: &Arc<Monitor>) {
     let mut live = heads.subscribe();
     let monitor = monitor.clone();
-    monitor.set_head_version(heads.live().map(|h| h.version()));
+    monitor.set_live_heads(&heads.live_heads());
     tokio::spawn(async move {
         while live.changed().await.is_ok() {
-            let version = live.borrow_and_update().as_ref().map(|h| h.version());
-            monitor.set_head_version(version);
+            let heads = live.borrow_and_update().clone();
+            monitor.set_live_heads(&heads);
         }
     });
 }
@@ -351,6 +412,21 @@ fn wire(
     let (prepared_tx, prepared_rx) = crossbeam_channel::unbounded();
     prepared.point_to_channel(prepared_tx);
     let recognized = Edge::new(StageId::Merge);
+    // Merge's outcomes pass the optional stages, in this order, on their way to the sequencer.
+    let second_stage = config.second_stage.enabled && learning.is_some();
+    let requests = config.label_requests.enabled;
+    let merged = Edge::new(if second_stage {
+        StageId::SecondStage
+    } else if requests {
+        StageId::LabelRequests
+    } else {
+        StageId::Sequencer
+    });
+    let classified = if requests {
+        Edge::new(StageId::LabelRequests)
+    } else {
+        Edge::new(StageId::Sequencer)
+    };
     let finished = Edge::new(StageId::Sequencer);
     let sequenced = Edge::new(StageId::Publish);
 
@@ -398,6 +474,8 @@ fn wire(
             // A chunk per lane being filled, and the tiles on their way to the batcher (or,
             // for one-slot batches, every tile a credit allows).
             tiles: TensorPool::preallocated_up_to(tiles_at_start, tile_credits, tile_len),
+            keep_image: second_stage,
+            heads_on_tiles: !second_stage,
         }),
         lanes: config.prepare.workers,
         monitor: monitor.clone(),
@@ -409,17 +487,49 @@ fn wire(
         ledger: ledger.clone(),
         draining,
         monitor: monitor.clone(),
-        heads: learning.as_ref().map(|l| l.heads.clone()),
+        learning: learning.clone(),
     };
 
     let mut children = vec![
         publish::child(publish, sequenced.clone()),
         sequencer::child(ledger.clone(), monitor.clone(), finished.clone(), sequenced),
-        merge::child(merge, recognized.clone(), finished),
+    ];
+    // The optional stages between merge and the sequencer, downstream first.
+    if requests {
+        let settings = label_requests::LabelRequestsSettings {
+            kafka: config.kafka.clone(),
+            requests: config.label_requests.clone(),
+            learning: learning.clone(),
+            monitor: monitor.clone(),
+        };
+        let input = if second_stage {
+            classified.clone()
+        } else {
+            merged.clone()
+        };
+        children.push(label_requests::child(settings, input, finished.clone()));
+    }
+    if let (true, Some(learning)) = (second_stage, &learning) {
+        let settings = second_stage::SecondStageSettings {
+            selection: config.second_stage.selection(),
+            reject_labels: config.second_stage.reject_labels.clone().into(),
+            learning: learning.clone(),
+            embed_without_head: requests,
+            monitor: monitor.clone(),
+        };
+        let out = if requests {
+            classified
+        } else {
+            finished.clone()
+        };
+        children.push(second_stage::child(settings, merged.clone(), out));
+    }
+    children.extend([
+        merge::child(merge, recognized.clone(), merged),
         recognize::child(recognize, prepared_rx, recognized),
         prepare::child(prepare, frames.clone(), prepared),
         ingest::child(ingest, frames),
-    ];
+    ]);
     // The learning stages are beside the frame path: they start first, the source last.
     if let Some(learning) = &learning {
         let examples = Edge::new(StageId::FineTune);
@@ -486,11 +596,12 @@ impl PipelineHandle {
         (learning.publish)(head.clone()).await.map_err(unpublished)
     }
 
-    /// Makes the weights of an earlier `version` live again, on every replica: they are
-    /// published as a new version (newest wins everywhere). Returns the new version.
-    pub async fn rollback(&self, version: u64) -> Result<u64, PipelineError> {
+    /// Makes the weights of an earlier `version` of `scope` live again, on every replica:
+    /// they are published as a new version of that scope (newest wins everywhere; the other
+    /// scopes are left alone). Returns the new version.
+    pub async fn rollback(&self, scope: &str, version: u64) -> Result<u64, PipelineError> {
         let learning = self.learning.as_ref().ok_or_else(no_embedding)?;
-        learning.rollback(version).await.map_err(unpublished)
+        learning.rollback(scope, version).await.map_err(unpublished)
     }
 
     /// Threads the stages still run outside the runtime (model sessions, batching); none once
@@ -560,15 +671,15 @@ fn head_publisher(config: &PipelineConfig) -> learn::PublishHead {
         let (kafka, topic) = (kafka.clone(), topic.clone());
         Box::pin(async move {
             let bytes = head.to_bytes()?;
-            stage::kafka::produce_one(&kafka, &topic, HEAD_SCOPE, &bytes).await?;
-            tracing::info!(version = head.version(), %topic, "Head published");
+            stage::kafka::produce_one(&kafka, &topic, head.scope(), &bytes).await?;
+            tracing::info!(scope = head.scope(), version = head.version(), %topic, "Head published");
             Ok(())
         })
     })
 }
 
-/// The scope of the one head of step 6 (camera groups get their own scopes later).
-pub const HEAD_SCOPE: &str = "global";
+/// The scope of heads that serve every camera outside a group.
+pub use tessera_operators::scopes::GLOBAL_SCOPE;
 
 fn unpublished(error: Box<dyn std::error::Error + Send + Sync>) -> PipelineError {
     PipelineError::Escalated {

@@ -16,6 +16,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 use tessera_operators::Classification;
 pub use tessera_operators::learning::Validation;
+use tessera_operators::scopes::GLOBAL_SCOPE;
 
 use crate::error::ModelError;
 
@@ -23,6 +24,10 @@ use crate::error::ModelError;
 pub const HEAD_FORMAT: u32 = 1;
 /// The safetensors metadata key holding [`HeadMeta`] as JSON.
 const META_KEY: &str = "tessera.head";
+
+fn global_scope() -> String {
+    GLOBAL_SCOPE.to_owned()
+}
 
 /// What a head is, besides its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +39,9 @@ pub struct HeadMeta {
     /// For a rollback: the earlier version whose weights this one carries.
     #[serde(default)]
     pub restored_from: Option<u64>,
+    /// The cameras it serves: `global`, or a camera group's name. Versions count per scope.
+    #[serde(default = "global_scope")]
+    pub scope: String,
     /// Class names, indexed by output.
     pub classes: Vec<String>,
     /// Training examples of each class, indexed like `classes`.
@@ -174,6 +182,7 @@ impl Head {
             version: 0,
             parent: None,
             restored_from: None,
+            scope: GLOBAL_SCOPE.to_owned(),
             classes,
             examples_per_class,
             validation: Validation::default(),
@@ -197,6 +206,11 @@ impl Head {
 
     pub fn version(&self) -> u64 {
         self.meta.version
+    }
+
+    /// `global`, or the camera group it serves.
+    pub fn scope(&self) -> &str {
+        &self.meta.scope
     }
 
     pub fn classes(&self) -> &[String] {

@@ -8,6 +8,7 @@
 pub mod adapters;
 pub mod annotate;
 pub mod batching;
+pub mod crops;
 pub mod decode;
 pub mod detection;
 pub mod geometry;
@@ -15,6 +16,8 @@ pub mod labels;
 pub mod learning;
 pub mod merge;
 pub mod preprocess;
+pub mod sampling;
+pub mod scopes;
 #[cfg(any(test, feature = "test-images"))]
 pub mod test_images;
 pub mod tiling;

@@ -27,8 +27,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
-use tessera_actors::Monitor;
 use tessera_actors::config::{ADMIN_TOKEN_VARIABLE, HttpConfig};
+use tessera_actors::{GLOBAL_SCOPE, Monitor};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -200,14 +200,21 @@ async fn resume(State(state): State<AppState>) -> Json<PauseState> {
 /// The answer of `GET /v1/heads`.
 #[derive(Debug, Serialize)]
 struct HeadsBody {
+    /// The live global head's version (0: none).
     live: u64,
+    /// The live version of every scope that has a head.
+    live_by_scope: std::collections::BTreeMap<String, u64>,
+    /// The camera groups configured here (each a scope; `global` serves the rest).
+    groups: Vec<String>,
     heads: Vec<tessera_actors::learn::HeadListing>,
 }
 
 async fn heads(State(state): State<AppState>) -> Response {
     match state.monitor.learning() {
         Some(learning) => Json(HeadsBody {
-            live: learning.heads.live_version(),
+            live: learning.heads.live_version(GLOBAL_SCOPE),
+            live_by_scope: learning.heads.live_heads().versions(),
+            groups: learning.scopes.groups().map(str::to_owned).collect(),
             heads: learning.heads.list(),
         })
         .into_response(),
@@ -224,8 +231,24 @@ fn no_heads() -> Response {
 
 /// The body of `POST /v1/heads/rollback`.
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RollbackRequest {
+    /// `global` when absent.
+    #[serde(default = "global_scope")]
+    scope: String,
     version: u64,
+}
+
+/// The body of `POST /v1/finetune` (optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FineTuneRequest {
+    /// Train this scope; absent: every scope with examples.
+    scope: Option<String>,
+}
+
+fn global_scope() -> String {
+    GLOBAL_SCOPE.to_owned()
 }
 
 async fn rollback(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
@@ -237,24 +260,31 @@ async fn rollback(State(state): State<AppState>, body: axum::body::Bytes) -> Res
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"version\": <number>}}: {e}"),
+                format!(
+                    "expected {{\"version\": <number>, \"scope\": <name, default global>}}: {e}"
+                ),
             );
         }
     };
-    if learning.heads.get(request.version).is_none() {
+    let scope = request.scope.as_str();
+    if learning.heads.get(scope, request.version).is_none() {
         return error(
             StatusCode::NOT_FOUND,
-            format!("no head version {} on this replica", request.version),
+            format!(
+                "no head version {} of scope `{scope}` on this replica",
+                request.version
+            ),
         );
     }
-    match learning.rollback(request.version).await {
+    match learning.rollback(scope, request.version).await {
         Ok(version) => {
             tracing::info!(
+                scope,
                 restored = request.version,
                 version,
                 "Head rolled back by an operator"
             );
-            Json(serde_json::json!({ "version": version, "restored_from": request.version }))
+            Json(serde_json::json!({ "scope": scope, "version": version, "restored_from": request.version }))
                 .into_response()
         }
         Err(reason) => error(
@@ -264,20 +294,42 @@ async fn rollback(State(state): State<AppState>, body: axum::body::Bytes) -> Res
     }
 }
 
-async fn finetune(State(state): State<AppState>) -> Response {
+async fn finetune(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
     let Some(learning) = state.monitor.learning() else {
         return no_heads();
     };
+    let request: FineTuneRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        FineTuneRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected no body or {{\"scope\": <name>}}: {e}"),
+                );
+            }
+        }
+    };
+    if let Some(scope) = &request.scope
+        && !learning.scopes.is_known(scope)
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no scope `{scope}`: it is neither `global` nor a configured group"),
+        );
+    }
     if !learning.trainer.is_owner() {
         return error(
             StatusCode::CONFLICT,
             "this replica is not the trainer (it does not own the labels topic); ask the replica whose /v1/status says `trainer: true`".into(),
         );
     }
-    learning.trainer.request();
+    let scope = request.scope.clone();
+    learning.trainer.request(request.scope);
     (
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "requested": true })),
+        Json(serde_json::json!({ "requested": true, "scope": scope })),
     )
         .into_response()
 }

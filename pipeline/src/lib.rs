@@ -1,8 +1,9 @@
 //! The `tessera` binary's library: layered configuration, the HTTP endpoints, the embedded
-//! broker and its client helpers, assets, and the demo. `main.rs` is the CLI over these.
+//! broker and its client helpers, assets, and the demos. `main.rs` is the CLI over these.
 
 pub mod assets;
 pub mod config;
 pub mod demo;
+pub mod demo_learn;
 pub mod embedded;
 pub mod http;

@@ -1,13 +1,17 @@
 //! The `tessera` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tessera::http::HttpServer;
-use tessera::{assets, config, demo};
+use tessera::{assets, config, demo, demo_learn};
 use tessera_actors::Monitor;
+
+/// Where `tessera demo` writes annotated frames, and `tessera demo --learn` unless told.
+const DEMO_OUT: &str = "out/demo";
+const DEMO_LEARN_OUT: &str = "out/demo-learn";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,14 +53,18 @@ enum Command {
         #[arg(long)]
         assets: Option<PathBuf>,
         /// Where annotated frames are written.
-        #[arg(long, default_value = "out/demo")]
+        #[arg(long, default_value = DEMO_OUT)]
         out: PathBuf,
         /// How many times each camera sends each image.
         #[arg(long, default_value_t = 2)]
         rounds: usize,
-        /// How long to wait for every result.
+        /// How long to wait for every result (with `--learn`: for each phase).
         #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Learning on the job instead: the second stage, label requests answered by a stated
+        /// rule, a promoted head, and annotated frames from before and after it.
+        #[arg(long)]
+        learn: bool,
     },
     /// Model utilities.
     Models {
@@ -128,14 +136,29 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             out,
             rounds,
             timeout,
+            learn,
         } => {
-            let ok = demo::run(demo::DemoOptions {
-                assets,
-                out,
-                rounds,
-                timeout,
-            })
-            .await?;
+            let ok = if learn {
+                let out = if out == Path::new(DEMO_OUT) {
+                    PathBuf::from(DEMO_LEARN_OUT)
+                } else {
+                    out
+                };
+                demo_learn::run(demo_learn::LearnOptions {
+                    assets,
+                    out,
+                    timeout,
+                })
+                .await?
+            } else {
+                demo::run(demo::DemoOptions {
+                    assets,
+                    out,
+                    rounds,
+                    timeout,
+                })
+                .await?
+            };
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

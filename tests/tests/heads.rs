@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tessera::embedded::{CameraFrame, Output, publish_frames, read_outputs};
+use tessera_actors::GLOBAL_SCOPE;
 use tessera_models::{Example, Head, TrainSettings};
 use tessera_tests::harness::{DLQ, FRAMES, Harness, RESULTS, eventually};
 use tessera_tests::learning::{DOG, PARKING, Scene, augmented, jpeg, mobilenet_embedder};
@@ -94,7 +95,8 @@ async fn a_published_head_goes_live_everywhere_and_each_camera_switches_once() -
 
     let a = tessera_actors::start(config.clone(), "a", Some(&assets)).await?;
     let b = tessera_actors::start(config.clone(), "b", Some(&assets)).await?;
-    let registry = |p: &tessera_actors::PipelineHandle| p.heads().map(|h| h.live_version());
+    let registry =
+        |p: &tessera_actors::PipelineHandle| p.heads().map(|h| h.live_version(GLOBAL_SCOPE));
     assert_eq!(registry(&a), Some(0), "no head yet");
 
     // Frames before, during and after the swap; the head is published while they flow.
@@ -242,7 +244,10 @@ async fn a_head_of_another_backbone_is_refused_and_the_live_head_stays() -> anyh
         .ok_or_else(|| anyhow::anyhow!("a foreign head was published"))?;
     let text = error.to_string();
     assert!(text.contains("another-backbone"), "{text}");
-    assert_eq!(pipeline.heads().map(|h| h.live_version()), Some(0));
+    assert_eq!(
+        pipeline.heads().map(|h| h.live_version(GLOBAL_SCOPE)),
+        Some(0)
+    );
     pipeline.shutdown(Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tessera::embedded::{CameraFrame, Output, publish_frames, read_outputs};
 use tessera::http::HttpServer;
 use tessera_actors::learn::{Learning, RoundOutcome, RoundReport};
-use tessera_actors::{FrameResult, PipelineConfig, PipelineHandle};
+use tessera_actors::{FrameResult, GLOBAL_SCOPE, PipelineConfig, PipelineHandle};
 use tessera_tests::harness::{DLQ, FRAMES, Harness, RESULTS, eventually};
 use tessera_tests::http::{request, request_with_body};
 use tessera_tests::learning::{BICYCLE, CAR, DOG, PARKING, Scene, augmented, jpeg};
@@ -130,7 +130,7 @@ async fn examples_reach(pipeline: &PipelineHandle, count: i64) -> anyhow::Result
 /// Asks for a round and waits for its report.
 async fn round(learning: &Arc<Learning>) -> anyhow::Result<RoundReport> {
     let before = learning.trainer.last().map(|r| r.finished_ms);
-    learning.trainer.request();
+    learning.trainer.request(None);
     eventually(Duration::from_secs(120), || {
         learning
             .trainer
@@ -215,7 +215,7 @@ async fn labels_teach_a_new_class_without_forgetting_the_old_ones() -> anyhow::R
     assert_eq!(first.outcome, RoundOutcome::Promoted, "{first:?}");
     let v1 = first.version.ok_or_else(|| anyhow::anyhow!("no version"))?;
     eventually(Duration::from_secs(60), || {
-        (learning.heads.live_version() == v1).then_some(())
+        (learning.heads.live_version(GLOBAL_SCOPE) == v1).then_some(())
     })
     .await
     .ok_or_else(|| anyhow::anyhow!("head {v1} never went live"))?;
@@ -242,7 +242,7 @@ async fn labels_teach_a_new_class_without_forgetting_the_old_ones() -> anyhow::R
         .ok_or_else(|| anyhow::anyhow!("no version"))?;
     assert_eq!(second.parent, Some(v1));
     eventually(Duration::from_secs(60), || {
-        (learning.heads.live_version() == v2).then_some(())
+        (learning.heads.live_version(GLOBAL_SCOPE) == v2).then_some(())
     })
     .await
     .ok_or_else(|| anyhow::anyhow!("head {v2} never went live"))?;
@@ -317,13 +317,13 @@ async fn labels_teach_a_new_class_without_forgetting_the_old_ones() -> anyhow::R
     assert_eq!(rollback.status, 200, "{}", rollback.body);
     let v3 = v2 + 1;
     eventually(Duration::from_secs(60), || {
-        (learning.heads.live_version() == v3).then_some(())
+        (learning.heads.live_version(GLOBAL_SCOPE) == v3).then_some(())
     })
     .await
     .ok_or_else(|| anyhow::anyhow!("the rollback never went live"))?;
     let live = learning
         .heads
-        .live()
+        .live(GLOBAL_SCOPE)
         .ok_or_else(|| anyhow::anyhow!("no live head"))?;
     assert_eq!(live.meta().restored_from, Some(v1));
     assert_eq!(live.classes().len(), 3, "version {v1}'s classes are back");
@@ -372,7 +372,7 @@ async fn random_labels_yield_a_rejected_head_and_the_live_head_stays() -> anyhow
     assert_eq!(second.outcome, RoundOutcome::Rejected, "{second:?}");
     assert!(second.reason.is_some());
     assert_eq!(
-        Some(learning.heads.live_version()),
+        Some(learning.heads.live_version(GLOBAL_SCOPE)),
         live,
         "the live head changed"
     );

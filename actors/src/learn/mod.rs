@@ -9,8 +9,8 @@ pub mod registry;
 pub mod round;
 pub mod trainer;
 
-pub use cache::{EmbeddingCache, FrameAddress};
-pub use registry::{Applied, HeadListing, HeadRegistry};
+pub use cache::{Cached, EmbeddingCache, EmbeddingKey, FrameAddress};
+pub use registry::{Applied, HeadListing, HeadRegistry, LiveHeads};
 pub use round::{
     Round, RoundOutcome, RoundReport, RoundResult, RoundSettings, run_round, run_round_on,
 };
@@ -23,11 +23,14 @@ use std::future::Future;
 use std::pin::Pin;
 
 use tessera_models::{Embedder, Head};
+use tessera_operators::scopes::{GLOBAL_SCOPE, Scopes};
 
 /// Everything of learning a replica holds, for the stages and the admin endpoints.
 pub struct Learning {
     pub heads: Arc<HeadRegistry>,
-    /// Whole-frame embeddings of recent single-tile frames, for joining labels.
+    /// Which scope each camera belongs to (`groups` of the configuration).
+    pub scopes: Scopes,
+    /// Embeddings of recent single-tile frames and second-stage boxes, for joining labels.
     pub cache: EmbeddingCache,
     pub trainer: TrainerState,
     /// The backbone, for labels whose embedding is not cached (one session, used by the
@@ -56,14 +59,31 @@ impl std::fmt::Debug for Learning {
 }
 
 impl Learning {
-    /// Makes the weights of an earlier `version` live again on every replica: they are
-    /// published as a new version. Returns it.
-    pub async fn rollback(&self, version: u64) -> Result<u64, PublishError> {
-        let head = self.heads.restore(version)?;
+    /// The scope of a camera: its group's, else `global`.
+    pub fn scope_of(&self, camera: &str) -> &str {
+        self.scopes.scope_of(camera)
+    }
+
+    /// The head serving a camera now: its group's live head, else the global one.
+    pub fn head_for(&self, camera: &str) -> Option<Arc<Head>> {
+        self.heads.serving(self.scopes.scope_of(camera))
+    }
+
+    /// Makes the weights of an earlier `version` of `scope` live again on every replica: they
+    /// are published as a new version of that scope (the others are left alone). Returns it.
+    pub async fn rollback(&self, scope: &str, version: u64) -> Result<u64, PublishError> {
+        let head = self.heads.restore(scope, version)?;
         let new_version = head.version();
         (self.publish)(head).await?;
         Ok(new_version)
     }
+}
+
+/// A labelled example, and the scope whose head it trains.
+#[derive(Debug, Clone)]
+pub struct ScopedExample {
+    pub scope: String,
+    pub example: tessera_operators::learning::LabelledExample,
 }
 
 /// An example as the examples topic holds it (JSON, keyed by `id`).
@@ -71,7 +91,14 @@ impl Learning {
 pub struct ExampleRecord {
     pub id: String,
     pub label: String,
+    /// The scope whose head it trains (`global`, or the camera's group).
+    #[serde(default = "global_scope")]
+    pub scope: String,
     /// `sha256:<hex>` of the backbone that computed the embedding.
     pub backbone: String,
     pub embedding: Vec<f32>,
+}
+
+fn global_scope() -> String {
+    GLOBAL_SCOPE.to_owned()
 }

@@ -53,13 +53,18 @@ impl RoundOutcome {
 /// The report of a round: logs, metrics and `/v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoundReport {
+    /// The scope trained: `global`, or a camera group.
+    pub scope: String,
     pub outcome: RoundOutcome,
     /// Why it was rejected, skipped or failed.
     pub reason: Option<String>,
     /// The candidate's version (promoted or rejected).
     pub version: Option<u64>,
-    /// The live head when the round started.
+    /// The scope's live head when the round started.
     pub parent: Option<u64>,
+    /// The head the candidate was validated against (`scope/version`): the scope's live
+    /// head, else the global one that serves its cameras until then.
+    pub baseline: Option<String>,
     pub classes: Vec<String>,
     pub training_examples: usize,
     pub held_out_examples: usize,
@@ -118,20 +123,24 @@ fn lower_priority() {
 /// What one round works on.
 #[derive(Debug, Clone, Copy)]
 pub struct Round<'a> {
+    /// The scope trained, whose replay buffer `examples` is.
+    pub scope: &'a str,
     /// The replay buffer's examples.
     pub examples: &'a [LabelledExample],
-    /// The live head the candidate has to beat.
+    /// The head serving the scope now, which the candidate has to beat: the scope's live head,
+    /// else the global one.
     pub live: Option<&'a Arc<Head>>,
     /// `sha256:<hex>` of the backbone the embeddings come from.
     pub backbone: &'a str,
     pub embedding_dim: usize,
-    /// The version the candidate gets.
+    /// The version the candidate gets (in its scope).
     pub version: u64,
 }
 
 /// Runs a round over the replay buffer's examples, against the live head.
 pub fn run_round(round: &Round<'_>, settings: &RoundSettings) -> RoundResult {
     let Round {
+        scope,
         examples,
         live,
         backbone,
@@ -139,7 +148,10 @@ pub fn run_round(round: &Round<'_>, settings: &RoundSettings) -> RoundResult {
         version,
     } = *round;
     let started = std::time::Instant::now();
-    let parent = live.map(|h| h.version());
+    // The parent is the scope's own previous head; a group's first head has none (the global
+    // head it is validated against is its baseline).
+    let parent = live.filter(|h| h.scope() == scope).map(|h| h.version());
+    let baseline = live.map(|h| format!("{}/{}", h.scope(), h.version()));
     let (held_out, training): (Vec<&LabelledExample>, Vec<&LabelledExample>) = examples
         .iter()
         .partition(|e| is_held_out(&e.id, settings.validation_percent));
@@ -160,10 +172,12 @@ pub fn run_round(round: &Round<'_>, settings: &RoundSettings) -> RoundResult {
         }
     }
     let mut report = RoundReport {
+        scope: scope.to_owned(),
         outcome: RoundOutcome::Skipped,
         reason: None,
         version: None,
         parent,
+        baseline,
         classes: classes.clone(),
         training_examples: training.len(),
         held_out_examples: held_out.len(),
@@ -221,6 +235,7 @@ pub fn run_round(round: &Round<'_>, settings: &RoundSettings) -> RoundResult {
             let meta = candidate.meta_mut();
             meta.version = version;
             meta.parent = parent;
+            meta.scope = scope.to_owned();
             meta.validation = candidate_validation;
             report.outcome = RoundOutcome::Promoted;
             finish(report, Some(candidate))

@@ -41,9 +41,12 @@ pub mod names {
     pub const FINETUNE_LIVE_ACCURACY: &str = "tessera_finetune_live_validation_accuracy";
     pub const REPLAY_EXAMPLES: &str = "tessera_finetune_replay_examples";
     pub const REPLAY_BYTES: &str = "tessera_finetune_replay_bytes";
+    pub const SECOND_STAGE_BOXES: &str = "tessera_second_stage_boxes_total";
+    pub const LABEL_REQUESTS: &str = "tessera_label_requests_total";
+    pub const LABEL_REQUESTS_DROPPED: &str = "tessera_label_requests_dropped_total";
 
     /// Every tessera metric family, in exposition order of this list.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 32] = [
         FRAMES_CONSUMED,
         PARTITIONS_ASSIGNED,
         PARTITIONS_PAUSED,
@@ -73,6 +76,9 @@ pub mod names {
         FINETUNE_LIVE_ACCURACY,
         REPLAY_EXAMPLES,
         REPLAY_BYTES,
+        SECOND_STAGE_BOXES,
+        LABEL_REQUESTS,
+        LABEL_REQUESTS_DROPPED,
     ];
 
     /// The process metrics (Linux) registered beside tessera's own.
@@ -101,6 +107,9 @@ pub mod labels {
     pub const VERSION: &str = "version";
     pub const HEAD_VERSION: &str = "head_version";
     pub const EXECUTION_PROVIDER: &str = "execution_provider";
+    pub const SCOPE: &str = "scope";
+    pub const VERDICT: &str = "verdict";
+    pub const STRATEGY: &str = "strategy";
 }
 
 /// A pipeline stage whose latency is measured.
@@ -115,17 +124,20 @@ pub enum Step {
     Inference,
     /// Mapping and merging a frame's tile outputs.
     Merge,
+    /// Cropping a frame's boxes, embedding them and applying the head (second stage).
+    SecondStage,
     /// From handing a record to the producer to Kafka's acknowledgement.
     Publish,
 }
 
 impl Step {
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Step::Decode,
         Step::TilePreprocess,
         Step::QueueWait,
         Step::Inference,
         Step::Merge,
+        Step::SecondStage,
         Step::Publish,
     ];
 
@@ -136,6 +148,7 @@ impl Step {
             Step::QueueWait => "queue_wait",
             Step::Inference => "inference",
             Step::Merge => "merge",
+            Step::SecondStage => "second_stage",
             Step::Publish => "publish",
         }
     }
@@ -190,7 +203,7 @@ pub struct Metrics {
     pub operator_paused: IntGauge,
     consumer_lag: IntGaugeVec,
     pub frames_in_flight: IntGauge,
-    stage_latency: [Histogram; 6],
+    stage_latency: [Histogram; 7],
     pub end_to_end_latency: Histogram,
     queues: [QueueCounters; 4],
     pub tiles_inferred: IntCounter,
@@ -210,8 +223,8 @@ pub struct Metrics {
     pub heads_applied: IntCounter,
     /// Records of the heads topic refused (not a head, or another backbone's).
     pub heads_refused: IntCounter,
-    /// Version of the live head, 0 before the first.
-    pub head_live_version: IntGauge,
+    /// Version of the live head of each scope, 0 before the first.
+    head_live_version: IntGaugeVec,
     /// Labels joined with an embedding, by how (`cache`, `fetch`, `inline`).
     labels_joined: IntCounterVec,
     /// Fine-tune rounds by outcome.
@@ -221,7 +234,16 @@ pub struct Metrics {
     pub finetune_live_accuracy: prometheus::Gauge,
     pub replay_examples: IntGauge,
     pub replay_bytes: IntGauge,
+    /// Boxes the second stage classified, by verdict (`kept`, `relabelled`, `rejected`).
+    second_stage_boxes: IntCounterVec,
+    /// Label requests published, by strategy.
+    label_requests: IntCounterVec,
+    /// Label requests not published (too many pending, or Kafka refused them).
+    pub label_requests_dropped: IntCounter,
 }
+
+/// What the second stage's head made of a box.
+pub const VERDICTS: [&str; 3] = ["kept", "relabelled", "rejected"];
 
 /// How a label found its embedding: the recent-frames cache, the frame read back from Kafka, or
 /// the image inside the label.
@@ -388,9 +410,12 @@ impl Metrics {
                 "Heads topic records refused: not a head, or trained on another backbone",
             )
             .expect("valid metric"),
-            head_live_version: IntGauge::new(
-                names::HEAD_LIVE_VERSION,
-                "Version of the live head (0: none, classifications come from the model)",
+            head_live_version: IntGaugeVec::new(
+                Opts::new(
+                    names::HEAD_LIVE_VERSION,
+                    "Version of the live head of each scope (0: none; the global head, or the model itself, serves)",
+                ),
+                &[labels::SCOPE],
             )
             .expect("valid metric"),
             labels_joined: IntCounterVec::new(
@@ -426,11 +451,43 @@ impl Metrics {
                 "Memory the replay buffer's examples hold",
             )
             .expect("valid metric"),
+            second_stage_boxes: IntCounterVec::new(
+                Opts::new(
+                    names::SECOND_STAGE_BOXES,
+                    "Detected boxes the second stage classified, by what the head made of them",
+                ),
+                &[labels::VERDICT],
+            )
+            .expect("valid metric"),
+            label_requests: IntCounterVec::new(
+                Opts::new(
+                    names::LABEL_REQUESTS,
+                    "Label requests published to the label-requests topic, by sampling strategy",
+                ),
+                &[labels::STRATEGY],
+            )
+            .expect("valid metric"),
+            label_requests_dropped: IntCounter::new(
+                names::LABEL_REQUESTS_DROPPED,
+                "Label requests not published: too many pending, or Kafka refused them",
+            )
+            .expect("valid metric"),
             frames_dead_lettered,
             actor_restarts,
             delivery_failures,
             registry,
         };
+        metrics
+            .head_live_version
+            .with_label_values(&[tessera_operators::scopes::GLOBAL_SCOPE]);
+        for verdict in VERDICTS {
+            metrics.second_stage_boxes.with_label_values(&[verdict]);
+        }
+        for strategy in tessera_operators::sampling::Strategy::ALL {
+            metrics
+                .label_requests
+                .with_label_values(&[strategy.as_str()]);
+        }
         for via in JOINED_VIA {
             metrics.labels_joined.with_label_values(&[via]);
         }
@@ -454,7 +511,7 @@ impl Metrics {
                 .delivery_failures
                 .with_label_values(&[domain.as_str()]);
         }
-        let collectors: [Box<dyn Collector>; 29] = [
+        let collectors: [Box<dyn Collector>; 32] = [
             Box::new(metrics.frames_consumed.clone()),
             Box::new(metrics.partitions_assigned.clone()),
             Box::new(metrics.partitions_paused.clone()),
@@ -484,6 +541,9 @@ impl Metrics {
             Box::new(metrics.finetune_live_accuracy.clone()),
             Box::new(metrics.replay_examples.clone()),
             Box::new(metrics.replay_bytes.clone()),
+            Box::new(metrics.second_stage_boxes.clone()),
+            Box::new(metrics.label_requests.clone()),
+            Box::new(metrics.label_requests_dropped.clone()),
         ];
         for collector in collectors {
             metrics
@@ -510,6 +570,25 @@ impl Metrics {
     /// The pushed/popped counters of `queue`.
     pub fn queue(&self, queue: Queue) -> &QueueCounters {
         &self.queues[queue as usize]
+    }
+
+    /// Sets the live version of `scope`'s head.
+    pub fn set_head_live_version(&self, scope: &str, version: u64) {
+        self.head_live_version
+            .with_label_values(&[scope])
+            .set(version as i64);
+    }
+
+    /// Counts a box the second stage classified (`verdict` from [`VERDICTS`]).
+    pub fn second_stage_box(&self, verdict: &str) {
+        self.second_stage_boxes.with_label_values(&[verdict]).inc();
+    }
+
+    /// Counts a label request published for `strategy`.
+    pub fn label_request(&self, strategy: tessera_operators::sampling::Strategy) {
+        self.label_requests
+            .with_label_values(&[strategy.as_str()])
+            .inc();
     }
 
     /// Counts an acknowledged dead letter of `kind`.

@@ -110,14 +110,18 @@ pub struct StatusReport {
 /// Learning on the job, in the status document.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LearningStatus {
-    /// The live head's version, 0 for none.
+    /// The live global head's version, 0 for none.
     pub live_head: u64,
+    /// The live head's version of every scope that has one.
+    pub live_heads: std::collections::BTreeMap<String, u64>,
     /// Head versions this replica knows.
     pub head_versions: usize,
     /// Whether this replica is the group's trainer (it owns the labels topic).
     pub trainer: bool,
     /// The last fine-tune round on this replica.
     pub last_round: Option<crate::learn::RoundReport>,
+    /// The last round of every scope on this replica.
+    pub rounds: std::collections::BTreeMap<String, crate::learn::RoundReport>,
 }
 
 /// Why the pipeline is not ready (the body of a failing `/readyz`), or why it is not live.
@@ -214,11 +218,15 @@ impl Monitor {
         *lock(&self.model) = Some(model);
     }
 
-    /// Records the head that went live (in the status and the `tessera_model_info` metric).
-    pub fn set_head_version(&self, version: Option<u64>) {
-        self.metrics
-            .head_live_version
-            .set(version.unwrap_or(0) as i64);
+    /// Records the heads live now: every scope's version in the metrics, the global one in
+    /// the status and the `tessera_model_info` metric.
+    pub fn set_live_heads(&self, heads: &crate::learn::LiveHeads) {
+        for (scope, version) in heads.versions() {
+            self.metrics.set_head_live_version(&scope, version);
+        }
+        let version = heads
+            .get(tessera_operators::scopes::GLOBAL_SCOPE)
+            .map(|h| h.version());
         if let Some(mut model) = self.model() {
             model.head_version = version.map(|v| v.to_string());
             self.set_model(model);
@@ -429,10 +437,14 @@ impl Monitor {
                 tiles_inferred: metrics.tiles_inferred.get(),
             },
             learning: self.learning().map(|learning| LearningStatus {
-                live_head: learning.heads.live_version(),
+                live_head: learning
+                    .heads
+                    .live_version(tessera_operators::scopes::GLOBAL_SCOPE),
+                live_heads: learning.heads.live_heads().versions(),
                 head_versions: learning.heads.list().len(),
                 trainer: learning.trainer.is_owner(),
                 last_round: learning.trainer.last(),
+                rounds: learning.trainer.reports(),
             }),
         }
     }

@@ -55,6 +55,8 @@ pub struct FrameLayout {
     pub transforms: Vec<InputTransform>,
     /// Time spent decoding the frame.
     pub decode: Duration,
+    /// The decoded frame, kept for the second stage (`None` without one).
+    pub image: Option<Arc<image::RgbImage>>,
 }
 
 /// One preprocessed tile: the model input of one slot of a batch.

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod key;
 pub mod messages;
 pub mod outcome;
+pub mod request;
 pub mod result;
 pub mod stage;
 pub mod tensor;

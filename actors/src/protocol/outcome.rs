@@ -13,6 +13,9 @@ pub enum Outcome {
     Result {
         meta: Arc<FrameMeta>,
         result: Box<FrameResult>,
+        /// The decoded frame, for the second stage to crop its boxes from (no second decode);
+        /// `None` without a second stage, and once the second stage took it.
+        decoded: Option<Arc<image::RgbImage>>,
     },
     /// The original record, for the dead-letter topic, with the reason.
     DeadLetter {
@@ -34,6 +37,7 @@ impl Outcome {
         Self::Result {
             result: Box::new(FrameResult::skipped(&meta, model)),
             meta,
+            decoded: None,
         }
     }
 

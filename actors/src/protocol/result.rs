@@ -27,9 +27,13 @@ pub struct FrameResult {
     pub image: ImageSize,
     /// The model that produced the result.
     pub model: ModelRef,
-    /// Version of the head that produced `classifications` (the head live when the frame was
-    /// consumed); `null` when no head is live and they come from the model itself.
+    /// Version of the head that served the frame (the head live for its camera when the frame
+    /// was consumed): it produced `classifications`, or the second stage's `head` of each
+    /// detection; `null` when no head is live and they come from the model itself.
     pub head_version: Option<u64>,
+    /// Scope of that head: `global`, or the camera's group. Absent when no head served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_scope: Option<String>,
     /// Number of tiles run through the model (including the full-frame pass).
     pub tile_count: usize,
     /// `ok`, or `skipped` when the lag policy dropped the frame unprocessed.
@@ -67,6 +71,7 @@ impl FrameResult {
             },
             model,
             head_version: None,
+            head_scope: None,
             tile_count: 0,
             status: FrameStatus::Skipped,
             detections: Vec::new(),
@@ -122,7 +127,8 @@ pub enum FrameStatus {
     Skipped,
 }
 
-/// One detection in frame pixels.
+/// One detection in frame pixels: the detector's label, class and score, and the second
+/// stage's verdict when it classified the box.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectionOut {
     pub label: String,
@@ -130,6 +136,27 @@ pub struct DetectionOut {
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: BoxOut,
+    /// The head's answer on the box's crop (second stage); absent when the box was not
+    /// classified (second stage off, no head live, or the box not selected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadLabel>,
+}
+
+/// What the second stage's head says of a detected box.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadLabel {
+    /// The head's class for the crop.
+    pub label: String,
+    /// Its index among the head's classes.
+    pub class_id: u32,
+    /// The head's probability of that class.
+    pub score: f32,
+    /// The head's version and scope.
+    pub version: u64,
+    pub scope: String,
+    /// True when the head's class is a rejecting one (`second_stage.reject_labels`: a
+    /// background or negative label): the box is not what the detector says.
+    pub rejected: bool,
 }
 
 /// Axis-aligned box, corners in frame pixels.
@@ -160,6 +187,9 @@ pub struct Latencies {
     pub inference: f64,
     /// Mapping and merging the tile results.
     pub merge: f64,
+    /// Cropping, embedding and classifying the detected boxes (second stage; 0 when off).
+    #[serde(default)]
+    pub second_stage: f64,
     /// From consumption to the result being complete (queueing included).
     pub total: f64,
 }

@@ -10,6 +10,10 @@ pub enum StageId {
     Prepare,
     Recognize,
     Merge,
+    /// Re-classifies detected boxes with the scope's head (optional).
+    SecondStage,
+    /// Publishes label requests (optional).
+    LabelRequests,
     Sequencer,
     Publish,
     /// Applies the heads published on the heads topic.
@@ -22,11 +26,13 @@ pub enum StageId {
 
 impl StageId {
     /// Every stage: those a frame passes, in order, then the learning stages.
-    pub const ALL: [StageId; 9] = [
+    pub const ALL: [StageId; 11] = [
         StageId::Ingest,
         StageId::Prepare,
         StageId::Recognize,
         StageId::Merge,
+        StageId::SecondStage,
+        StageId::LabelRequests,
         StageId::Sequencer,
         StageId::Publish,
         StageId::Heads,
@@ -41,6 +47,8 @@ impl StageId {
             StageId::Prepare => "prepare",
             StageId::Recognize => "recognize",
             StageId::Merge => "merge",
+            StageId::SecondStage => "second_stage",
+            StageId::LabelRequests => "label_requests",
             StageId::Sequencer => "sequencer",
             StageId::Publish => "publish",
             StageId::Heads => "heads",

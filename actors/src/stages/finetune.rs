@@ -1,11 +1,13 @@
-//! FineTune: keeps the replay buffer of labelled examples (rebuilt from the examples topic at
-//! start, so an acknowledged example survives a restart) and, on the trainer replica, runs a
-//! round every `finetune.interval`, after `finetune.min_new_labels` new labels, or on demand:
-//! train a candidate on its own thread (a pool of `finetune.threads` cores, never the async
-//! runtime's threads, never a recognize session's), validate it against the live head on the
-//! same held-out examples, and publish it to the heads topic if it is promoted (every replica,
-//! this one included, then applies it).
+//! FineTune: keeps a replay buffer of labelled examples per scope (`global` and each camera
+//! group; rebuilt from the examples topic at start, so an acknowledged example survives a
+//! restart) and, on the trainer replica, runs a round of a scope every `finetune.interval`,
+//! after `finetune.min_new_labels` new labels of that scope, or on demand: train a candidate
+//! on its own thread (a pool of `finetune.threads` cores, never the async runtime's threads,
+//! never a recognize session's), validate it against the head serving the scope on the same
+//! held-out examples, and publish it to the heads topic if it is promoted (every replica, this
+//! one included, then applies it). One round runs at a time; scopes take turns.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,8 @@ use tessera_operators::learning::{LabelledExample, PromotionPolicy, ReplayBuffer
 
 use crate::config::{FineTuneConfig, KafkaConfig, LabelsConfig};
 use crate::learn::{
-    ExampleRecord, Learning, Round, RoundOutcome, RoundResult, RoundSettings, run_round_on,
+    ExampleRecord, Learning, Round, RoundOutcome, RoundResult, RoundSettings, ScopedExample,
+    run_round_on,
 };
 use crate::observe::Monitor;
 use crate::protocol::{StageFailure, StageId};
@@ -39,6 +42,13 @@ pub struct FineTuneSettings {
 }
 
 impl FineTuneSettings {
+    fn limits(&self) -> ReplayLimits {
+        ReplayLimits {
+            per_class: self.finetune.per_class,
+            classes: self.finetune.max_classes,
+        }
+    }
+
     fn round(&self) -> RoundSettings {
         let f = &self.finetune;
         RoundSettings {
@@ -62,7 +72,7 @@ impl FineTuneSettings {
 }
 
 /// The supervisor's entry for fine-tune; `input` is the edge from the labels stage.
-pub fn child(settings: FineTuneSettings, input: Edge<LabelledExample>) -> ChildSpec {
+pub fn child(settings: FineTuneSettings, input: Edge<ScopedExample>) -> ChildSpec {
     ChildSpec::actor(StageId::FineTune, FineTune, move |ctx| FineTuneArgs {
         settings: settings.clone(),
         input: input.clone(),
@@ -77,16 +87,16 @@ pub struct FineTune;
 pub struct FineTuneArgs {
     settings: FineTuneSettings,
     /// The edge from the labels stage, pointed at this actor once it runs.
-    input: Edge<LabelledExample>,
+    input: Edge<ScopedExample>,
     threads: StageThreads,
 }
 
 #[derive(Debug)]
 pub enum FineTuneMsg {
-    Example(LabelledExample),
+    Example(ScopedExample),
     Tick,
-    /// `POST /v1/finetune`.
-    Requested,
+    /// `POST /v1/finetune`: these scopes (`None`: every scope with examples).
+    Requested(Vec<Option<String>>),
     Done(Box<RoundResult>),
 }
 
@@ -94,10 +104,9 @@ pub enum FineTuneMsg {
 pub struct FineTuneState {
     settings: FineTuneSettings,
     threads: StageThreads,
-    buffer: ReplayBuffer,
-    /// Labels since the last round started.
-    new_labels: usize,
-    last_round: Instant,
+    scopes: BTreeMap<String, ScopeState>,
+    /// Scopes asked for on demand, trained first, in turn.
+    queued: VecDeque<String>,
     running: bool,
     /// Forwards on-demand requests to the actor; held so it ends with the state.
     _requests: StageTask,
@@ -114,24 +123,24 @@ impl Actor for FineTune {
         args: FineTuneArgs,
     ) -> Result<FineTuneState, ActorProcessingErr> {
         let settings = args.settings;
-        let mut buffer = ReplayBuffer::new(ReplayLimits {
-            per_class: settings.finetune.per_class,
-            classes: settings.finetune.max_classes,
-        });
-        let restored = restore(&settings, &mut buffer).await?;
-        tracing::info!(
-            restored,
-            examples = buffer.len(),
-            classes = buffer.counts().len(),
-            "Replay buffer rebuilt from the examples topic"
-        );
-        report_buffer(&settings.monitor, &buffer);
+        let mut scopes = BTreeMap::new();
+        let restored = restore(&settings, &mut scopes).await?;
+        for (scope, state) in &scopes {
+            tracing::info!(
+                %scope,
+                examples = state.buffer.len(),
+                classes = state.buffer.counts().len(),
+                "Replay buffer rebuilt from the examples topic"
+            );
+        }
+        tracing::info!(restored, scopes = scopes.len(), "Examples topic read");
+        report_buffers(&settings.monitor, &scopes);
         let learning = settings.learning.clone();
         let forward = myself.clone();
         let requests = StageTask::spawn(async move {
             loop {
-                learning.trainer.requested().await;
-                if forward.cast(FineTuneMsg::Requested).is_err() {
+                let scopes = learning.trainer.requested().await;
+                if forward.cast(FineTuneMsg::Requested(scopes)).is_err() {
                     break;
                 }
             }
@@ -142,9 +151,8 @@ impl Actor for FineTune {
         Ok(FineTuneState {
             settings,
             threads: args.threads,
-            buffer,
-            new_labels: 0,
-            last_round: Instant::now(),
+            scopes,
+            queued: VecDeque::new(),
             running: false,
             _requests: requests,
         })
@@ -157,63 +165,122 @@ impl Actor for FineTune {
         state: &mut FineTuneState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            FineTuneMsg::Example(example) => {
+            FineTuneMsg::Example(ScopedExample { scope, example }) => {
                 let id = example.id.clone();
-                match state.buffer.add(example) {
-                    Ok(_) => state.new_labels += 1,
-                    Err(error) => tracing::warn!(%error, %id, "Example not kept"),
+                let limits = state.settings.limits();
+                let scoped = state
+                    .scopes
+                    .entry(scope.clone())
+                    .or_insert_with(|| ScopeState::new(limits));
+                match scoped.buffer.add(example) {
+                    Ok(_) => scoped.new_labels += 1,
+                    Err(error) => tracing::warn!(%error, %id, %scope, "Example not kept"),
                 }
-                report_buffer(&state.settings.monitor, &state.buffer);
+                report_buffers(&state.settings.monitor, &state.scopes);
             }
             FineTuneMsg::Tick => {
-                if due(state) {
-                    start_round(&myself, state)?;
+                if let Some(scope) = next_scope(state) {
+                    start_round(&myself, state, scope)?;
                 }
             }
-            FineTuneMsg::Requested => {
-                if state.running {
-                    tracing::info!("Fine-tune requested while a round runs; ignored");
-                } else {
-                    start_round(&myself, state)?;
+            FineTuneMsg::Requested(scopes) => {
+                for scope in scopes {
+                    match scope {
+                        Some(scope) => state.queued.push_back(scope),
+                        None => state.queued.extend(state.scopes.keys().cloned()),
+                    }
+                }
+                if !state.running
+                    && let Some(scope) = next_scope(state)
+                {
+                    start_round(&myself, state, scope)?;
                 }
             }
             FineTuneMsg::Done(result) => {
                 state.running = false;
                 finish_round(&state.settings, *result).await;
+                // Scopes asked for on demand do not wait for the next tick.
+                if let Some(scope) = next_scope(state) {
+                    start_round(&myself, state, scope)?;
+                }
             }
         }
         Ok(())
     }
 }
 
-/// Whether the timer or the label count asks for a round now.
-fn due(state: &FineTuneState) -> bool {
-    let f = &state.settings.finetune;
-    if !f.enabled || state.running || !state.settings.learning.trainer.is_owner() {
-        return false;
-    }
-    let by_count = f.min_new_labels > 0 && state.new_labels >= f.min_new_labels;
-    let by_time =
-        !f.interval.is_zero() && state.new_labels > 0 && state.last_round.elapsed() >= f.interval;
-    by_count || by_time
+/// A scope's replay buffer and its triggers.
+#[derive(Debug)]
+struct ScopeState {
+    buffer: ReplayBuffer,
+    /// Labels since the scope's last round started.
+    new_labels: usize,
+    last_round: Instant,
 }
 
-/// Starts a round on its own thread with the buffer as it is now.
+impl ScopeState {
+    fn new(limits: ReplayLimits) -> Self {
+        Self {
+            buffer: ReplayBuffer::new(limits),
+            new_labels: 0,
+            last_round: Instant::now(),
+        }
+    }
+
+    /// Whether the timer or the label count asks for a round of this scope now.
+    fn due(&self, finetune: &FineTuneConfig) -> bool {
+        let by_count = finetune.min_new_labels > 0 && self.new_labels >= finetune.min_new_labels;
+        let by_time = !finetune.interval.is_zero()
+            && self.new_labels > 0
+            && self.last_round.elapsed() >= finetune.interval;
+        by_count || by_time
+    }
+}
+
+/// The scope to train next, if a round may start now: one asked for on demand, else the due
+/// scope waiting longest.
+fn next_scope(state: &mut FineTuneState) -> Option<String> {
+    let f = &state.settings.finetune;
+    if state.running || !state.settings.learning.trainer.is_owner() {
+        return None;
+    }
+    if let Some(scope) = state.queued.pop_front() {
+        return Some(scope);
+    }
+    if !f.enabled {
+        return None;
+    }
+    state
+        .scopes
+        .iter()
+        .filter(|(_, s)| s.due(f))
+        .min_by_key(|(_, s)| s.last_round)
+        .map(|(scope, _)| scope.clone())
+}
+
+/// Starts a round of `scope` on its own thread with its buffer as it is now.
 fn start_round(
     myself: &ActorRef<FineTuneMsg>,
     state: &mut FineTuneState,
+    scope: String,
 ) -> Result<(), StageFailure> {
+    let examples: Vec<LabelledExample> = match state.scopes.get_mut(&scope) {
+        Some(scoped) => {
+            scoped.new_labels = 0;
+            scoped.last_round = Instant::now();
+            scoped.buffer.examples().cloned().collect()
+        }
+        None => Vec::new(),
+    };
     state.running = true;
-    state.new_labels = 0;
-    state.last_round = Instant::now();
-    let examples: Vec<LabelledExample> = state.buffer.examples().cloned().collect();
     let heads = state.settings.learning.heads.clone();
-    let live = heads.live();
-    let version = heads.next_version();
+    let live = heads.serving(&scope);
+    let version = heads.next_version(&scope);
     let round = state.settings.round();
     let cores = state.settings.finetune.threads;
     let reply = myself.clone();
     tracing::info!(
+        %scope,
         examples = examples.len(),
         version,
         "Fine-tune round started"
@@ -222,6 +289,7 @@ fn start_round(
         .threads
         .spawn("tessera-finetune".into(), move || {
             let input = Round {
+                scope: &scope,
                 examples: &examples,
                 live: live.as_ref(),
                 backbone: heads.backbone(),
@@ -261,6 +329,7 @@ async fn finish_round(settings: &FineTuneSettings, result: RoundResult) {
     let accuracy = report.candidate.as_ref().map(|v| v.accuracy);
     match report.outcome {
         RoundOutcome::Promoted => tracing::info!(
+            scope = %report.scope,
             version = report.version,
             parent = report.parent,
             accuracy,
@@ -270,16 +339,19 @@ async fn finish_round(settings: &FineTuneSettings, result: RoundResult) {
             "Head promoted"
         ),
         RoundOutcome::Rejected => tracing::warn!(
+            scope = %report.scope,
             version = report.version,
             accuracy,
             reason = report.reason.as_deref().unwrap_or_default(),
             "Head rejected; the live head stays"
         ),
         RoundOutcome::Skipped => tracing::info!(
+            scope = %report.scope,
             reason = report.reason.as_deref().unwrap_or_default(),
             "Fine-tune round skipped"
         ),
         RoundOutcome::Failed => tracing::error!(
+            scope = %report.scope,
             reason = report.reason.as_deref().unwrap_or_default(),
             "Fine-tune round failed"
         ),
@@ -287,10 +359,10 @@ async fn finish_round(settings: &FineTuneSettings, result: RoundResult) {
     settings.learning.trainer.record(report);
 }
 
-/// Rebuilds the replay buffer from the examples topic (its start to its end).
+/// Rebuilds the replay buffers from the examples topic (its start to its end).
 async fn restore(
     settings: &FineTuneSettings,
-    buffer: &mut ReplayBuffer,
+    scopes: &mut BTreeMap<String, ScopeState>,
 ) -> Result<usize, StageFailure> {
     let consumer: StreamConsumer = reader_config(&settings.kafka, "examples")
         .create()
@@ -305,7 +377,10 @@ async fn restore(
             let record = value.and_then(|v| serde_json::from_slice::<ExampleRecord>(v).ok());
             match record {
                 Some(record) if record.backbone == backbone => {
-                    let _ = buffer.add(LabelledExample {
+                    let scoped = scopes
+                        .entry(record.scope)
+                        .or_insert_with(|| ScopeState::new(settings.limits()));
+                    let _ = scoped.buffer.add(LabelledExample {
                         id: record.id,
                         label: record.label,
                         embedding: record.embedding,
@@ -326,10 +401,11 @@ async fn restore(
     Ok(read)
 }
 
-fn report_buffer(monitor: &Monitor, buffer: &ReplayBuffer) {
-    monitor.metrics.replay_examples.set(buffer.len() as i64);
-    monitor
-        .metrics
-        .replay_bytes
-        .set(buffer.memory_bytes() as i64);
+/// Examples and bytes of every scope's buffer together.
+fn report_buffers(monitor: &Monitor, scopes: &BTreeMap<String, ScopeState>) {
+    let buffers = || scopes.values().map(|s| &s.buffer);
+    let examples: usize = buffers().map(ReplayBuffer::len).sum();
+    let bytes: usize = buffers().map(ReplayBuffer::memory_bytes).sum();
+    monitor.metrics.replay_examples.set(examples as i64);
+    monitor.metrics.replay_bytes.set(bytes as i64);
 }

@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, TryAcquireError, watch};
 
 use crate::config::{FlowConfig, KafkaConfig};
 use crate::delivery::{Committable, Ledger};
-use crate::learn::HeadRegistry;
+use crate::learn::Learning;
 use crate::observe::{LOG_INTERVAL, Monitor, Queue, Throttle};
 use crate::protocol::{Frame, FrameMeta, PartitionId, StageFailure, StageId, now_ms};
 use crate::stage::kafka::consumer_config;
@@ -43,9 +43,9 @@ pub struct IngestSettings {
     /// Set when the pipeline drains for shutdown: consumption stops (partitions paused).
     pub draining: watch::Receiver<bool>,
     pub monitor: Arc<Monitor>,
-    /// The heads of the backbone (`None`: the model has no embedding): each frame pins the
-    /// live one when it is consumed.
-    pub heads: Option<Arc<HeadRegistry>>,
+    /// Heads and scopes (`None`: no backbone for heads): each frame pins the head serving its
+    /// camera when it is consumed.
+    pub learning: Option<Arc<Learning>>,
 }
 
 /// The supervisor's entry for ingest, the source.
@@ -263,7 +263,7 @@ impl Actor for Ingest {
             operator_pause: settings.monitor.watch_pause(),
             draining: settings.draining.clone(),
             monitor: settings.monitor.clone(),
-            heads: settings.heads.clone(),
+            learning: settings.learning.clone(),
         }));
         let settle_loop = StageTask::spawn(settle_loop(
             consumer.clone(),
@@ -447,7 +447,7 @@ struct ConsumeLoop {
     /// Set when the pipeline drains for shutdown.
     draining: watch::Receiver<bool>,
     monitor: Arc<Monitor>,
-    heads: Option<Arc<HeadRegistry>>,
+    learning: Option<Arc<Learning>>,
 }
 
 /// Why consumption is paused.
@@ -502,7 +502,12 @@ async fn consume_loop(ctx: ConsumeLoop) {
             }
         };
         let frame = match held.pop_front() {
-            Some(message) => register(&ctx.ledger, &message, credit, live_head(&ctx.heads)),
+            Some(message) => register(
+                &ctx.ledger,
+                &message,
+                credit,
+                serving_head(&ctx.learning, &message),
+            ),
             None => {
                 let mut pause = ctx.operator_pause.clone();
                 let mut draining = ctx.draining.clone();
@@ -512,7 +517,7 @@ async fn consume_loop(ctx: ConsumeLoop) {
                     () = pause_becomes(&mut pause, true) => continue,
                     () = pause_becomes(&mut draining, true) => continue,
                     message = ctx.consumer.recv() => match message {
-                        Ok(message) => register(&ctx.ledger, &message, credit, live_head(&ctx.heads)),
+                        Ok(message) => register(&ctx.ledger, &message, credit, serving_head(&ctx.learning, &message)),
                         Err(error) => {
                             if let Some(held_back) = CONSUMER_ERROR.allow() {
                                 tracing::warn!(%error, held_back, "Kafka consumer error");
@@ -604,11 +609,14 @@ fn set_paused(ctx: &ConsumeLoop, pause: bool, reason: PauseReason) {
     }
 }
 
-/// Records a consumed message in flight and turns it into a frame holding `credit`.
-fn live_head(heads: &Option<Arc<HeadRegistry>>) -> Option<Arc<Head>> {
-    heads.as_ref().and_then(|heads| heads.live())
+/// The head serving the message's camera now (its group's, else the global one).
+fn serving_head<M: Message>(learning: &Option<Arc<Learning>>, message: &M) -> Option<Arc<Head>> {
+    let learning = learning.as_ref()?;
+    let camera = String::from_utf8_lossy(message.key().unwrap_or_default());
+    learning.head_for(&camera)
 }
 
+/// Records a consumed message in flight and turns it into a frame holding `credit`.
 fn register<M: Message>(
     ledger: &Arc<Ledger>,
     message: &M,

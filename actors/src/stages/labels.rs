@@ -4,9 +4,12 @@
 //! dead-letter topic with its own kind (and is committed too): nothing is lost silently.
 //!
 //! The embedding comes from the recent-frames cache when the label names a frame just
-//! processed (whole frame, single tile), else from the frame read back from Kafka by its
-//! offset (or the image inside the label), cropped to the label's box and run through the
-//! backbone here.
+//! processed (a whole single-tile frame, or a box the second stage embedded), else from the
+//! frame read back from Kafka by its offset (or the image inside the label), cropped to the
+//! label's box and run through the backbone here.
+//!
+//! The example trains the head of the camera's scope: the label's `camera`, else the key of
+//! the frame's record, decides the group; a label with neither trains the global head.
 //!
 //! The labels topic is consumed in a group of its own (`<kafka.group_id>.labels`); with its one
 //! partition, exactly one replica owns it: that replica is the group's trainer.
@@ -23,9 +26,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tessera_operators::decode::{DecodeLimits, decode_image};
 use tessera_operators::labels::{Label, LabelError, LabelSource, crop_rect, parse_label};
 use tessera_operators::learning::LabelledExample;
+use tessera_operators::scopes::GLOBAL_SCOPE;
 
 use crate::config::{KafkaConfig, LabelsConfig};
-use crate::learn::{ExampleRecord, Learning};
+use crate::learn::{ExampleRecord, Learning, ScopedExample};
 use crate::observe::{LOG_INTERVAL, Monitor, Throttle};
 use crate::protocol::{DeadLetterKind, StageFailure, StageId, headers};
 use crate::stage::kafka::{consumer_config, producer_config, reader_config};
@@ -51,7 +55,7 @@ impl std::fmt::Debug for LabelsSettings {
 }
 
 /// The supervisor's entry for the labels consumer; `out` leads to the fine-tune stage.
-pub fn child(settings: LabelsSettings, out: Edge<LabelledExample>) -> ChildSpec {
+pub fn child(settings: LabelsSettings, out: Edge<ScopedExample>) -> ChildSpec {
     ChildSpec::actor(StageId::Labels, LabelsReader, move |_| {
         (settings.clone(), out.clone())
     })
@@ -64,12 +68,12 @@ pub struct LabelsReader;
 impl Actor for LabelsReader {
     type Msg = ();
     type State = StageTask;
-    type Arguments = (LabelsSettings, Edge<LabelledExample>);
+    type Arguments = (LabelsSettings, Edge<ScopedExample>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<()>,
-        (settings, out): (LabelsSettings, Edge<LabelledExample>),
+        (settings, out): (LabelsSettings, Edge<ScopedExample>),
     ) -> Result<StageTask, ActorProcessingErr> {
         let external =
             |e: rdkafka::error::KafkaError| StageFailure::external(StageId::Labels, e.to_string());
@@ -104,7 +108,7 @@ async fn consume(
     producer: FutureProducer,
     fetcher: Arc<BaseConsumer>,
     settings: LabelsSettings,
-    out: Edge<LabelledExample>,
+    out: Edge<ScopedExample>,
 ) {
     let trainer = &settings.learning.trainer;
     let mut ownership = tokio::time::interval(Duration::from_secs(1));
@@ -131,11 +135,21 @@ async fn consume(
         let id = format!("labels/{}/{}", message.partition(), message.offset());
         let payload = message.payload().unwrap_or_default();
         let handled = match join(&settings, &fetcher, payload).await {
-            Ok((label, embedding, via)) => {
-                let example = LabelledExample {
-                    id: id.clone(),
-                    label: label.class().to_owned(),
-                    embedding,
+            Ok(Joined {
+                label,
+                embedding,
+                via,
+                camera,
+            }) => {
+                let camera = label.camera.as_deref().or(camera.as_deref());
+                let scope = camera.map_or(GLOBAL_SCOPE, |c| settings.learning.scope_of(c));
+                let example = ScopedExample {
+                    scope: scope.to_owned(),
+                    example: LabelledExample {
+                        id: id.clone(),
+                        label: label.class().to_owned(),
+                        embedding,
+                    },
                 };
                 match write_example(&producer, &settings, &example).await {
                     Ok(()) => {
@@ -177,7 +191,16 @@ async fn consume(
     }
 }
 
-type Joined = (Label, Vec<f32>, &'static str);
+/// A label with its embedding.
+struct Joined {
+    label: Label,
+    embedding: Vec<f32>,
+    /// How the embedding was found (the `via` label of the metric).
+    via: &'static str,
+    /// The camera of the frame, when known from the cache or the frame's record.
+    camera: Option<String>,
+}
+
 type Unjoinable = (DeadLetterKind, String);
 
 /// Parses a label and finds its embedding.
@@ -187,29 +210,39 @@ async fn join(
     payload: &[u8],
 ) -> Result<Joined, Unjoinable> {
     let label = parse_label(payload, settings.labels.max_image_bytes).map_err(|e| rejection(&e))?;
-    let (bytes, via) = match &label.source {
+    let (bytes, via, camera) = match &label.source {
         LabelSource::Frame(frame) => {
-            if label.region.is_none() {
-                let address = (
-                    Arc::from(frame.topic.as_str()),
-                    frame.partition,
-                    frame.offset,
-                );
-                if let Some(embedding) = settings.learning.cache.get(&address) {
-                    return Ok((label, embedding.to_vec(), "cache"));
-                }
+            let address = (
+                Arc::from(frame.topic.as_str()),
+                frame.partition,
+                frame.offset,
+            );
+            // A box inside its frame: the rectangle the second stage cropped (clamping to the
+            // frame changes nothing for it, so the frame's size is not needed here).
+            let region = match &label.region {
+                None => Some(None),
+                Some(region) => crop_rect(Some(region), u32::MAX, u32::MAX).ok().map(Some),
+            };
+            if let Some(cached) = region.and_then(|r| settings.learning.cache.get(&(address, r))) {
+                return Ok(Joined {
+                    label,
+                    embedding: cached.embedding.to_vec(),
+                    via: "cache",
+                    camera: Some(cached.camera.to_string()),
+                });
             }
             let fetcher = fetcher.clone();
             let (topic, partition, offset) = (frame.topic.clone(), frame.partition, frame.offset);
             let timeout = settings.labels.fetch_timeout;
-            let bytes = tokio::task::spawn_blocking(move || {
+            let (key, bytes) = tokio::task::spawn_blocking(move || {
                 fetch_frame(&fetcher, &topic, partition, offset, timeout)
             })
             .await
             .map_err(|e| (DeadLetterKind::LabelFrameMissing, e.to_string()))??;
-            (bytes, "fetch")
+            let camera = key.map(|k| String::from_utf8_lossy(&k).into_owned());
+            (bytes, "fetch", camera)
         }
-        LabelSource::Image(bytes) => (bytes.clone(), "inline"),
+        LabelSource::Image(bytes) => (bytes.clone(), "inline", None),
     };
     let limits = settings.limits.clone();
     let embedder = settings.learning.embedder.clone();
@@ -228,7 +261,12 @@ async fn join(
     })
     .await
     .map_err(|e| (DeadLetterKind::ProcessingFailed, e.to_string()))??;
-    Ok((label, embedding, via))
+    Ok(Joined {
+        label,
+        embedding,
+        via,
+        camera,
+    })
 }
 
 fn rejection(error: &LabelError) -> Unjoinable {
@@ -239,15 +277,15 @@ fn rejection(error: &LabelError) -> Unjoinable {
     (kind, error.to_string())
 }
 
-/// Reads the record at `offset` of `topic`/`partition`: gone (retention), not yet written,
-/// or of an unknown topic or partition is `label_frame_missing`.
+/// Reads the key and value of the record at `offset` of `topic`/`partition`: gone
+/// (retention), not yet written, or of an unknown topic or partition is `label_frame_missing`.
 fn fetch_frame(
     fetcher: &BaseConsumer,
     topic: &str,
     partition: i32,
     offset: i64,
     timeout: Duration,
-) -> Result<Vec<u8>, Unjoinable> {
+) -> Result<(Option<Vec<u8>>, Vec<u8>), Unjoinable> {
     let missing = |reason: String| (DeadLetterKind::LabelFrameMissing, reason);
     let (low, high) = fetcher
         .fetch_watermarks(topic, partition, timeout)
@@ -268,7 +306,10 @@ fn fetch_frame(
     while std::time::Instant::now() < deadline {
         match fetcher.poll(Duration::from_millis(200)) {
             Some(Ok(message)) if message.offset() == offset && message.topic() == topic => {
-                return Ok(message.payload().unwrap_or_default().to_vec());
+                return Ok((
+                    message.key().map(<[u8]>::to_vec),
+                    message.payload().unwrap_or_default().to_vec(),
+                ));
             }
             Some(Ok(_)) | None => {}
             Some(Err(error)) => return Err(missing(error.to_string())),
@@ -282,11 +323,13 @@ fn fetch_frame(
 async fn write_example(
     producer: &FutureProducer,
     settings: &LabelsSettings,
-    example: &LabelledExample,
+    scoped: &ScopedExample,
 ) -> Result<(), String> {
+    let example = &scoped.example;
     let record = ExampleRecord {
         id: example.id.clone(),
         label: example.label.clone(),
+        scope: scoped.scope.clone(),
         backbone: settings.learning.heads.backbone().to_owned(),
         embedding: example.embedding.clone(),
     };

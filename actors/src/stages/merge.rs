@@ -11,7 +11,7 @@ use tessera_operators::merge::MergeConfig;
 use tessera_operators::preprocess::InputTransform;
 
 use crate::delivery::Ledger;
-use crate::learn::Learning;
+use crate::learn::{Cached, Learning};
 use crate::observe::{Monitor, Step};
 use crate::protocol::messages::{FrameLayout, Recognized, Unprocessed};
 use crate::protocol::result::{
@@ -218,11 +218,17 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
         let key = &frame.meta.key;
         learning.cache.insert(
             (
-                key.partition.topic.clone(),
-                key.partition.partition,
-                key.offset,
+                (
+                    key.partition.topic.clone(),
+                    key.partition.partition,
+                    key.offset,
+                ),
+                None,
             ),
-            Arc::from(std::mem::take(&mut only.embedding)),
+            Cached {
+                camera: Arc::from(frame.meta.camera()),
+                embedding: Arc::from(std::mem::take(&mut only.embedding)),
+            },
         );
     }
     let tiles: Vec<(InputTransform, TileOutput)> = frame
@@ -265,6 +271,7 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
                     x2: d.bbox.x2,
                     y2: d.bbox.y2,
                 },
+                head: None,
             })
             .collect(),
         // A head's class ids index its own classes.
@@ -284,11 +291,13 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
             })
             .collect(),
         head_version: meta.head.as_ref().map(|head| head.version()),
+        head_scope: meta.head.as_ref().map(|head| head.scope().to_owned()),
         latency_ms: Latencies {
             decode: millis(frame.decode),
             preprocess: millis(preprocess),
             inference: millis(inference),
             merge: millis(merge),
+            second_stage: 0.0,
             total: millis(meta.received_at.elapsed()),
         },
         ..FrameResult::skipped(meta, model_ref(model))
@@ -296,6 +305,7 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
     Outcome::Result {
         meta: frame.meta,
         result: Box::new(result),
+        decoded: frame.image,
     }
 }
 

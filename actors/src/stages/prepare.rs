@@ -38,6 +38,11 @@ pub struct PreparePlan {
     pub tile_credits: Arc<Semaphore>,
     /// Single-tile input tensors, reused.
     pub tiles: TensorPool,
+    /// Keep the decoded frame for the second stage (it crops the detected boxes from it).
+    pub keep_image: bool,
+    /// Whether the frame's head applies to the model's tiles (the model has the embedding);
+    /// with a second stage it applies to the boxes' crops instead.
+    pub heads_on_tiles: bool,
 }
 
 impl PreparePlan {
@@ -150,6 +155,7 @@ impl Prepare {
             .iter()
             .map(|tile| buffers.preprocessor.transform_for(tile.rect))
             .collect();
+        let image = Arc::new(image);
         let layout = FrameLayout {
             meta: frame.meta.clone(),
             payload: frame.payload.clone(),
@@ -157,12 +163,12 @@ impl Prepare {
             height: image.height(),
             transforms,
             decode,
+            image: self.plan.keep_image.then(|| image.clone()),
         };
         out.send(Prepared::Layout(Box::new(layout)))?;
 
         // Preparation time only: waits for tile credits (model back-pressure) are left out.
         let mut preparing = Duration::ZERO;
-        let image = Arc::new(image);
         let chunk = self.plan.chunk.max(1);
         for tiles in tiles.chunks(chunk) {
             let credits = self
@@ -219,7 +225,7 @@ impl Prepare {
             };
             out.send(Prepared::Tiles(TileChunk {
                 frame: frame.meta.ack.clone(),
-                head: frame.meta.head.clone(),
+                head: frame.meta.head.clone().filter(|_| self.plan.heads_on_tiles),
                 tiles: prepared,
             }))?;
         }

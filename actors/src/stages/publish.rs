@@ -485,7 +485,7 @@ impl Counted {
 
 fn to_record(kafka: &KafkaConfig, outcome: Outcome) -> Result<OwnedRecord, serde_json::Error> {
     Ok(match outcome {
-        Outcome::Result { meta, result } => OwnedRecord {
+        Outcome::Result { meta, result, .. } => OwnedRecord {
             topic: kafka.results_topic.clone(),
             key: meta.record_key.clone(),
             value: serde_json::to_vec(&result)?,

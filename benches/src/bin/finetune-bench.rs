@@ -126,6 +126,7 @@ fn main() -> anyhow::Result<()> {
 /// A first round (no live head) over `examples`.
 fn round_of(examples: &[LabelledExample]) -> Round<'_> {
     Round {
+        scope: "global",
         examples,
         live: None,
         backbone: "sha256:bench",
