@@ -412,22 +412,10 @@ fn wire(
     let (prepared_tx, prepared_rx) = crossbeam_channel::unbounded();
     prepared.point_to_channel(prepared_tx);
     let recognized = Edge::new(StageId::Merge);
-    // Merge's outcomes pass the optional stages, in this order, on their way to the sequencer.
-    let second_stage = config.second_stage.enabled && learning.is_some();
-    let requests = config.label_requests.enabled;
-    let merged = Edge::new(if second_stage {
-        StageId::SecondStage
-    } else if requests {
-        StageId::LabelRequests
-    } else {
-        StageId::Sequencer
-    });
-    let classified = if requests {
-        Edge::new(StageId::LabelRequests)
-    } else {
-        Edge::new(StageId::Sequencer)
-    };
     let finished = Edge::new(StageId::Sequencer);
+    // With a second stage, the frame's decoded pixels travel to it and its head applies to
+    // the boxes' crops instead of the model's tiles.
+    let second_stage = config.second_stage.enabled && learning.is_some();
     let sequenced = Edge::new(StageId::Publish);
 
     let publish = publish::PublishSettings {
@@ -494,35 +482,31 @@ fn wire(
         publish::child(publish, sequenced.clone()),
         sequencer::child(ledger.clone(), monitor.clone(), finished.clone(), sequenced),
     ];
-    // The optional stages between merge and the sequencer, downstream first.
-    if requests {
+    // The optional stages between merge and the sequencer (second stage, then label
+    // requests), downstream first: each one's input is what the stage before it sends to.
+    let mut merged = finished.clone();
+    if config.label_requests.enabled {
         let settings = label_requests::LabelRequestsSettings {
             kafka: config.kafka.clone(),
             requests: config.label_requests.clone(),
             learning: learning.clone(),
             monitor: monitor.clone(),
         };
-        let input = if second_stage {
-            classified.clone()
-        } else {
-            merged.clone()
-        };
-        children.push(label_requests::child(settings, input, finished.clone()));
+        let input = Edge::new(StageId::LabelRequests);
+        children.push(label_requests::child(settings, input.clone(), merged));
+        merged = input;
     }
-    if let (true, Some(learning)) = (second_stage, &learning) {
+    if let (true, Some(learning)) = (config.second_stage.enabled, &learning) {
         let settings = second_stage::SecondStageSettings {
             selection: config.second_stage.selection(),
             reject_labels: config.second_stage.reject_labels.clone().into(),
             learning: learning.clone(),
-            embed_without_head: requests,
+            embed_without_head: config.label_requests.enabled,
             monitor: monitor.clone(),
         };
-        let out = if requests {
-            classified
-        } else {
-            finished.clone()
-        };
-        children.push(second_stage::child(settings, merged.clone(), out));
+        let input = Edge::new(StageId::SecondStage);
+        children.push(second_stage::child(settings, input.clone(), merged));
+        merged = input;
     }
     children.extend([
         merge::child(merge, recognized.clone(), merged),

@@ -54,6 +54,12 @@ const DIM: usize = 1280;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,librdkafka=off,rdkafka=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/manifests");
     let backbone = Model::load(
         &manifests.join("mobilenetv2/model.toml"),
@@ -167,7 +173,9 @@ async fn throughput(
     ] {
         kafka.create_topic(topic, 1)?;
     }
+    eprintln!("starting the pipeline (second stage {second_stage})");
     let pipeline = tessera_actors::start(config.clone(), "bench", Some(&args.assets)).await?;
+    eprintln!("pipeline started");
     if second_stage {
         // A live head, so that every selected box is embedded and classified.
         let embeddings = synthetic(60, 3);
@@ -205,6 +213,7 @@ async fn throughput(
         &frames,
     )
     .await?;
+    eprintln!("{} frames published", frames.len());
     let results = read_results(
         &config.kafka.brokers,
         &config.kafka.results_topic,
