@@ -5,7 +5,9 @@
 //! delivery    ledger of frames in flight, ack handles, watermarks, sequencer (no actors, no Kafka)
 //! observe     metrics, monitor, rate-limited logs (label sets from protocol's enums)
 //! stage       the stage kit: FrameStage and its actor, edges, child specs, Kafka settings
-//! stages      ingest -> prepare -> recognize -> merge -> sequencer -> publish (never each other)
+//! learn       heads per scope, the embedding cache, the trainer's state, one round (plain code)
+//! stages      ingest -> prepare -> recognize -> merge -> [second stage] -> [label requests]
+//!             -> sequencer -> publish; heads, labels, finetune beside them (never each other)
 //! supervisor  the child list as data, restart with backoff, escalation
 //! lib.rs      the wiring: one line per stage
 //! ```

@@ -4,7 +4,7 @@
 //! consuming a frame (`catch_up`), so a replica that starts later serves the newest head from
 //! its first result.
 //!
-//! A record is keyed by the head's scope (`global`) and holds the head as one safetensors
+//! A record is keyed by the head's scope (`global`, or a camera group) and holds the head as one safetensors
 //! file (`tessera_models::Head::to_bytes`).
 
 use std::sync::Arc;
