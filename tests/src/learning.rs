@@ -2,14 +2,21 @@
 //! images (nothing copied into the repository): augmented crops of distinct objects and
 //! scenes, encoded as JPEG frames, and their embeddings from the backbone.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use image::{ImageFormat, RgbImage, imageops};
 use tessera_models::{Embedder, Model, ModelSession, SessionConfig};
 use tessera_operators::PixelRect;
 
+use tessera::embedded::{CameraFrame, Output, publish_frames, read_outputs};
+use tessera_actors::learn::{Learning, RoundOutcome, RoundReport};
+use tessera_actors::{FrameResult, PipelineHandle};
+
+use crate::harness::{DLQ, FRAMES, Harness, RESULTS, eventually};
 use crate::{manifest, workspace_root};
 
 /// A class of test images: a region of a shared image, cropped and varied.
@@ -119,4 +126,78 @@ pub fn mobilenet_embedder(assets: &Path) -> anyhow::Result<Embedder> {
     let env = tessera_models::init_runtime(dylib)?;
     let session = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())?;
     Ok(Embedder::new(session)?)
+}
+
+/// Publishes the frames and waits for their results, by frame id (every frame must have one).
+pub async fn results_of(
+    harness: &Harness,
+    frames: &[CameraFrame],
+) -> anyhow::Result<HashMap<String, FrameResult>> {
+    publish_frames(&harness.brokers, FRAMES, frames).await?;
+    let wanted: Vec<&str> = frames.iter().map(|f| f.frame_id.as_str()).collect();
+    let outputs = read_outputs(
+        &harness.brokers,
+        RESULTS,
+        DLQ,
+        Duration::from_secs(240),
+        |_| {},
+        |outputs| {
+            let have: Vec<&str> = outputs.iter().filter_map(Output::frame_id).collect();
+            wanted.iter().all(|id| have.contains(id))
+        },
+    )
+    .await?;
+    let results: HashMap<String, FrameResult> = outputs
+        .iter()
+        .filter_map(Output::result)
+        .filter(|r| wanted.contains(&r.frame_id.as_str()))
+        .map(|r| (r.frame_id.clone(), r.clone()))
+        .collect();
+    anyhow::ensure!(
+        results.len() == wanted.len(),
+        "{} of {} frames have a result",
+        results.len(),
+        wanted.len()
+    );
+    Ok(results)
+}
+
+/// Waits until the replay buffers hold `count` examples.
+pub async fn examples_reach(pipeline: &PipelineHandle, count: i64) -> anyhow::Result<()> {
+    let metrics = &pipeline.monitor().metrics;
+    eventually(Duration::from_secs(180), || {
+        (metrics.replay_examples.get() >= count).then_some(())
+    })
+    .await
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "the replay buffers hold {} examples, {count} expected",
+            metrics.replay_examples.get()
+        )
+    })
+}
+
+/// Asks for a round of `scope`, waits for its report and, when it promoted a head, for the
+/// head to go live here.
+pub async fn round(learning: &Arc<Learning>, scope: &str) -> anyhow::Result<RoundReport> {
+    let before = learning.trainer.reports().get(scope).map(|r| r.finished_ms);
+    learning.trainer.request(Some(scope.to_owned()));
+    let report = eventually(Duration::from_secs(120), || {
+        learning
+            .trainer
+            .reports()
+            .get(scope)
+            .filter(|r| Some(r.finished_ms) != before)
+            .cloned()
+    })
+    .await
+    .ok_or_else(|| anyhow::anyhow!("no round of {scope} finished"))?;
+    if let (RoundOutcome::Promoted, Some(version)) = (report.outcome, report.version) {
+        eventually(Duration::from_secs(60), || {
+            (learning.heads.live_version(scope) == version).then_some(())
+        })
+        .await
+        .ok_or_else(|| anyhow::anyhow!("{scope} head v{version} never went live"))?;
+    }
+    Ok(report)
 }

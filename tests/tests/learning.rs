@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tessera::embedded::{CameraFrame, Output, publish_frames, read_outputs};
+use tessera::embedded::{CameraFrame, Output, read_outputs};
 use tessera::http::HttpServer;
-use tessera_actors::learn::{Learning, RoundOutcome, RoundReport};
+use tessera_actors::learn::{Learning, RoundOutcome};
 use tessera_actors::{FrameResult, GLOBAL_SCOPE, PipelineConfig, PipelineHandle};
-use tessera_tests::harness::{DLQ, FRAMES, Harness, RESULTS, eventually};
+use tessera_tests::harness::{DLQ, Harness, RESULTS, eventually};
 use tessera_tests::http::{request, request_with_body};
-use tessera_tests::learning::{BICYCLE, CAR, DOG, PARKING, Scene, augmented, jpeg};
+use tessera_tests::learning::{
+    BICYCLE, CAR, DOG, PARKING, Scene, augmented, examples_reach, jpeg, results_of, round,
+};
 use tessera_tests::{assets_dir, manifest};
 
 const LABELS: &str = "labels";
@@ -54,26 +56,7 @@ async fn classify(
     frames: &[(CameraFrame, &'static str)],
 ) -> anyhow::Result<HashMap<String, FrameResult>> {
     let sent: Vec<CameraFrame> = frames.iter().map(|(f, _)| f.clone()).collect();
-    publish_frames(&harness.brokers, FRAMES, &sent).await?;
-    let wanted: Vec<&str> = sent.iter().map(|f| f.frame_id.as_str()).collect();
-    let outputs = read_outputs(
-        &harness.brokers,
-        RESULTS,
-        DLQ,
-        Duration::from_secs(180),
-        |_| {},
-        |outputs| {
-            let have: Vec<&str> = outputs.iter().filter_map(Output::frame_id).collect();
-            wanted.iter().all(|id| have.contains(id))
-        },
-    )
-    .await?;
-    Ok(outputs
-        .iter()
-        .filter_map(Output::result)
-        .filter(|r| wanted.contains(&r.frame_id.as_str()))
-        .map(|r| (r.frame_id.clone(), r.clone()))
-        .collect())
+    results_of(harness, &sent).await
 }
 
 /// Sends one label per frame (a reference to its record), with `label_of` choosing the label.
@@ -110,35 +93,6 @@ async fn label(
         sent += 1;
     }
     Ok(sent)
-}
-
-/// Waits until the replay buffer holds `count` examples.
-async fn examples_reach(pipeline: &PipelineHandle, count: i64) -> anyhow::Result<()> {
-    let metrics = &pipeline.monitor().metrics;
-    eventually(Duration::from_secs(120), || {
-        (metrics.replay_examples.get() >= count).then_some(())
-    })
-    .await
-    .ok_or_else(|| {
-        anyhow::anyhow!(
-            "the replay buffer holds {} examples, {count} expected",
-            metrics.replay_examples.get()
-        )
-    })
-}
-
-/// Asks for a round and waits for its report.
-async fn round(learning: &Arc<Learning>) -> anyhow::Result<RoundReport> {
-    let before = learning.trainer.last().map(|r| r.finished_ms);
-    learning.trainer.request(None);
-    eventually(Duration::from_secs(120), || {
-        learning
-            .trainer
-            .last()
-            .filter(|r| Some(r.finished_ms) != before)
-    })
-    .await
-    .ok_or_else(|| anyhow::anyhow!("no fine-tune round finished"))
 }
 
 /// Share of `results` whose top class is the frame's true label.
@@ -211,7 +165,7 @@ async fn labels_teach_a_new_class_without_forgetting_the_old_ones() -> anyhow::R
     );
     let labelled = label(&harness, &results, &known, |_, truth| truth).await?;
     examples_reach(&pipeline, labelled as i64).await?;
-    let first = round(&learning).await?;
+    let first = round(&learning, GLOBAL_SCOPE).await?;
     assert_eq!(first.outcome, RoundOutcome::Promoted, "{first:?}");
     let v1 = first.version.ok_or_else(|| anyhow::anyhow!("no version"))?;
     eventually(Duration::from_secs(60), || {
@@ -234,7 +188,7 @@ async fn labels_teach_a_new_class_without_forgetting_the_old_ones() -> anyhow::R
     let results = classify(&harness, &new_class).await?;
     let labelled_new = label(&harness, &results, &new_class[..24], |_, truth| truth).await?;
     examples_reach(&pipeline, (labelled + labelled_new) as i64).await?;
-    let second = round(&learning).await?;
+    let second = round(&learning, GLOBAL_SCOPE).await?;
     assert_eq!(second.outcome, RoundOutcome::Promoted, "{second:?}");
     assert!(second.classes.iter().any(|c| c == "parking"), "{second:?}");
     let v2 = second
@@ -348,7 +302,7 @@ async fn random_labels_yield_a_rejected_head_and_the_live_head_stays() -> anyhow
     let results = classify(&harness, &good).await?;
     let labelled = label(&harness, &results, &good, |_, truth| truth).await?;
     examples_reach(&pipeline, labelled as i64).await?;
-    let first = round(&learning).await?;
+    let first = round(&learning, GLOBAL_SCOPE).await?;
     assert_eq!(first.outcome, RoundOutcome::Promoted, "{first:?}");
     let live = first.version;
 
@@ -368,7 +322,7 @@ async fn random_labels_yield_a_rejected_head_and_the_live_head_stays() -> anyhow
     })
     .await?;
     examples_reach(&pipeline, (labelled + poisoned) as i64).await?;
-    let second = round(&learning).await?;
+    let second = round(&learning, GLOBAL_SCOPE).await?;
     assert_eq!(second.outcome, RoundOutcome::Rejected, "{second:?}");
     assert!(second.reason.is_some());
     assert_eq!(
@@ -522,7 +476,7 @@ async fn a_restarted_trainer_keeps_every_acknowledged_example() -> anyhow::Resul
         "examples lost or doubled across the restart"
     );
     // And it trains on them.
-    let report = round(&learning).await?;
+    let report = round(&learning, GLOBAL_SCOPE).await?;
     assert_eq!(
         report.training_examples + report.held_out_examples,
         labelled

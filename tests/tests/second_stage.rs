@@ -12,15 +12,15 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tessera::embedded::{CameraFrame, Output, publish_frames, read_outputs};
-use tessera_actors::learn::{Learning, RoundOutcome, RoundReport};
+use tessera::embedded::CameraFrame;
+use tessera_actors::learn::{Learning, RoundOutcome};
 use tessera_actors::protocol::request::LabelRequest;
 use tessera_actors::protocol::result::DetectionOut;
 use tessera_actors::{FrameResult, GLOBAL_SCOPE, PipelineConfig, PipelineHandle};
 use tessera_operators::PixelRect;
 use tessera_operators::scopes::CameraGroup;
-use tessera_tests::harness::{DLQ, FRAMES, Harness, RESULTS, eventually};
-use tessera_tests::learning::{Scene, augmented, jpeg};
+use tessera_tests::harness::{Harness, eventually};
+use tessera_tests::learning::{Scene, augmented, examples_reach, jpeg, results_of, round};
 use tessera_tests::{assets_dir, manifest};
 
 const LABELS: &str = "labels";
@@ -131,40 +131,6 @@ fn street(
         .collect()
 }
 
-/// Publishes the frames and waits for their results, by frame id.
-async fn process(
-    harness: &Harness,
-    frames: &[CameraFrame],
-) -> anyhow::Result<HashMap<String, FrameResult>> {
-    publish_frames(&harness.brokers, FRAMES, frames).await?;
-    let wanted: Vec<&str> = frames.iter().map(|f| f.frame_id.as_str()).collect();
-    let outputs = read_outputs(
-        &harness.brokers,
-        RESULTS,
-        DLQ,
-        Duration::from_secs(240),
-        |_| {},
-        |outputs| {
-            let have: Vec<&str> = outputs.iter().filter_map(Output::frame_id).collect();
-            wanted.iter().all(|id| have.contains(id))
-        },
-    )
-    .await?;
-    let results: HashMap<String, FrameResult> = outputs
-        .iter()
-        .filter_map(Output::result)
-        .filter(|r| wanted.contains(&r.frame_id.as_str()))
-        .map(|r| (r.frame_id.clone(), r.clone()))
-        .collect();
-    anyhow::ensure!(
-        results.len() == wanted.len(),
-        "{} of {} frames have a result",
-        results.len(),
-        wanted.len()
-    );
-    Ok(results)
-}
-
 /// Labels every classified box of the results by `rule` (a label naming the frame and the
 /// box, as a labelling tool answers a label request); returns how many were sent.
 async fn label_boxes<'a>(
@@ -203,44 +169,6 @@ async fn label_boxes<'a>(
         }
     }
     Ok(sent)
-}
-
-async fn examples_reach(pipeline: &PipelineHandle, count: i64) -> anyhow::Result<()> {
-    let metrics = &pipeline.monitor().metrics;
-    eventually(Duration::from_secs(180), || {
-        (metrics.replay_examples.get() >= count).then_some(())
-    })
-    .await
-    .ok_or_else(|| {
-        anyhow::anyhow!(
-            "the replay buffers hold {} examples, {count} expected",
-            metrics.replay_examples.get()
-        )
-    })
-}
-
-/// Asks for a round of `scope`, waits for its report, and for a promoted head to go live.
-async fn round(learning: &Arc<Learning>, scope: &str) -> anyhow::Result<RoundReport> {
-    let before = learning.trainer.reports().get(scope).map(|r| r.finished_ms);
-    learning.trainer.request(Some(scope.to_owned()));
-    let report = eventually(Duration::from_secs(120), || {
-        learning
-            .trainer
-            .reports()
-            .get(scope)
-            .filter(|r| Some(r.finished_ms) != before)
-            .cloned()
-    })
-    .await
-    .ok_or_else(|| anyhow::anyhow!("no round of {scope} finished"))?;
-    if let (RoundOutcome::Promoted, Some(version)) = (report.outcome, report.version) {
-        eventually(Duration::from_secs(60), || {
-            (learning.heads.live_version(scope) == version).then_some(())
-        })
-        .await
-        .ok_or_else(|| anyhow::anyhow!("{scope} head v{version} never went live"))?;
-    }
-    Ok(report)
 }
 
 /// Of the classified boxes of `results` whose expected class under `rule` is known: how many
@@ -288,8 +216,8 @@ async fn labelled_boxes_teach_the_second_stage_to_relabel_and_reject() -> anyhow
 
     let training = street(&assets, "cam-1", 20, 1, "train")?;
     let held_out = street(&assets, "cam-1", 10, 2, "held")?;
-    let trained = process(&harness, &training).await?;
-    let before = process(&harness, &held_out).await?;
+    let trained = results_of(&harness, &training).await?;
+    let before = results_of(&harness, &held_out).await?;
     for result in trained.values().chain(before.values()) {
         assert_eq!(result.head_version, None, "no head yet");
         assert!(result.detections.iter().all(|d| d.head.is_none()));
@@ -309,7 +237,7 @@ async fn labelled_boxes_teach_the_second_stage_to_relabel_and_reject() -> anyhow
             ..f.clone()
         })
         .collect();
-    let after = process(&harness, &again).await?;
+    let after = results_of(&harness, &again).await?;
     let scores = scores(&after, site_rule);
     for class in ["animal", "vehicle"] {
         let (right, total) = scores.get(class).copied().unwrap_or_default();
@@ -359,14 +287,14 @@ async fn a_groups_labels_change_only_that_groups_results() -> anyhow::Result<()>
     let (pipeline, learning) = start(config, "scopes").await?;
 
     // The global head, from labels on a camera outside every group.
-    let dock = process(&harness, &street(&assets, "dock-1", 16, 3, "train")?).await?;
+    let dock = results_of(&harness, &street(&assets, "dock-1", 16, 3, "train")?).await?;
     let global_labels = label_boxes(&harness, dock.values(), site_rule).await?;
     examples_reach(&pipeline, global_labels as i64).await?;
     let global = round(&learning, GLOBAL_SCOPE).await?;
     assert_eq!(global.outcome, RoundOutcome::Promoted, "{global:?}");
 
     // The lot's head, from labels on the lot's camera: other classes for the same objects.
-    let lot = process(&harness, &street(&assets, "lot-1", 16, 4, "train")?).await?;
+    let lot = results_of(&harness, &street(&assets, "lot-1", 16, 4, "train")?).await?;
     assert!(
         lot.values()
             .all(|r| r.head_scope.as_deref() == Some(GLOBAL_SCOPE)),
@@ -389,7 +317,7 @@ async fn a_groups_labels_change_only_that_groups_results() -> anyhow::Result<()>
     let check = async |prefix: &str, lot_version: u64| -> anyhow::Result<()> {
         let mut frames = street(&assets, "lot-1", 6, 5, prefix)?;
         frames.extend(street(&assets, "dock-1", 6, 5, prefix)?);
-        let results = process(&harness, &frames).await?;
+        let results = results_of(&harness, &frames).await?;
         for result in results.values() {
             let (scope, version, rule): (&str, u64, Rule) = if result.camera == "lot-1" {
                 ("lot", lot_version, lot_rule)
@@ -474,7 +402,7 @@ async fn label_requests_ask_for_uncertain_boxes_within_the_rate_limit() -> anyho
     sampler.rare.enabled = false;
     sampler.random.enabled = false;
     let pipeline = tessera_actors::start(config, "requests", Some(&assets)).await?;
-    let results = process(&harness, &street(&assets, "cam-1", 16, 6, "req")?).await?;
+    let results = results_of(&harness, &street(&assets, "cam-1", 16, 6, "req")?).await?;
     let uncertain = |score: f32| (score - 0.5).abs() <= 0.2;
     let candidates = results
         .values()

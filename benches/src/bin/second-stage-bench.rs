@@ -96,13 +96,7 @@ fn memory(args: &Args, backbone: &str) -> anyhow::Result<()> {
     let pid = std::process::id();
     let classes: Vec<String> = (0..args.classes).map(|c| format!("class-{c}")).collect();
     let embeddings = synthetic(args.classes * 20, args.classes);
-    let examples: Vec<Example<'_>> = embeddings
-        .iter()
-        .map(|(class, embedding)| Example {
-            embedding,
-            class: *class,
-        })
-        .collect();
+    let examples = examples_of(&embeddings);
     let settings = TrainSettings {
         steps: 5,
         ..TrainSettings::default()
@@ -179,13 +173,7 @@ async fn throughput(
     if second_stage {
         // A live head, so that every selected box is embedded and classified.
         let embeddings = synthetic(60, 3);
-        let examples: Vec<Example<'_>> = embeddings
-            .iter()
-            .map(|(class, embedding)| Example {
-                embedding,
-                class: *class,
-            })
-            .collect();
+        let examples = examples_of(&embeddings);
         let mut head = Head::train(
             vec!["vehicle".into(), "animal".into(), "none".into()],
             &examples,
@@ -261,6 +249,16 @@ fn synthetic(n: usize, classes: usize) -> Vec<(usize, Vec<f32>)> {
                 .map(|d| if d % classes.max(1) == class { 1.0 } else { 0.0 } + 0.3 * next())
                 .collect();
             (class, embedding)
+        })
+        .collect()
+}
+
+fn examples_of(embeddings: &[(usize, Vec<f32>)]) -> Vec<Example<'_>> {
+    embeddings
+        .iter()
+        .map(|(class, embedding)| Example {
+            embedding,
+            class: *class,
         })
         .collect()
 }
