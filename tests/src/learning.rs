@@ -17,6 +17,9 @@ use tessera_actors::learn::{Learning, RoundOutcome, RoundReport};
 use tessera_actors::{FrameResult, PipelineHandle};
 
 use crate::harness::{DLQ, FRAMES, Harness, RESULTS, eventually};
+
+/// The labels topic of the learning tests.
+pub const LABELS: &str = "labels";
 use crate::{manifest, workspace_root};
 
 /// A class of test images: a region of a shared image, cropped and varied.
@@ -200,4 +203,22 @@ pub async fn round(learning: &Arc<Learning>, scope: &str) -> anyhow::Result<Roun
         .ok_or_else(|| anyhow::anyhow!("{scope} head v{version} never went live"))?;
     }
     Ok(report)
+}
+
+/// Sends label records (raw bytes: JSON, or anything a test wants refused) to the labels
+/// topic, each acknowledged; returns how many.
+pub async fn send_labels(harness: &Harness, values: &[Vec<u8>]) -> anyhow::Result<usize> {
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &harness.brokers)
+        .create()?;
+    for value in values {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), _>::to(LABELS).payload(value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    Ok(values.len())
 }

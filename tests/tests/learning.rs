@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tessera::embedded::{CameraFrame, Output, read_outputs};
 use tessera::http::HttpServer;
 use tessera_actors::learn::{Learning, RoundOutcome};
@@ -18,11 +16,10 @@ use tessera_actors::{FrameResult, GLOBAL_SCOPE, PipelineConfig, PipelineHandle};
 use tessera_tests::harness::{DLQ, Harness, RESULTS, eventually};
 use tessera_tests::http::{request, request_with_body};
 use tessera_tests::learning::{
-    BICYCLE, CAR, DOG, PARKING, Scene, augmented, examples_reach, jpeg, results_of, round,
+    BICYCLE, CAR, DOG, LABELS, PARKING, Scene, augmented, examples_reach, jpeg, results_of, round,
+    send_labels,
 };
 use tessera_tests::{assets_dir, manifest};
-
-const LABELS: &str = "labels";
 
 /// Frames of `scene`, `count` of them, ids `<prefix>-<label>-<i>`.
 fn frames_of(
@@ -66,33 +63,21 @@ async fn label(
     frames: &[(CameraFrame, &'static str)],
     mut label_of: impl FnMut(usize, &'static str) -> &'static str,
 ) -> anyhow::Result<usize> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &harness.brokers)
-        .create()?;
-    let mut sent = 0;
+    let mut records = Vec::new();
     for (i, (frame, truth)) in frames.iter().enumerate() {
         let result = results
             .get(&frame.frame_id)
             .ok_or_else(|| anyhow::anyhow!("no result for {}", frame.frame_id))?;
-        let record = serde_json::json!({
+        records.push(serde_json::to_vec(&serde_json::json!({
             "label": label_of(i, truth),
             "frame": {
                 "topic": result.source.topic,
                 "partition": result.source.partition,
                 "offset": result.source.offset,
             },
-        });
-        let value = serde_json::to_vec(&record)?;
-        producer
-            .send(
-                FutureRecord::<(), _>::to(LABELS).payload(&value),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-        sent += 1;
+        }))?);
     }
-    Ok(sent)
+    send_labels(harness, &records).await
 }
 
 /// Share of `results` whose top class is the frame's true label.
@@ -336,23 +321,6 @@ async fn random_labels_yield_a_rejected_head_and_the_live_head_stays() -> anyhow
         "{metrics}"
     );
     pipeline.shutdown(Duration::from_secs(10)).await?;
-    Ok(())
-}
-
-/// Sends raw label records.
-async fn send_labels(harness: &Harness, values: &[Vec<u8>]) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &harness.brokers)
-        .create()?;
-    for value in values {
-        producer
-            .send(
-                FutureRecord::<(), _>::to(LABELS).payload(value),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-    }
     Ok(())
 }
 

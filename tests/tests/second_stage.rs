@@ -11,7 +11,6 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tessera::embedded::CameraFrame;
 use tessera_actors::learn::{Learning, RoundOutcome};
 use tessera_actors::protocol::request::LabelRequest;
@@ -20,10 +19,11 @@ use tessera_actors::{FrameResult, GLOBAL_SCOPE, PipelineConfig, PipelineHandle};
 use tessera_operators::PixelRect;
 use tessera_operators::scopes::CameraGroup;
 use tessera_tests::harness::{Harness, eventually};
-use tessera_tests::learning::{Scene, augmented, examples_reach, jpeg, results_of, round};
+use tessera_tests::learning::{
+    LABELS, Scene, augmented, examples_reach, jpeg, results_of, round, send_labels,
+};
 use tessera_tests::{assets_dir, manifest};
 
-const LABELS: &str = "labels";
 const REQUESTS: &str = "label-requests";
 /// Boxes scored at least this are classified (and labelled by the tests): the dog, the
 /// bicycle and the car of `dog.jpg`, where the detector's label is the truth.
@@ -138,16 +138,13 @@ async fn label_boxes<'a>(
     results: impl IntoIterator<Item = &'a FrameResult>,
     rule: Rule,
 ) -> anyhow::Result<usize> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &harness.brokers)
-        .create()?;
-    let mut sent = 0;
+    let mut records = Vec::new();
     for result in results {
         for detection in result.detections.iter().filter(|d| d.score >= MIN_SCORE) {
             let Some((label, negative)) = rule(&detection.label) else {
                 continue;
             };
-            let record = serde_json::json!({
+            records.push(serde_json::to_vec(&serde_json::json!({
                 "label": label,
                 "negative": negative,
                 "frame": {
@@ -156,19 +153,10 @@ async fn label_boxes<'a>(
                     "offset": result.source.offset,
                 },
                 "box": detection.bbox,
-            });
-            let value = serde_json::to_vec(&record)?;
-            producer
-                .send(
-                    FutureRecord::<(), _>::to(LABELS).payload(&value),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)?;
-            sent += 1;
+            }))?);
         }
     }
-    Ok(sent)
+    send_labels(harness, &records).await
 }
 
 /// Of the classified boxes of `results` whose expected class under `rule` is known: how many
