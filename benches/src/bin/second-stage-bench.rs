@@ -101,26 +101,23 @@ fn memory(args: &Args, backbone: &str) -> anyhow::Result<()> {
         steps: 5,
         ..TrainSettings::default()
     };
-    // Training allocates and frees candle's buffers: warm the allocator before measuring.
-    let warm = Head::train(
-        classes.clone(),
-        &examples,
-        DIM,
-        backbone.to_owned(),
-        &settings,
-    )?;
-    let bytes = warm.to_bytes()?.len();
-    drop(warm);
-    let registry = HeadRegistry::new(backbone.to_owned(), DIM, None);
-    let before = rss_mib(pid).unwrap_or(0.0);
-    for scope in 0..args.heads {
-        let mut head = Head::train(
+    let train = || {
+        Head::train(
             classes.clone(),
             &examples,
             DIM,
             backbone.to_owned(),
             &settings,
-        )?;
+        )
+    };
+    // Training allocates and frees candle's buffers: warm the allocator before measuring.
+    let warm = train()?;
+    let bytes = warm.to_bytes()?.len();
+    drop(warm);
+    let registry = HeadRegistry::new(backbone.to_owned(), DIM, None);
+    let before = rss_mib(pid).unwrap_or(0.0);
+    for scope in 0..args.heads {
+        let mut head = train()?;
         head.meta_mut().scope = format!("group-{scope}");
         head.meta_mut().version = 1;
         registry.apply(head)?;
