@@ -642,6 +642,9 @@ pub struct FlowConfig {
     /// processed but published as `status: skipped`.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// Which clock `max_age` is measured against: `wall` (live cameras), or `stream` (the
+    /// newest capture time consumed; for replays of recordings, whatever their date).
+    pub clock: ClockKind,
     /// A frame without an acknowledged output this long after its dispatch is re-dispatched
     /// (a stage holding it may have died).
     #[serde(with = "humantime_serde")]
@@ -658,10 +661,23 @@ impl Default for FlowConfig {
             drain_timeout: Duration::from_secs(20),
             lag_policy: LagPolicy::ProcessAll,
             max_age: Duration::from_secs(10),
+            clock: ClockKind::Wall,
             frame_timeout: Duration::from_secs(60),
             max_attempts: 3,
         }
     }
+}
+
+/// Which time `flow.max_age` is measured against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockKind {
+    /// The machine's clock: a frame is as old as the time since its capture (live cameras).
+    #[default]
+    Wall,
+    /// The stream's time: the newest capture time consumed so far. A frame is as old as it is
+    /// behind the newest frame tessera has seen, whatever the date of the recording.
+    Stream,
 }
 
 /// How frames that are already old when consumed are handled.

@@ -451,6 +451,8 @@ fn wire(
         }),
         monitor: monitor.clone(),
     };
+    // Ingest feeds it, prepare reads it (a stream clock is the newest capture time consumed).
+    let clock = protocol::Clock::new(config.flow.clock);
     let prepare = prepare::PrepareSettings {
         plan: Arc::new(prepare::PreparePlan {
             limits: config.limits.clone(),
@@ -459,6 +461,7 @@ fn wire(
             chunk,
             lag_policy: config.flow.lag_policy,
             max_age: config.flow.max_age,
+            clock: clock.clone(),
             max_attempts: config.flow.max_attempts,
             tile_credits: Arc::new(Semaphore::new(tile_credits)),
             // A chunk per lane being filled, and the tiles on their way to the batcher (or,
@@ -473,6 +476,7 @@ fn wire(
     let ingest = ingest::IngestSettings {
         kafka: config.kafka.clone(),
         flow: config.flow.clone(),
+        clock,
         credits: Arc::new(Semaphore::new(config.flow.max_in_flight_frames)),
         ledger: ledger.clone(),
         draining,

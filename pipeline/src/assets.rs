@@ -147,3 +147,18 @@ pub fn manifest_path(model: &str) -> PathBuf {
         .join(model)
         .join("model.toml")
 }
+
+/// Points a configuration's model manifest at the shipped one when it names a shipped
+/// manifest by its relative path (`models/manifests/...`, the default) that the working
+/// directory does not hold: commands then work from any folder.
+pub fn locate_shipped_manifest(config: &mut tessera_actors::PipelineConfig) {
+    let manifest = &config.model.manifest;
+    if manifest.is_relative() && !manifest.is_file() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(manifest);
+        if shipped.is_file() {
+            config.model.manifest = shipped;
+        }
+    }
+}

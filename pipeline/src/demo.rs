@@ -1,19 +1,17 @@
 //! `tessera demo`: the whole pipeline on an embedded broker with the real YOLOX-Nano model.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use tessera_actors::{Monitor, PipelineConfig};
-use tessera_operators::annotate::draw_detections;
-use tessera_operators::decode::{DecodeLimits, decode_image};
-use tessera_operators::detection::Detection;
-use tessera_operators::geometry::BBox;
 
-use crate::assets;
-use crate::embedded::{CameraFrame, EmbeddedKafka, Output, publish_frames, read_outputs};
+use crate::embedded::{CameraFrame, Output};
+use crate::feed::FeedEvent;
 use crate::http::HttpServer;
+use crate::local::LocalPipeline;
+use crate::{assets, images};
 
 /// Options of the demo.
 #[derive(Debug, Clone)]
@@ -40,65 +38,43 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         None => assets::resolve_assets_dir()?,
     };
     let images = assets::images(&assets_dir)?;
-    let kafka = EmbeddedKafka::start(1)?;
-    let brokers = kafka.bootstrap_servers();
     let mut config = PipelineConfig::default();
-    config.kafka.brokers = brokers.clone();
     config.kafka.group_id = "tessera-demo".into();
     config.model.manifest = assets::manifest_path("yolox-nano");
-    kafka.create_topic(&config.kafka.input_topics[0], 2)?;
-    kafka.create_topic(&config.kafka.results_topic, 2)?;
-    kafka.create_topic(&config.kafka.dlq_topic, 1)?;
-    println!("Embedded Kafka broker at {brokers}");
+    // The endpoints are a convenience here: a busy port must not stop the demo.
+    config.http.address = DEMO_HTTP_ADDRESS.into();
 
     // Two cameras, each sending every image `rounds` times, plus one corrupt frame to show
-    // the dead-letter path.
-    let mut frames = Vec::new();
-    let mut sources = Vec::new();
-    let start_ms = tessera_actors::protocol::now_ms();
-    for round in 0..options.rounds.max(1) {
+    // the dead-letter path. Files are read as the broker takes them, never all at once.
+    let rounds = options.rounds.max(1);
+    let mut plan: Vec<(String, String, PathBuf)> = Vec::new();
+    for round in 0..rounds {
         for camera in CAMERAS {
             for image in &images {
-                let payload = std::fs::read(image)?;
                 let name = image
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let frame_id = format!("{camera}-{round}-{name}");
-                sources.push((frame_id.clone(), payload.clone()));
-                frames.push(CameraFrame {
-                    camera: camera.as_bytes().to_vec(),
-                    frame_id,
-                    payload,
-                    content_type: Some("image/jpeg".into()),
-                    capture_ms: start_ms + (frames.len() as i64) * 40,
-                });
+                plan.push((
+                    camera.to_owned(),
+                    format!("{camera}-{round}-{name}"),
+                    image.clone(),
+                ));
             }
         }
     }
-    if let Some((_, first)) = sources.first() {
-        let truncated = first[..first.len() / 3].to_vec();
-        frames.push(CameraFrame {
-            camera: CAMERAS[1].as_bytes().to_vec(),
-            frame_id: format!("{}-corrupt", CAMERAS[1]),
-            payload: truncated,
-            content_type: Some("image/jpeg".into()),
-            capture_ms: start_ms + (frames.len() as i64) * 40,
-        });
-    }
-    publish_frames(&brokers, &config.kafka.input_topics[0], &frames).await?;
-    println!(
-        "Published {} frames from {} cameras ({} images each, {} round(s), plus one corrupt frame)",
-        frames.len(),
-        CAMERAS.len(),
-        images.len(),
-        options.rounds.max(1)
-    );
+    let corrupt_id = format!("{}-corrupt", CAMERAS[1]);
+    let expected: HashSet<String> = plan
+        .iter()
+        .map(|(_, id, _)| id.clone())
+        .chain([corrupt_id.clone()])
+        .collect();
+    let sources: HashMap<String, PathBuf> = plan
+        .iter()
+        .map(|(_, id, path)| (id.clone(), path.clone()))
+        .collect();
 
-    let started = Instant::now();
     let monitor = Monitor::new("demo", &config.kafka.group_id, config.http.liveness_timeout);
-    // The endpoints are a convenience here: a busy port must not stop the demo.
-    config.http.address = DEMO_HTTP_ADDRESS.into();
     let http = match HttpServer::start(&config.http, monitor.clone()).await {
         Ok(http) => {
             println!(
@@ -112,43 +88,77 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
             None
         }
     };
-    let pipeline =
-        tessera_actors::start_monitored(config.clone(), "demo", Some(&assets_dir), monitor.clone())
-            .await?;
-    let model = pipeline.model().clone();
+    let local = LocalPipeline::start(config, "demo", Some(&assets_dir), 2, monitor.clone()).await?;
+    println!("Embedded Kafka broker at {}", local.brokers());
+    let model = local.pipeline().model().clone();
     println!(
         "Pipeline running: model {} {} on {}",
         model.manifest.name,
         model.manifest.version,
-        pipeline.execution_provider()
+        local.pipeline().execution_provider()
     );
-    let expected: HashSet<String> = frames.iter().map(|f| f.frame_id.clone()).collect();
-    let outputs = read_outputs(
-        &brokers,
-        &config.kafka.results_topic,
-        &config.kafka.dlq_topic,
-        options.timeout,
-        print_progress,
-        |outputs| {
-            let seen: HashSet<&str> = outputs.iter().filter_map(Output::frame_id).collect();
-            expected.iter().all(|id| seen.contains(id.as_str()))
-        },
-    )
-    .await?;
+    println!(
+        "Publishing {} frames from {} cameras ({} images each, {rounds} round(s), plus one corrupt frame) as the pipeline takes them",
+        expected.len(),
+        CAMERAS.len(),
+        images.len(),
+    );
+
+    let started = Instant::now();
+    let start_ms = tessera_actors::protocol::now_ms();
+    let first_image = images.first().cloned();
+    let frames = plan
+        .into_iter()
+        .map(|(camera, frame_id, path)| {
+            let payload = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok((camera, frame_id, payload))
+        })
+        .chain(first_image.map(move |path| {
+            let payload = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok((
+                CAMERAS[1].to_owned(),
+                corrupt_id,
+                payload[..payload.len() / 3].to_vec(),
+            ))
+        }))
+        .enumerate()
+        .map(move |(i, item)| {
+            item.map(|(camera, frame_id, payload)| CameraFrame {
+                camera: camera.into_bytes(),
+                frame_id,
+                payload,
+                content_type: Some("image/jpeg".into()),
+                capture_ms: start_ms + i as i64 * 40,
+            })
+        });
+    let mut outputs = Vec::new();
+    let mut unreadable = Vec::new();
+    let fed = local
+        .feed(frames, options.timeout, |event| match event {
+            FeedEvent::Published { .. } => {}
+            FeedEvent::Unreadable(reason) => unreadable.push(reason),
+            FeedEvent::Output(output) => {
+                print_progress(&output);
+                outputs.push(output);
+            }
+        })
+        .await;
     let elapsed = started.elapsed();
-    pipeline.shutdown(Duration::from_secs(10)).await?;
+    local.shutdown(Duration::from_secs(10)).await?;
     if let Some(http) = http {
         http.stop().await;
     }
+    let report = fed?;
     let totals = monitor.status().totals;
 
     print_table(&outputs);
-    let written = write_annotated(&outputs, &sources, &options.out, &model)?;
+    let written = write_annotated(&outputs, &sources, &options.out)?;
     let seen: HashSet<&str> = outputs.iter().filter_map(Output::frame_id).collect();
-    let missing: Vec<&String> = expected
+    let mut missing: Vec<&String> = expected
         .iter()
         .filter(|id| !seen.contains(id.as_str()))
         .collect();
+    missing.sort();
     let results = outputs
         .iter()
         .filter(|o| matches!(o, Output::Result { .. }))
@@ -158,7 +168,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     let tiles: usize = results_only().map(|r| r.tile_count).sum();
     println!();
     println!("Summary");
-    println!("  frames published      {}", frames.len());
+    println!("  frames published      {}", report.published);
     println!("  results               {results}");
     println!("  dead-lettered         {}", outputs.len() - results);
     println!("  tiles inferred        {tiles}");
@@ -171,7 +181,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     );
     println!("  detections            {detections}");
     println!(
-        "  wall time             {:.2} s ({:.1} frames/s, including model load)",
+        "  wall time             {:.2} s ({:.1} frames/s)",
         elapsed.as_secs_f64(),
         outputs.len() as f64 / elapsed.as_secs_f64()
     );
@@ -179,7 +189,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         "  annotated frames      {written} written to {}",
         options.out.display()
     );
-    if missing.is_empty() {
+    for reason in &unreadable {
+        println!("  UNREADABLE            {reason}");
+    }
+    if missing.is_empty() && unreadable.is_empty() {
         println!("  every frame has its result");
         Ok(true)
     } else {
@@ -279,47 +292,18 @@ fn truncate(text: &str, max: usize) -> String {
 /// Draws each result's detections onto a copy of its frame and writes it as a JPEG.
 fn write_annotated(
     outputs: &[Output],
-    sources: &[(String, Vec<u8>)],
+    sources: &HashMap<String, PathBuf>,
     out: &Path,
-    model: &tessera_models::Model,
 ) -> anyhow::Result<usize> {
     std::fs::create_dir_all(out)?;
     let mut written = 0;
-    for output in outputs {
-        let Output::Result { result, .. } = output else {
+    for result in outputs.iter().filter_map(Output::result) {
+        let Some(path) = sources.get(&result.frame_id) else {
             continue;
         };
-        let Some((_, bytes)) = sources.iter().find(|(id, _)| *id == result.frame_id) else {
-            continue;
-        };
-        let mut image = decode_image(bytes, &DecodeLimits::default())?;
-        let detections: Vec<Detection> = result
-            .detections
-            .iter()
-            .map(|d| Detection {
-                class_id: d.class_id,
-                score: d.score,
-                bbox: BBox::new(d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2),
-            })
-            .collect();
-        draw_detections(&mut image, &detections, |class| {
-            model.label(class).to_owned()
-        });
-        let path = out.join(format!("{}.jpg", sanitize(&result.frame_id)));
-        image.save(&path)?;
+        let image = images::annotate(&std::fs::read(path)?, result)?;
+        image.save(out.join(format!("{}.jpg", images::file_name_for(&result.frame_id))))?;
         written += 1;
     }
     Ok(written)
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

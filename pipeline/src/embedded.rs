@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use tessera_actors::FrameResult;
@@ -84,25 +84,10 @@ pub async fn publish_frames(
         .create()?;
     let mut landed = Vec::with_capacity(frames.len());
     for frame in frames {
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: headers::FRAME_ID,
-                value: Some(frame.frame_id.as_str()),
-            })
-            .insert(Header {
-                key: headers::CAPTURE_TS,
-                value: Some(frame.capture_ms.to_string().as_str()),
-            });
-        if let Some(content_type) = &frame.content_type {
-            headers = headers.insert(Header {
-                key: headers::CONTENT_TYPE,
-                value: Some(content_type.as_str()),
-            });
-        }
         let record = FutureRecord::to(topic)
             .key(&frame.camera)
             .payload(&frame.payload)
-            .headers(headers);
+            .headers(crate::feed::frame_headers(frame));
         let delivered = producer
             .send(record, Duration::from_secs(30))
             .await
@@ -126,6 +111,8 @@ pub enum Output {
     DeadLetter {
         key: Option<Vec<u8>>,
         frame_id: Option<String>,
+        /// `topic/partition/offset` of the frame (the `tessera-source` header).
+        source: Option<String>,
         kind: String,
         error: String,
         payload_len: usize,
@@ -156,6 +143,7 @@ impl Output {
         Ok(Output::DeadLetter {
             key,
             frame_id: header(headers::FRAME_ID),
+            source: header(headers::SOURCE),
             kind: header(headers::ERROR_KIND).unwrap_or_default(),
             error: header(headers::ERROR).unwrap_or_default(),
             payload_len: message.payload().map_or(0, <[u8]>::len),
@@ -167,6 +155,17 @@ impl Output {
         match self {
             Output::Result { result, .. } => Some(&result.frame_id),
             Output::DeadLetter { frame_id, .. } => frame_id.as_deref(),
+        }
+    }
+
+    /// `topic/partition/offset` of the frame the output answers.
+    pub fn source(&self) -> Option<String> {
+        match self {
+            Output::Result { result, .. } => Some(format!(
+                "{}/{}/{}",
+                result.source.topic, result.source.partition, result.source.offset
+            )),
+            Output::DeadLetter { source, .. } => source.clone(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tessera::http::HttpServer;
-use tessera::{assets, config, demo, demo_learn};
+use tessera::{assets, config, demo, demo_learn, detect};
 use tessera_actors::Monitor;
 
 /// Where `tessera demo` writes annotated frames, and `tessera demo --learn` unless told.
@@ -58,13 +58,42 @@ enum Command {
         /// How many times each camera sends each image.
         #[arg(long, default_value_t = 2)]
         rounds: usize,
-        /// How long to wait for every result (with `--learn`: for each phase).
+        /// Give up when no result arrives for this long (with `--learn`: a phase's limit).
         #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
         timeout: Duration,
         /// Learning on the job instead: the second stage, label requests answered by a stated
         /// rule, a promoted head, and annotated frames from before and after it.
         #[arg(long)]
         learn: bool,
+    },
+    /// Run the pipeline over image files or folders and print one result per image; no
+    /// broker needed (an embedded one is fed as fast as the pipeline takes the images).
+    Detect {
+        /// Image files, or folders searched recursively for images.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Write the result documents (the results topic's schema) to this file, one JSON
+        /// object per line; `-` writes them to stdout.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write each image with its detections drawn into this folder.
+        #[arg(long, value_name = "DIR")]
+        annotate: Option<PathBuf>,
+        /// Configuration file (TOML), as for `run`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override one setting, e.g. `--set model.manifest=models/manifests/mobilenetv2/model.toml`.
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Assets folder for model files the configuration does not locate.
+        #[arg(long, env = "TESSERA_ASSETS")]
+        assets: Option<PathBuf>,
+        /// The camera id the images are sent as.
+        #[arg(long, default_value = "local")]
+        camera: String,
+        /// Give up when no result arrives for this long.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Model utilities.
     Models {
@@ -160,6 +189,49 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await?
             };
             Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Detect {
+            paths,
+            json,
+            annotate,
+            config,
+            overrides,
+            assets: assets_dir,
+            camera,
+            timeout,
+        } => {
+            let mut config = config::load(config.as_deref(), &overrides)?;
+            assets::locate_shipped_manifest(&mut config);
+            let assets = assets_dir.or_else(assets::local_assets_dir);
+            let summary = detect::run(
+                config,
+                detect::DetectOptions {
+                    paths,
+                    json,
+                    annotate,
+                    camera,
+                    assets,
+                    idle_timeout: timeout,
+                },
+            )
+            .await?;
+            eprintln!(
+                "{} image(s): {} result(s), {} detection(s), {} failed, {:.1} s ({:.1} images/s)",
+                summary.images,
+                summary.results,
+                summary.detections,
+                summary.failed.len(),
+                summary.seconds,
+                summary.results as f64 / summary.seconds.max(1e-9)
+            );
+            for failed in &summary.failed {
+                eprintln!("  failed: {failed}");
+            }
+            Ok(if summary.complete() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -267,6 +339,8 @@ async fn shutdown_signal() {
 fn default_log_filter(command: &Command) -> &'static str {
     match command {
         Command::Models { .. } => "info,ort=error,librdkafka=warn",
+        // One-shot commands tell their story on the terminal; the pipeline's log would bury it.
+        Command::Detect { .. } => "warn,ort=error",
         _ => "info,ort=warn,librdkafka=warn",
     }
 }

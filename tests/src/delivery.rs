@@ -577,6 +577,7 @@ mod tests {
         Output::DeadLetter {
             key: Some(camera.as_bytes().to_vec()),
             frame_id: Some(id.to_owned()),
+            source: None,
             kind: "corrupt_image".into(),
             error: "bad".into(),
             payload_len: 1,

@@ -15,8 +15,8 @@ pub const ERROR_DOMAIN: &str = "tessera-error-domain";
 /// DLQ header, only when Kafka refused the dead letter for its size: the original value's
 /// length in bytes; the record is then sent without its value.
 pub const PAYLOAD_OMITTED: &str = "tessera-payload-omitted";
-/// DLQ header, with [`PAYLOAD_OMITTED`]: where the original record lies
-/// (`topic/partition/offset`), to fetch the value from the input topic.
+/// DLQ header: where the original record lies (`topic/partition/offset`); with
+/// [`PAYLOAD_OMITTED`], where to fetch the value from.
 pub const SOURCE: &str = "tessera-source";
 
 /// The headers tessera reads from an input record (checked against the data contract).

@@ -3,6 +3,7 @@
 //! names. The bottom layer: it imports no other module of this crate but the configuration.
 
 pub mod ack;
+pub mod clock;
 pub mod dead_letter;
 pub mod failure;
 pub mod frame;
@@ -16,6 +17,7 @@ pub mod stage;
 pub mod tensor;
 
 pub use ack::{AckHandle, Acknowledge, Settlement};
+pub use clock::Clock;
 pub use dead_letter::{DeadLetterKind, Rejection};
 pub use failure::{ErrorDomain, RetryHint, StageFailure};
 pub use frame::{Frame, FrameMeta, now_ms};

@@ -25,7 +25,7 @@ use crate::config::{FlowConfig, KafkaConfig};
 use crate::delivery::{Committable, Ledger};
 use crate::learn::Learning;
 use crate::observe::{LOG_INTERVAL, Monitor, Queue, Throttle};
-use crate::protocol::{Frame, FrameMeta, PartitionId, StageFailure, StageId, now_ms};
+use crate::protocol::{Clock, Frame, FrameMeta, PartitionId, StageFailure, StageId, now_ms};
 use crate::stage::kafka::consumer_config;
 use crate::stage::{ChildSpec, Edge, StageTask};
 
@@ -36,6 +36,8 @@ static CONSUMER_ERROR: Throttle = Throttle::new(LOG_INTERVAL);
 pub struct IngestSettings {
     pub kafka: KafkaConfig,
     pub flow: FlowConfig,
+    /// Fed each consumed frame's capture time (a stream clock judges age by it).
+    pub clock: Clock,
     /// In-flight frame credits shared with the rest of the pipeline.
     pub credits: Arc<Semaphore>,
     /// Frames in flight; outlives this stage so a restarted ingest sees what is pending.
@@ -264,6 +266,7 @@ impl Actor for Ingest {
             draining: settings.draining.clone(),
             monitor: settings.monitor.clone(),
             learning: settings.learning.clone(),
+            clock: settings.clock.clone(),
         }));
         let settle_loop = StageTask::spawn(settle_loop(
             consumer.clone(),
@@ -448,6 +451,7 @@ struct ConsumeLoop {
     draining: watch::Receiver<bool>,
     monitor: Arc<Monitor>,
     learning: Option<Arc<Learning>>,
+    clock: Clock,
 }
 
 /// Why consumption is paused.
@@ -529,6 +533,7 @@ async fn consume_loop(ctx: ConsumeLoop) {
                 }
             }
         };
+        ctx.clock.observe(frame.meta.capture_ms());
         let metrics = &ctx.monitor.metrics;
         ctx.monitor.consumer_heartbeat();
         metrics.frames_consumed.inc();

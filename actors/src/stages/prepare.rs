@@ -16,7 +16,7 @@ use crate::observe::{Monitor, Queue, Step};
 use crate::protocol::messages::{FrameLayout, Prepared, PreparedTile, TileChunk, Unprocessed};
 use crate::protocol::tensor::TensorPool;
 use crate::protocol::{
-    DeadLetterKind, Frame, FrameMeta, Rejection, StageFailure, StageId, headers, now_ms,
+    Clock, DeadLetterKind, Frame, FrameMeta, Rejection, StageFailure, StageId, headers,
 };
 use crate::stage::{ChildSpec, Edge, FrameStage, frame_stage};
 
@@ -31,6 +31,8 @@ pub struct PreparePlan {
     /// Lag policy and the age beyond which `drop_stale` skips a frame.
     pub lag_policy: LagPolicy,
     pub max_age: Duration,
+    /// What `max_age` is measured against (ingest feeds a stream clock).
+    pub clock: Clock,
     /// Attempts before a frame is dead-lettered as `processing_failed`.
     pub max_attempts: u32,
     /// Tile credits: a tile holds one until its model run is done, which bounds the tensors
@@ -51,7 +53,7 @@ impl PreparePlan {
         self.lag_policy == LagPolicy::DropStale
             && meta
                 .capture_ms()
-                .is_some_and(|ts| now_ms().saturating_sub(ts) > self.max_age.as_millis() as i64)
+                .is_some_and(|ts| self.clock.age_ms(ts) > self.max_age.as_millis() as i64)
     }
 }
 

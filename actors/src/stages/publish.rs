@@ -420,19 +420,15 @@ impl OwnedRecord {
     /// the original record lies. Retrying the same bytes could never succeed and would stall
     /// every later frame. False, and nothing changed, for results and already-shrunk letters.
     fn omit_value(&mut self) -> bool {
-        let Some(source) = self.source.take() else {
+        // Every dead letter names its source already (`tessera-source`).
+        if self.source.take().is_none() {
             return false;
-        };
+        }
         let len = self.value.len().to_string();
-        self.headers = std::mem::replace(&mut self.headers, OwnedHeaders::new())
-            .insert(Header {
-                key: headers::PAYLOAD_OMITTED,
-                value: Some(len.as_str()),
-            })
-            .insert(Header {
-                key: headers::SOURCE,
-                value: Some(source.as_str()),
-            });
+        self.headers = std::mem::replace(&mut self.headers, OwnedHeaders::new()).insert(Header {
+            key: headers::PAYLOAD_OMITTED,
+            value: Some(len.as_str()),
+        });
         self.value = Vec::new();
         true
     }
@@ -501,7 +497,7 @@ fn to_record(kafka: &KafkaConfig, outcome: Outcome) -> Result<OwnedRecord, serde
             if let Some(held_back) = DEAD_LETTERED.allow() {
                 tracing::warn!(%kind, error = %rejection.message, offset = meta.key.offset, held_back, "Frame dead-lettered");
             }
-            let mut record_headers = OwnedHeaders::new_with_capacity(meta.headers.len() + 3);
+            let mut record_headers = OwnedHeaders::new_with_capacity(meta.headers.len() + 4);
             for (key, value) in &meta.headers {
                 record_headers = record_headers.insert(Header {
                     key,
@@ -520,6 +516,10 @@ fn to_record(kafka: &KafkaConfig, outcome: Outcome) -> Result<OwnedRecord, serde
                 .insert(Header {
                     key: headers::ERROR_DOMAIN,
                     value: Some(kind.domain().as_str()),
+                })
+                .insert(Header {
+                    key: headers::SOURCE,
+                    value: Some(meta.source().as_str()),
                 });
             OwnedRecord {
                 topic: kafka.dlq_topic.clone(),
@@ -736,10 +736,15 @@ mod tests {
             topic: "frames.dlq".into(),
             key: Some(b"cam-1".to_vec()),
             value: vec![7; len],
-            headers: OwnedHeaders::new().insert(Header {
-                key: headers::ERROR_KIND,
-                value: Some("payload_too_large"),
-            }),
+            headers: OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::ERROR_KIND,
+                    value: Some("payload_too_large"),
+                })
+                .insert(Header {
+                    key: headers::SOURCE,
+                    value: Some("frames/0/42"),
+                }),
             source: Some("frames/0/42".into()),
         }
     }

@@ -1,0 +1,299 @@
+//! Feeding a pipeline on the embedded broker: frames are published while the outputs are read,
+//! with a bound on the bytes published but not yet answered. librdkafka's mock broker keeps
+//! only about 5 MiB per partition and throws the oldest records away beyond it, so publishing
+//! a large folder up front loses frames; fed this way, it never does, whatever the folder's
+//! size, and memory stays bounded by the credits instead of growing with the input.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tessera_actors::protocol::headers;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::embedded::{CameraFrame, Output};
+
+/// Bytes in flight on the embedded broker: below its 5 MiB per partition, with room for the
+/// record overhead. A frame larger than this goes alone.
+pub const EMBEDDED_BUDGET_BYTES: usize = 4 << 20;
+
+/// The topics of a fed pipeline.
+#[derive(Debug, Clone)]
+pub struct FeedTopics {
+    pub input: String,
+    pub results: String,
+    pub dlq: String,
+}
+
+/// One item of the input: a frame, or why one could not be made (an unreadable file, say);
+/// the reason is reported through [`FeedEvent::Unreadable`] and the feed goes on.
+pub type FeedItem = Result<CameraFrame, String>;
+
+/// What the caller sees while a feed runs.
+#[derive(Debug)]
+pub enum FeedEvent {
+    /// A frame was acknowledged by the broker (`topic/partition/offset`).
+    Published { frame_id: String, source: String },
+    /// An input item that could not be published, and why.
+    Unreadable(String),
+    /// An output of this run (a duplicate of an answered frame is reported again).
+    Output(Output),
+}
+
+/// How a feed ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedReport {
+    /// Frames published.
+    pub published: usize,
+    /// Items that could not be published.
+    pub unreadable: usize,
+    /// Outputs read (results and dead letters), duplicates included.
+    pub outputs: usize,
+    /// Outputs that answered no frame of this feed still unanswered (duplicates, or records
+    /// left in the topics by an earlier run).
+    pub unmatched: usize,
+}
+
+/// Publishes `frames` to `topics.input` while reading `topics.results` and `topics.dlq`, until
+/// every published frame has its output. Returns an error naming the frames still unanswered
+/// when no output arrives for `idle_timeout`.
+pub async fn feed<I>(
+    brokers: &str,
+    topics: &FeedTopics,
+    frames: I,
+    budget_bytes: usize,
+    idle_timeout: Duration,
+    mut on_event: impl FnMut(FeedEvent),
+) -> anyhow::Result<FeedReport>
+where
+    I: Iterator<Item = FeedItem> + Send + 'static,
+{
+    let consumer = output_reader(brokers, topics)?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "67108864")
+        .set("linger.ms", "0")
+        .create()?;
+    let budget_kib = budget_kib(budget_bytes);
+    let credits = std::sync::Arc::new(Semaphore::new(budget_kib as usize));
+    let (events, mut published) = mpsc::channel(64);
+    let publisher = tokio::spawn(publish(
+        producer,
+        topics.input.clone(),
+        frames,
+        credits.clone(),
+        budget_kib,
+        events,
+    ));
+
+    let mut report = FeedReport::default();
+    // `topic/partition/offset` -> credits held, for frames published and not yet answered.
+    let mut pending: HashMap<String, u32> = HashMap::new();
+    // Outputs that came before their frame's delivery report (or answer no frame of ours).
+    let mut early: HashSet<String> = HashSet::new();
+    let mut publishing = true;
+    loop {
+        if !publishing && pending.is_empty() {
+            break;
+        }
+        tokio::select! {
+            event = published.recv(), if publishing => match event {
+                Some(Published::Frame { frame_id, source, credits: held }) => {
+                    report.published += 1;
+                    if early.remove(&source) {
+                        credits.add_permits(held as usize);
+                    } else {
+                        pending.insert(source.clone(), held);
+                    }
+                    on_event(FeedEvent::Published { frame_id, source });
+                }
+                Some(Published::Unreadable(reason)) => {
+                    report.unreadable += 1;
+                    on_event(FeedEvent::Unreadable(reason));
+                }
+                Some(Published::Failed(error)) => return Err(error),
+                None => publishing = false,
+            },
+            message = tokio::time::timeout(idle_timeout, consumer.recv()) => {
+                let message = match message {
+                    Err(_) => anyhow::bail!(unanswered(&pending, idle_timeout)),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "Output reader error");
+                        continue;
+                    }
+                    Ok(Ok(message)) => message,
+                };
+                let output = Output::from_message(&message, &topics.results)?;
+                report.outputs += 1;
+                if let Some(source) = output.source() {
+                    match pending.remove(&source) {
+                        Some(held) => credits.add_permits(held as usize),
+                        None => {
+                            early.insert(source);
+                        }
+                    }
+                }
+                on_event(FeedEvent::Output(output));
+            }
+        }
+    }
+    publisher.await??;
+    report.unmatched = early.len();
+    Ok(report)
+}
+
+/// What the publishing task tells the feed loop.
+enum Published {
+    Frame {
+        frame_id: String,
+        source: String,
+        credits: u32,
+    },
+    Unreadable(String),
+    Failed(anyhow::Error),
+}
+
+/// Publishes each frame once it holds credits for its size, in order, and reports where it
+/// landed.
+async fn publish<I>(
+    producer: FutureProducer,
+    topic: String,
+    frames: I,
+    credits: std::sync::Arc<Semaphore>,
+    budget_kib: u32,
+    events: mpsc::Sender<Published>,
+) -> anyhow::Result<()>
+where
+    I: Iterator<Item = FeedItem>,
+{
+    for item in frames {
+        let frame = match item {
+            Ok(frame) => frame,
+            Err(reason) => {
+                let _ = events.send(Published::Unreadable(reason)).await;
+                continue;
+            }
+        };
+        let cost = frame_cost(frame.payload.len(), budget_kib);
+        credits.acquire_many(cost).await?.forget();
+        let event = match send(&producer, &topic, &frame).await {
+            Ok(source) => Published::Frame {
+                frame_id: frame.frame_id,
+                source,
+                credits: cost,
+            },
+            Err(error) => Published::Failed(error),
+        };
+        let failed = matches!(event, Published::Failed(_));
+        if events.send(event).await.is_err() || failed {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    frame: &CameraFrame,
+) -> anyhow::Result<String> {
+    let record = FutureRecord::to(topic)
+        .key(&frame.camera)
+        .payload(&frame.payload)
+        .headers(frame_headers(frame));
+    let delivered = producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("publishing frame {}: {e}", frame.frame_id))?;
+    Ok(format!(
+        "{topic}/{}/{}",
+        delivered.partition, delivered.offset
+    ))
+}
+
+/// The headers a camera sends with a frame.
+pub fn frame_headers(frame: &CameraFrame) -> OwnedHeaders {
+    let mut record_headers = OwnedHeaders::new()
+        .insert(Header {
+            key: headers::FRAME_ID,
+            value: Some(frame.frame_id.as_str()),
+        })
+        .insert(Header {
+            key: headers::CAPTURE_TS,
+            value: Some(frame.capture_ms.to_string().as_str()),
+        });
+    if let Some(content_type) = &frame.content_type {
+        record_headers = record_headers.insert(Header {
+            key: headers::CONTENT_TYPE,
+            value: Some(content_type.as_str()),
+        });
+    }
+    record_headers
+}
+
+/// A consumer of the results and dead-letter topics from their beginning.
+fn output_reader(brokers: &str, topics: &FeedTopics) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("tessera-feed-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()?;
+    consumer.subscribe(&[&topics.results, &topics.dlq])?;
+    Ok(consumer)
+}
+
+/// The budget in KiB credits (a semaphore counts in `u32`).
+fn budget_kib(budget_bytes: usize) -> u32 {
+    u32::try_from(budget_bytes.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// Credits a frame of `len` bytes holds: its size in KiB, at least one, at most the whole
+/// budget (a frame larger than the budget goes alone).
+fn frame_cost(len: usize, budget_kib: u32) -> u32 {
+    u32::try_from(len.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, budget_kib)
+}
+
+fn unanswered(pending: &HashMap<String, u32>, idle_timeout: Duration) -> String {
+    let mut sources: Vec<&String> = pending.keys().collect();
+    sources.sort();
+    let shown: Vec<&str> = sources.iter().take(10).map(|s| s.as_str()).collect();
+    format!(
+        "no output for {}: {} frame(s) still unanswered ({}{})",
+        humantime::format_duration(idle_timeout),
+        pending.len(),
+        shown.join(", "),
+        if sources.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_holds_its_size_in_credits_within_the_budget() {
+        let budget = budget_kib(EMBEDDED_BUDGET_BYTES);
+        assert_eq!(budget, 4096);
+        assert_eq!(frame_cost(0, budget), 1);
+        assert_eq!(frame_cost(1, budget), 1);
+        assert_eq!(frame_cost(1025, budget), 2);
+        assert_eq!(frame_cost(300 << 10, budget), 300);
+        // Larger than the budget: it waits for every credit and goes alone.
+        assert_eq!(frame_cost(64 << 20, budget), budget);
+        assert_eq!(budget_kib(0), 1);
+    }
+}
