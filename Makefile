@@ -15,7 +15,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: setup demo test lint bench bench-e2e baseline-setup reference clean-setup
+.PHONY: setup pyclients demo test lint bench bench-e2e baseline-setup reference replay-golden clean-setup
 
 ## Install the ONNX Runtime library into .tessera/ (idempotent).
 setup: $(ORT_LIB)
@@ -23,12 +23,21 @@ setup: $(ORT_LIB)
 $(ORT_LIB):
 	@scripts/install-onnxruntime.sh "$(ORT_DIR)"
 
+## kafka-python, the outside client of the replay tests (.tessera/pyclients; idempotent).
+PYCLIENTS := $(CURDIR)/.tessera/pyclients/bin/python
+pyclients: $(PYCLIENTS)
+
+$(PYCLIENTS): scripts/pyclients-requirements.txt
+	python3 -m venv $(CURDIR)/.tessera/pyclients
+	$(CURDIR)/.tessera/pyclients/bin/pip install --quiet -r scripts/pyclients-requirements.txt
+	@touch $(PYCLIENTS)
+
 ## Run the demo: embedded Kafka broker, real YOLOX-Nano, two cameras.
 demo: setup
 	$(CARGO) run --release -p tessera -- demo
 
 ## Run every test: unit, property, real-model and end-to-end through the embedded broker.
-test: setup
+test: setup pyclients
 	$(CARGO) test --workspace --all-targets
 
 ## Formatting and lints, as CI checks them.
@@ -59,6 +68,10 @@ reference:
 	.tessera/venv/bin/python scripts/reference/yolox_reference.py
 	.tessera/venv/bin/python scripts/reference/mobilenet_reference.py
 	.tessera/venv/bin/python scripts/reference/embedding_reference.py
+
+## Remake the replay golden (tests/golden/replay/) from the shared images; check the diff.
+replay-golden: setup
+	scripts/make-replay-golden.sh
 
 clean-setup:
 	rm -rf .tessera/onnxruntime

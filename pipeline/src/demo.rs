@@ -8,7 +8,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use tessera_actors::{Monitor, PipelineConfig};
 
 use crate::embedded::{CameraFrame, Output};
-use crate::feed::FeedEvent;
+use crate::feed::{FeedEvent, FeedRecord};
 use crate::http::HttpServer;
 use crate::local::LocalPipeline;
 use crate::{assets, images};
@@ -123,12 +123,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         }))
         .enumerate()
         .map(move |(i, item)| {
-            item.map(|(camera, frame_id, payload)| CameraFrame {
-                camera: camera.into_bytes(),
-                frame_id,
-                payload,
-                content_type: Some("image/jpeg".into()),
-                capture_ms: start_ms + i as i64 * 40,
+            item.map(|(camera, frame_id, payload)| {
+                FeedRecord::from(CameraFrame {
+                    camera: camera.into_bytes(),
+                    frame_id,
+                    payload,
+                    content_type: Some("image/jpeg".into()),
+                    capture_ms: start_ms + i as i64 * 40,
+                })
             })
         });
     let mut outputs = Vec::new();

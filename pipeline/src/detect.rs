@@ -11,7 +11,7 @@ use tessera_actors::config::LagPolicy;
 use tessera_actors::{FrameResult, Monitor, PipelineConfig};
 
 use crate::embedded::{CameraFrame, Output};
-use crate::feed::FeedEvent;
+use crate::feed::{FeedEvent, FeedItem, FeedRecord};
 use crate::images;
 use crate::local::LocalPipeline;
 use crate::progress::Progress;
@@ -141,16 +141,16 @@ pub async fn run(
 fn frames_of(
     files: Vec<PathBuf>,
     camera: String,
-) -> impl Iterator<Item = Result<CameraFrame, String>> + Send + 'static {
+) -> impl Iterator<Item = FeedItem> + Send + 'static {
     files.into_iter().map(move |path| {
         let payload = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(CameraFrame {
+        Ok(FeedRecord::from(CameraFrame {
             camera: camera.as_bytes().to_vec(),
             frame_id: path.display().to_string(),
             payload,
             content_type: images::content_type(&path).map(str::to_owned),
             capture_ms: tessera_actors::protocol::now_ms(),
-        })
+        }))
     })
 }
 

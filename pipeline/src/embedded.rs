@@ -63,6 +63,29 @@ pub struct CameraFrame {
     pub capture_ms: i64,
 }
 
+impl CameraFrame {
+    /// The headers a camera sends with the frame: frame id, capture time, content type.
+    pub fn headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut all = vec![
+            (
+                headers::FRAME_ID.to_owned(),
+                Some(self.frame_id.clone().into_bytes()),
+            ),
+            (
+                headers::CAPTURE_TS.to_owned(),
+                Some(self.capture_ms.to_string().into_bytes()),
+            ),
+        ];
+        if let Some(content_type) = &self.content_type {
+            all.push((
+                headers::CONTENT_TYPE.to_owned(),
+                Some(content_type.clone().into_bytes()),
+            ));
+        }
+        all
+    }
+}
+
 /// Where a published frame landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Landed {
@@ -87,7 +110,7 @@ pub async fn publish_frames(
         let record = FutureRecord::to(topic)
             .key(&frame.camera)
             .payload(&frame.payload)
-            .headers(crate::feed::frame_headers(frame));
+            .headers(crate::feed::owned_headers(&frame.headers()));
         let delivered = producer
             .send(record, Duration::from_secs(30))
             .await

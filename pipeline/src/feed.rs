@@ -11,7 +11,6 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tessera_actors::protocol::headers;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::embedded::{CameraFrame, Output};
@@ -28,9 +27,33 @@ pub struct FeedTopics {
     pub dlq: String,
 }
 
-/// One item of the input: a frame, or why one could not be made (an unreadable file, say);
+/// A record to publish: a camera's frame, or a recorded record replayed as it was.
+#[derive(Debug, Clone)]
+pub struct FeedRecord {
+    /// The frame id, for progress and errors.
+    pub frame_id: String,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub payload: Vec<u8>,
+    /// The Kafka timestamp; `None` lets the producer stamp it.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl From<CameraFrame> for FeedRecord {
+    fn from(frame: CameraFrame) -> Self {
+        Self {
+            headers: frame.headers(),
+            frame_id: frame.frame_id,
+            key: Some(frame.camera),
+            payload: frame.payload,
+            timestamp_ms: None,
+        }
+    }
+}
+
+/// One item of the input: a record, or why one could not be made (an unreadable file, say);
 /// the reason is reported through [`FeedEvent::Unreadable`] and the feed goes on.
-pub type FeedItem = Result<CameraFrame, String>;
+pub type FeedItem = Result<FeedRecord, String>;
 
 /// What the caller sees while a feed runs.
 #[derive(Debug)]
@@ -199,40 +222,38 @@ where
 async fn send(
     producer: &FutureProducer,
     topic: &str,
-    frame: &CameraFrame,
+    record: &FeedRecord,
 ) -> anyhow::Result<String> {
-    let record = FutureRecord::to(topic)
-        .key(&frame.camera)
-        .payload(&frame.payload)
-        .headers(frame_headers(frame));
+    let mut out = FutureRecord::to(topic)
+        .payload(&record.payload)
+        .headers(owned_headers(&record.headers));
+    if let Some(key) = &record.key {
+        out = out.key(key);
+    }
+    if let Some(timestamp) = record.timestamp_ms {
+        out = out.timestamp(timestamp);
+    }
     let delivered = producer
-        .send(record, Duration::from_secs(30))
+        .send(out, Duration::from_secs(30))
         .await
-        .map_err(|(e, _)| anyhow::anyhow!("publishing frame {}: {e}", frame.frame_id))?;
+        .map_err(|(e, _)| anyhow::anyhow!("publishing frame {}: {e}", record.frame_id))?;
     Ok(format!(
         "{topic}/{}/{}",
         delivered.partition, delivered.offset
     ))
 }
 
-/// The headers a camera sends with a frame.
-pub fn frame_headers(frame: &CameraFrame) -> OwnedHeaders {
-    let mut record_headers = OwnedHeaders::new()
-        .insert(Header {
-            key: headers::FRAME_ID,
-            value: Some(frame.frame_id.as_str()),
-        })
-        .insert(Header {
-            key: headers::CAPTURE_TS,
-            value: Some(frame.capture_ms.to_string().as_str()),
-        });
-    if let Some(content_type) = &frame.content_type {
-        record_headers = record_headers.insert(Header {
-            key: headers::CONTENT_TYPE,
-            value: Some(content_type.as_str()),
-        });
-    }
-    record_headers
+/// Kafka headers from names and values.
+pub fn owned_headers(headers: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |all, (key, value)| {
+            all.insert(Header {
+                key,
+                value: value.as_deref(),
+            })
+        },
+    )
 }
 
 /// A consumer of the results and dead-letter topics from their beginning.

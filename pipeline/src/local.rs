@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tessera_actors::{Monitor, PipelineConfig};
@@ -51,9 +52,13 @@ impl LocalPipeline {
         ] {
             kafka.create_topic(topic, 1)?;
         }
-        let pipeline =
-            tessera_actors::start_monitored(config.clone(), instance, assets_dir, monitor.clone())
-                .await?;
+        let pipeline = tessera_actors::start_monitored(
+            config.clone(),
+            &unique_instance(instance),
+            assets_dir,
+            monitor.clone(),
+        )
+        .await?;
         Ok(Self {
             kafka,
             config,
@@ -111,6 +116,16 @@ impl LocalPipeline {
         self.pipeline.shutdown(drain).await?;
         drop(self.kafka);
         Ok(())
+    }
+}
+
+/// `name`, or `name-2`, `name-3`, ... for later pipelines of this process: actor names are
+/// process-wide, and a library user (a test) may run several at once.
+pub fn unique_instance(name: &str) -> String {
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    match STARTED.fetch_add(1, Ordering::Relaxed) {
+        0 => name.to_owned(),
+        n => format!("{name}-{}", n + 1),
     }
 }
 

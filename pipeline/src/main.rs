@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tessera::http::HttpServer;
-use tessera::{assets, config, demo, demo_learn, detect};
+use tessera::{assets, config, demo, demo_learn, detect, replay};
 use tessera_actors::Monitor;
 
 /// Where `tessera demo` writes annotated frames, and `tessera demo --learn` unless told.
@@ -95,6 +95,12 @@ enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Record Kafka topics, build recordings from images, replay them, and verify a
+    /// pipeline against a golden.
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
     /// Model utilities.
     Models {
         #[command(subcommand)]
@@ -109,6 +115,125 @@ enum Command {
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplayCommand {
+    /// Capture topics (frames, results, labels) into a recording.
+    Record {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "TESSERA_BROKERS")]
+        brokers: String,
+        /// A topic to record (repeatable).
+        #[arg(long = "topic", required = true, value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// The recording to write (MCAP).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Record what the topics hold, from their beginning to their end now.
+        #[arg(long, conflicts_with = "since")]
+        from_beginning: bool,
+        /// Record from this time to the end now: `2026-11-30T08:00:00Z`, or a duration ago (`2h`).
+        #[arg(long, value_name = "TIME", value_parser = replay::parse_time)]
+        since: Option<i64>,
+        /// Stop after this many records.
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+        /// With --from-beginning or --since: keep recording after the end (until a signal).
+        #[arg(long)]
+        follow: bool,
+        /// A librdkafka property for the consumer, e.g. `security.protocol=SSL` (repeatable).
+        #[arg(long = "property", value_name = "KEY=VALUE", value_parser = key_value)]
+        properties: Vec<(String, String)>,
+    },
+    /// Build a recording from folders of images, one camera per folder.
+    Make {
+        /// A folder of images (repeatable; pairs with --camera in order).
+        #[arg(long = "images", required = true, value_name = "DIR")]
+        images: Vec<PathBuf>,
+        /// The camera id of the folder at the same position (repeatable).
+        #[arg(long = "camera", required = true, value_name = "ID")]
+        cameras: Vec<String>,
+        /// Frames per second of each camera.
+        #[arg(long, default_value_t = 5.0)]
+        fps: f64,
+        /// Capture time of the first frames (default: now).
+        #[arg(long, value_name = "TIME", value_parser = replay::parse_time)]
+        start: Option<i64>,
+        /// The channel (topic) the frames are recorded under.
+        #[arg(long, default_value = "frames")]
+        topic: String,
+        /// The recording to write (MCAP).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Publish a recording to a topic with its recorded timing.
+    Play {
+        /// The recording.
+        file: PathBuf,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "TESSERA_BROKERS")]
+        brokers: String,
+        /// The topic to publish to.
+        #[arg(long)]
+        topic: String,
+        /// The recorded topic to play (default: the only one, else `frames`).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Speed factor of the recorded timing (`1.0`, `4`), or `max`.
+        #[arg(long, default_value = "1.0")]
+        speed: replay::play::Speed,
+        /// Play the recording this many times.
+        #[arg(long = "loop", default_value_t = 1, value_name = "N")]
+        loops: u32,
+        /// A librdkafka property for the producer (repeatable).
+        #[arg(long = "property", value_name = "KEY=VALUE", value_parser = key_value)]
+        properties: Vec<(String, String)>,
+    },
+    /// Run a recording's frames through the pipeline and compare the results with a golden.
+    Verify {
+        /// The recording of frames.
+        file: PathBuf,
+        /// The golden results recording (written with --write-golden).
+        #[arg(long, value_name = "GOLDEN")]
+        expected: PathBuf,
+        /// How far boxes and scores may move: `iou=0.9,score=0.05`.
+        #[arg(long, default_value = "iou=0.9,score=0.05")]
+        tolerance: replay::compare::Tolerance,
+        /// Record this run's results as the golden instead of comparing.
+        #[arg(long)]
+        write_golden: bool,
+        /// Run on these brokers instead of an embedded one (the topics must exist).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// The recorded topic holding the frames.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Configuration file (TOML), as for `run`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override one setting (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Assets folder for model files the configuration does not locate.
+        #[arg(long, env = "TESSERA_ASSETS")]
+        assets: Option<PathBuf>,
+        /// Give up when no result arrives for this long.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Describe a recording: metadata, channels, time range, damage.
+    Info {
+        /// The recording.
+        file: PathBuf,
+    },
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +362,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Replay { command } => run_replay(command).await,
         Command::Models {
             command:
                 ModelsCommand::Inspect {
@@ -259,6 +385,168 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn run_replay(command: ReplayCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ReplayCommand::Record {
+            brokers,
+            topics,
+            out,
+            from_beginning,
+            since,
+            max,
+            follow,
+            properties,
+        } => {
+            let start = match (from_beginning, since) {
+                (true, _) => replay::record::Start::Beginning,
+                (false, Some(ms)) => replay::record::Start::Since(ms),
+                (false, None) => replay::record::Start::Now,
+            };
+            let options = replay::record::RecordOptions {
+                brokers,
+                topics,
+                out,
+                start,
+                max,
+                follow,
+                properties,
+            };
+            let written = replay::record::run(&options, shutdown_signal()).await?;
+            println!("{}", describe_written(&written));
+            Ok(ExitCode::SUCCESS)
+        }
+        ReplayCommand::Make {
+            images,
+            cameras,
+            fps,
+            start,
+            topic,
+            out,
+        } => {
+            anyhow::ensure!(
+                images.len() == cameras.len(),
+                "give one --camera per --images folder ({} folders, {} cameras)",
+                images.len(),
+                cameras.len()
+            );
+            let written = replay::make::run(&replay::make::MakeOptions {
+                cameras: cameras.into_iter().zip(images).collect(),
+                fps,
+                topic,
+                start_ms: start.unwrap_or_else(tessera_actors::protocol::now_ms),
+                out,
+            })?;
+            println!("{}", describe_written(&written));
+            Ok(ExitCode::SUCCESS)
+        }
+        ReplayCommand::Play {
+            file,
+            brokers,
+            topic,
+            channel,
+            speed,
+            loops,
+            properties,
+        } => {
+            let report = replay::play::run(&replay::play::PlayOptions {
+                file,
+                brokers,
+                topic: topic.clone(),
+                channel,
+                speed,
+                loops: loops.max(1),
+                properties,
+            })
+            .await?;
+            println!(
+                "Published {} record(s) to {topic} in {:.1} s ({:.0} records/s)",
+                report.published,
+                report.seconds,
+                report.published as f64 / report.seconds.max(1e-9)
+            );
+            match report.damage {
+                None => Ok(ExitCode::SUCCESS),
+                Some(damage) => {
+                    eprintln!("error: {damage}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        ReplayCommand::Verify {
+            file,
+            expected,
+            tolerance,
+            write_golden,
+            brokers,
+            channel,
+            config,
+            overrides,
+            assets: assets_dir,
+            timeout,
+        } => {
+            let mut config = config::load(config.as_deref(), &overrides)?;
+            assets::locate_shipped_manifest(&mut config);
+            let options = replay::verify::VerifyOptions {
+                recording: file,
+                expected,
+                tolerance,
+                write_golden,
+                brokers,
+                channel,
+                assets: assets_dir.or_else(assets::local_assets_dir),
+                idle_timeout: timeout,
+            };
+            let report = replay::verify::run(config, &options).await?;
+            if let Some(written) = &report.written {
+                println!("Golden written: {}", describe_written(written));
+            }
+            if let Some(comparison) = &report.comparison {
+                println!("{comparison}");
+                println!(
+                    "{}",
+                    if comparison.matches() {
+                        "verify: the results match the golden"
+                    } else {
+                        "verify: MISMATCH"
+                    }
+                );
+            }
+            if let Some(damage) = &report.damage {
+                eprintln!("error: {damage}; its intact frames were run");
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        ReplayCommand::Info { file } => {
+            let scan = replay::recording::scan(&file)?;
+            println!("{}", replay::describe_scan(&file, &scan));
+            Ok(if scan.damage.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn describe_written(written: &replay::recording::WriteSummary) -> String {
+    let topics: Vec<String> = written
+        .per_topic
+        .iter()
+        .map(|(topic, n)| format!("{topic}: {n}"))
+        .collect();
+    format!(
+        "{}: {} record(s) ({}), {} bytes",
+        written.path.display(),
+        written.messages,
+        topics.join(", "),
+        written.bytes
+    )
 }
 
 /// Runs until SIGTERM/SIGINT (graceful: drain, flush, commit; a second signal exits at once)
@@ -340,7 +628,7 @@ fn default_log_filter(command: &Command) -> &'static str {
     match command {
         Command::Models { .. } => "info,ort=error,librdkafka=warn",
         // One-shot commands tell their story on the terminal; the pipeline's log would bury it.
-        Command::Detect { .. } => "warn,ort=error",
+        Command::Detect { .. } | Command::Replay { .. } => "warn,ort=error",
         _ => "info,ort=warn,librdkafka=warn",
     }
 }

@@ -112,11 +112,18 @@ async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<
             Output::DeadLetter {
                 key,
                 frame_id,
+                source,
                 kind,
                 error,
                 payload_len,
             } => {
                 let frame_id = frame_id.clone().unwrap_or_default();
+                // Every dead letter says where its record lies (`topic/partition/offset`).
+                assert_eq!(
+                    source.as_deref().map(|s| s.split('/').count()),
+                    Some(3),
+                    "{frame_id}: {source:?}"
+                );
                 assert_eq!(key.as_deref(), Some(&b"cam-b"[..]));
                 assert_eq!(
                     bad.get(&frame_id).copied(),
