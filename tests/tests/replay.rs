@@ -300,3 +300,67 @@ async fn the_same_recording_run_twice_gives_identical_results() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_on_a_users_broker_runs_only_the_recording_judged_by_its_own_clock()
+-> anyhow::Result<()> {
+    let Some(assets) = assets_dir() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let recording = dir.path().join("shared-images.mcap");
+    shared_images_recording(&assets, &recording)?;
+    // "The user's broker": topics made beforehand, the input already holding a frame that is
+    // not part of the recording.
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    let mut config = golden_config()?;
+    kafka.create_topic(&config.kafka.input_topics[0], 2)?;
+    kafka.create_topic(&config.kafka.results_topic, 2)?;
+    kafka.create_topic(&config.kafka.dlq_topic, 1)?;
+    let old = tessera::embedded::CameraFrame {
+        camera: b"cam-old".to_vec(),
+        frame_id: "old".into(),
+        payload: std::fs::read(assets.join("images/dog.jpg"))?,
+        content_type: None,
+        capture_ms: tessera_actors::protocol::now_ms(),
+    };
+    tessera::embedded::publish_frames(&brokers, &config.kafka.input_topics[0], &[old]).await?;
+    // The recording is a day old: judged by the wall clock, drop_stale would skip it all.
+    config.flow.lag_policy = tessera_actors::config::LagPolicy::DropStale;
+    config.flow.max_age = Duration::from_secs(10);
+
+    let report = tessera::replay::verify::run(
+        config.clone(),
+        &VerifyOptions {
+            recording,
+            expected: golden_dir().join("shared-images.mcap"),
+            tolerance: Tolerance::default(),
+            write_golden: false,
+            brokers: Some(brokers.clone()),
+            channel: None,
+            assets: Some(assets.clone()),
+            idle_timeout: Duration::from_secs(120),
+        },
+    )
+    .await?;
+    let comparison = report.comparison.as_ref().expect("compared");
+    assert!(report.passed(), "{comparison}");
+    // Only the recording's four frames were processed: the old frame was left alone.
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "results-check")
+        .create()?;
+    let mut results = 0;
+    for partition in 0..2 {
+        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(
+            &consumer,
+            &config.kafka.results_topic,
+            partition,
+            Duration::from_secs(10),
+        )?;
+        results += high - low;
+    }
+    assert_eq!(results, 4);
+    Ok(())
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use tessera_actors::FrameResult;
-use tessera_actors::protocol::result::{BoxOut, ClassificationOut, DetectionOut};
+use tessera_actors::protocol::result::{BoxOut, ClassificationOut, DetectionOut, FrameStatus};
 
 /// How far a box or a score may move and still match.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -297,11 +297,7 @@ pub fn compare_frame(
         }
     };
     field("schema", golden.schema.to_string(), now.schema.to_string());
-    field(
-        "status",
-        format!("{:?}", golden.status),
-        format!("{:?}", now.status),
-    );
+    field("status", status(golden.status), status(now.status));
     field(
         "image",
         format!("{}x{}", golden.image.width, golden.image.height),
@@ -340,6 +336,14 @@ pub fn compare_frame(
         &mut differences,
     );
     differences
+}
+
+/// A status as the result document spells it.
+fn status(status: FrameStatus) -> String {
+    match status {
+        FrameStatus::Ok => "ok".into(),
+        FrameStatus::Skipped => "skipped".into(),
+    }
 }
 
 fn outcome_name(outcome: &FrameOutcome) -> String {
@@ -480,7 +484,7 @@ fn iou(a: &BoxOut, b: &BoxOut) -> f32 {
 #[cfg(test)]
 mod tests {
     use tessera_actors::protocol::result::{
-        FrameStatus, HeadLabel, ImageSize, Latencies, ModelRef, Source, Timestamps,
+        HeadLabel, ImageSize, Latencies, ModelRef, Source, Timestamps,
     };
 
     use super::*;
