@@ -23,14 +23,9 @@ setup: $(ORT_LIB)
 $(ORT_LIB):
 	@scripts/install-onnxruntime.sh "$(ORT_DIR)"
 
-## kafka-python, the outside client of the replay tests (.tessera/pyclients; idempotent).
-PYCLIENTS := $(CURDIR)/.tessera/pyclients/bin/python
-pyclients: $(PYCLIENTS)
-
-$(PYCLIENTS): scripts/pyclients-requirements.txt
-	python3 -m venv $(CURDIR)/.tessera/pyclients
-	$(CURDIR)/.tessera/pyclients/bin/pip install --quiet -r scripts/pyclients-requirements.txt
-	@touch $(PYCLIENTS)
+## kafka-python, the outside client of the replay tests (.tessera/pyclients/site; idempotent).
+pyclients:
+	@scripts/install-pyclients.sh $(CURDIR)/.tessera/pyclients
 
 ## Run the demo: embedded Kafka broker, real YOLOX-Nano, two cameras.
 demo: setup

@@ -4,7 +4,7 @@
 //! timestamps and each camera's order survive both steps.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
@@ -32,19 +32,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The Python with kafka-python that `make test` installs (`.tessera/pyclients`), or
-/// `$TESSERA_PYTHON_CLIENTS`. Missing: a skip, or a failure where `TESSERA_REQUIRE_ASSETS` is
-/// set (CI installs it).
-fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("TESSERA_PYTHON_CLIENTS")
+/// Where `make test` installs kafka-python (`make pyclients`: `.tessera/pyclients/site`, used
+/// as `PYTHONPATH`), or `$TESSERA_PYCLIENTS`. Missing: a skip, or a failure where
+/// `TESSERA_REQUIRE_ASSETS` is set (CI installs it).
+fn kafka_python() -> Option<PathBuf> {
+    let site = std::env::var_os("TESSERA_PYCLIENTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".tessera/pyclients/bin/python"));
-    if python.is_file() {
-        return Some(python);
+        .unwrap_or_else(|| workspace_root().join(".tessera/pyclients/site"));
+    if site.join("kafka/__init__.py").is_file() {
+        return Some(site);
     }
     let reason = format!(
-        "{} not found: run `make pyclients` (kafka-python for the outside-client tests)",
-        python.display()
+        "kafka-python not found in {}: run `make pyclients` (the outside client of this test)",
+        site.display()
     );
     if std::env::var_os("TESSERA_REQUIRE_ASSETS").is_some() {
         panic!("{reason}");
@@ -53,15 +53,11 @@ fn python() -> Option<PathBuf> {
     None
 }
 
-fn client(
-    python: &PathBuf,
-    command: &str,
-    brokers: &str,
-    topic: &str,
-) -> anyhow::Result<Vec<Seen>> {
-    let run = Command::new(python)
+fn client(site: &Path, command: &str, brokers: &str, topic: &str) -> anyhow::Result<Vec<Seen>> {
+    let run = Command::new("python3")
         .arg(workspace_root().join("tests/python/kafka_client.py"))
         .args([command, brokers, topic, &RECORDS.to_string()])
+        .env("PYTHONPATH", site)
         .output()?;
     anyhow::ensure!(
         run.status.success(),
@@ -93,14 +89,14 @@ fn by_key(records: &[Seen]) -> BTreeMap<Option<String>, Vec<Content>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_filled_by_kafka_python_is_recorded_and_replayed_faithfully() -> anyhow::Result<()>
 {
-    let Some(python) = python() else {
+    let Some(site) = kafka_python() else {
         return Ok(());
     };
     let kafka = EmbeddedKafka::start(1)?;
     let brokers = kafka.bootstrap_servers();
     kafka.create_topic("camera-feed", 3)?;
     kafka.create_topic("camera-feed-replayed", 2)?;
-    let sent = tokio::task::block_in_place(|| client(&python, "produce", &brokers, "camera-feed"))?;
+    let sent = tokio::task::block_in_place(|| client(&site, "produce", &brokers, "camera-feed"))?;
     assert_eq!(sent.len(), RECORDS);
 
     let dir = tempfile::tempdir()?;
@@ -158,9 +154,8 @@ async fn a_topic_filled_by_kafka_python_is_recorded_and_replayed_faithfully() ->
     assert_eq!(played.published, RECORDS as u64);
     assert!(played.damage.is_none());
 
-    let replayed = tokio::task::block_in_place(|| {
-        client(&python, "consume", &brokers, "camera-feed-replayed")
-    })?;
+    let replayed =
+        tokio::task::block_in_place(|| client(&site, "consume", &brokers, "camera-feed-replayed"))?;
     assert_eq!(replayed.len(), RECORDS);
     // Keys, headers, values and timestamps kept; each key's records in their original order.
     assert_eq!(by_key(&replayed), by_key(&sent));
