@@ -217,6 +217,22 @@ pub async fn read_results(
     Ok(results)
 }
 
+/// The window frames/s is counted over (model loading left out): the first frame's
+/// consumption and the last result's completion, ms since the epoch, and its length in seconds.
+pub fn result_window(results: &[FrameResult]) -> (i64, i64, f64) {
+    let first = results
+        .iter()
+        .map(|r| r.timestamps.received_ms)
+        .min()
+        .unwrap_or(0);
+    let last = results
+        .iter()
+        .map(|r| r.timestamps.completed_ms)
+        .max()
+        .unwrap_or(0);
+    (first, last, ((last - first) as f64 / 1000.0).max(0.001))
+}
+
 /// Where a pipeline's time went, from its own metrics: mean milliseconds per observation of
 /// each stage (decode and preprocessing per frame, queue wait and inference per model run)
 /// and the mean tiles per model run.

@@ -27,6 +27,32 @@ struct Cli {
     command: Command,
 }
 
+/// How a command that runs the pipeline is configured, as for `run`.
+#[derive(Debug, clap::Args)]
+struct PipelineArgs {
+    /// Configuration file (TOML). `TESSERA__SECTION__KEY` variables and --set override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set kafka.brokers=broker:9092` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Assets folder for model files the configuration does not locate.
+    #[arg(long, env = "TESSERA_ASSETS")]
+    assets: Option<PathBuf>,
+}
+
+impl PipelineArgs {
+    /// The layered configuration, and the assets folder (the local one unless given).
+    fn load(&self) -> anyhow::Result<(tessera_actors::PipelineConfig, Option<PathBuf>)> {
+        let mut config = config::load(self.config.as_deref(), &self.overrides)?;
+        assets::locate_shipped_manifest(&mut config);
+        Ok((
+            config,
+            self.assets.clone().or_else(assets::local_assets_dir),
+        ))
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Human,
@@ -37,15 +63,8 @@ enum LogFormat {
 enum Command {
     /// Run the pipeline against external Kafka brokers until SIGTERM/SIGINT.
     Run {
-        /// Configuration file (TOML). `TESSERA__SECTION__KEY` variables and --set override it.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Override one setting, e.g. `--set kafka.brokers=broker:9092` (repeatable).
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-        overrides: Vec<String>,
-        /// Assets folder for model files the configuration does not locate.
-        #[arg(long, env = "TESSERA_ASSETS")]
-        assets: Option<PathBuf>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
     },
     /// Run the whole pipeline on an embedded Kafka broker with the real YOLOX-Nano model.
     Demo {
@@ -79,15 +98,8 @@ enum Command {
         /// Write each image with its detections drawn into this folder.
         #[arg(long, value_name = "DIR")]
         annotate: Option<PathBuf>,
-        /// Configuration file (TOML), as for `run`.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Override one setting, e.g. `--set model.manifest=models/manifests/mobilenetv2/model.toml`.
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-        overrides: Vec<String>,
-        /// Assets folder for model files the configuration does not locate.
-        #[arg(long, env = "TESSERA_ASSETS")]
-        assets: Option<PathBuf>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
         /// The camera id the images are sent as.
         #[arg(long, default_value = "local")]
         camera: String,
@@ -209,15 +221,8 @@ enum ReplayCommand {
         /// The recorded topic holding the frames.
         #[arg(long)]
         channel: Option<String>,
-        /// Configuration file (TOML), as for `run`.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Override one setting (repeatable).
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-        overrides: Vec<String>,
-        /// Assets folder for model files the configuration does not locate.
-        #[arg(long, env = "TESSERA_ASSETS")]
-        assets: Option<PathBuf>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
         /// Give up when no result arrives for this long.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -276,13 +281,8 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run {
-            config,
-            overrides,
-            assets: assets_dir,
-        } => {
-            let config = config::load(config.as_deref(), &overrides)?;
-            let assets_dir = assets_dir.or_else(assets::local_assets_dir);
+        Command::Run { pipeline } => {
+            let (config, assets_dir) = pipeline.load()?;
             run_until_signal(config, assets_dir).await
         }
         Command::Demo {
@@ -323,15 +323,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             paths,
             json,
             annotate,
-            config,
-            overrides,
-            assets: assets_dir,
+            pipeline,
             camera,
             timeout,
         } => {
-            let mut config = config::load(config.as_deref(), &overrides)?;
-            assets::locate_shipped_manifest(&mut config);
-            let assets = assets_dir.or_else(assets::local_assets_dir);
+            let (config, assets) = pipeline.load()?;
             let summary = detect::run(
                 config,
                 detect::DetectOptions {
@@ -481,13 +477,10 @@ async fn run_replay(command: ReplayCommand) -> anyhow::Result<ExitCode> {
             write_golden,
             brokers,
             channel,
-            config,
-            overrides,
-            assets: assets_dir,
+            pipeline,
             timeout,
         } => {
-            let mut config = config::load(config.as_deref(), &overrides)?;
-            assets::locate_shipped_manifest(&mut config);
+            let (config, assets) = pipeline.load()?;
             let options = replay::verify::VerifyOptions {
                 recording: file,
                 expected,
@@ -495,7 +488,7 @@ async fn run_replay(command: ReplayCommand) -> anyhow::Result<ExitCode> {
                 write_golden,
                 brokers,
                 channel,
-                assets: assets_dir.or_else(assets::local_assets_dir),
+                assets,
                 idle_timeout: timeout,
             };
             let report = replay::verify::run(config, &options).await?;

@@ -43,6 +43,25 @@ fn shared_images_recording(assets: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many records the first `partitions` partitions of a topic hold.
+fn records_on(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "record-count")
+        .create()?;
+    let mut records = 0;
+    for partition in 0..partitions {
+        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(
+            &consumer,
+            topic,
+            partition,
+            Duration::from_secs(10),
+        )?;
+        records += high - low;
+    }
+    Ok(records)
+}
+
 async fn verify(
     config: PipelineConfig,
     recording: &Path,
@@ -238,20 +257,7 @@ async fn a_truncated_recording_is_reported_and_its_intact_records_still_replay()
     assert_eq!(played.published, intact);
     assert_eq!(played.damage.map(|d| d.kind), Some(DamageKind::Truncated));
     // What was played is on the broker, each record whole.
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .set("group.id", "truncated-check")
-        .create()?;
-    let mut on_broker = 0;
-    for partition in 0..2 {
-        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(
-            &consumer,
-            "replayed",
-            partition,
-            Duration::from_secs(10),
-        )?;
-        on_broker += high - low;
-    }
+    let on_broker = records_on(&kafka.bootstrap_servers(), "replayed", 2)?;
     assert_eq!(on_broker as u64, intact);
     Ok(())
 }
@@ -347,20 +353,7 @@ async fn verify_on_a_users_broker_runs_only_the_recording_judged_by_its_own_cloc
     let comparison = report.comparison.as_ref().expect("compared");
     assert!(report.passed(), "{comparison}");
     // Only the recording's four frames were processed: the old frame was left alone.
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "results-check")
-        .create()?;
-    let mut results = 0;
-    for partition in 0..2 {
-        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(
-            &consumer,
-            &config.kafka.results_topic,
-            partition,
-            Duration::from_secs(10),
-        )?;
-        results += high - low;
-    }
+    let results = records_on(&brokers, &config.kafka.results_topic, 2)?;
     assert_eq!(results, 4);
     Ok(())
 }

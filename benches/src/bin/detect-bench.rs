@@ -24,7 +24,7 @@ use tessera::replay::make::MakeOptions;
 use tessera::replay::play::{PlayOptions, Speed};
 use tessera_actors::FrameResult;
 use tessera_benches::stats::peak_rss_mib;
-use tessera_benches::tessera_run::{TesseraProcess, read_results, tessera_binary};
+use tessera_benches::tessera_run::{TesseraProcess, read_results, result_window, tessera_binary};
 use tessera_benches::{frames, publish};
 
 #[derive(Debug, Parser)]
@@ -239,17 +239,7 @@ fn detect(args: &Args, dir: &Path, manifest: &Path, name: &str) -> anyhow::Resul
 
 /// Frames / (last `completed_ms` - first `received_ms`), as `tessera-bench` counts.
 fn frames_per_s(results: &[FrameResult]) -> f64 {
-    let first = results
-        .iter()
-        .map(|r| r.timestamps.received_ms)
-        .min()
-        .unwrap_or(0);
-    let last = results
-        .iter()
-        .map(|r| r.timestamps.completed_ms)
-        .max()
-        .unwrap_or(0);
-    results.len() as f64 / ((last - first) as f64 / 1000.0).max(0.001)
+    results.len() as f64 / result_window(results).2
 }
 
 fn median(values: &[f64]) -> f64 {

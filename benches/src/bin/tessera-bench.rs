@@ -22,7 +22,7 @@ use tessera_benches::baseline::{self, BaselineReport};
 use tessera_benches::ceiling::{self, Ceiling};
 use tessera_benches::stats::Latency;
 use tessera_benches::tessera_run::{
-    StageMeans, TesseraProcess, consumer_lag, cpu_between, read_results, stage_means,
+    StageMeans, TesseraProcess, consumer_lag, cpu_between, read_results, result_window, stage_means,
 };
 use tessera_benches::{frames, publish};
 
@@ -487,17 +487,7 @@ fn figures(
     peak_rss_mib: Option<f64>,
     cores: usize,
 ) -> PipelineFigures {
-    let first = results
-        .iter()
-        .map(|r| r.timestamps.received_ms)
-        .min()
-        .unwrap_or(0);
-    let last = results
-        .iter()
-        .map(|r| r.timestamps.completed_ms)
-        .max()
-        .unwrap_or(0);
-    let seconds = ((last - first) as f64 / 1000.0).max(0.001);
+    let (first, last, seconds) = result_window(results);
     let tiles: usize = results.iter().map(|r| r.tile_count).sum();
     // Over a backlog, time since publishing is mostly waiting in Kafka: measure from
     // consumption instead (the end-to-end figure is the half-rate run's).

@@ -9,7 +9,9 @@ pub mod recording;
 pub mod verify;
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use rdkafka::consumer::{Consumer, ConsumerContext};
 
 use recording::Scan;
 
@@ -52,6 +54,28 @@ pub fn choose_channel(
             names.join(", ")
         )
     })
+}
+
+/// The partitions of `topic` on `brokers`; an error naming the topic when it does not exist.
+pub fn partitions_of<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    brokers: &str,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(15))
+        .map_err(|e| anyhow::anyhow!("cannot read the metadata of topic {topic}: {e}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "topic {topic} does not exist on {brokers}"
+    );
+    Ok(partitions)
 }
 
 /// A time given on the command line: RFC 3339 (`2026-11-30T08:00:00Z`), or a duration ago

@@ -130,20 +130,7 @@ fn assignment(
     let mut list = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for topic in &options.topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .map_err(|e| anyhow::anyhow!("cannot read the metadata of topic {topic}: {e}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        anyhow::ensure!(
-            !partitions.is_empty(),
-            "topic {topic} does not exist on {}",
-            options.brokers
-        );
+        let partitions = super::partitions_of(consumer, topic, &options.brokers)?;
         for partition in partitions {
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, METADATA_TIMEOUT)

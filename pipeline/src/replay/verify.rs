@@ -491,20 +491,7 @@ fn start_group_at_end(config: &PipelineConfig) -> anyhow::Result<()> {
         .create()?;
     let mut ends = TopicPartitionList::new();
     for topic in &config.kafka.input_topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| anyhow::anyhow!("cannot read the metadata of topic {topic}: {e}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        anyhow::ensure!(
-            !partitions.is_empty(),
-            "topic {topic} does not exist on {}",
-            config.kafka.brokers
-        );
+        let partitions = super::partitions_of(&consumer, topic, &config.kafka.brokers)?;
         for partition in partitions {
             let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
             ends.add_partition_offset(topic, partition, Offset::Offset(high))?;
