@@ -78,7 +78,7 @@ pub async fn run(
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     }
-    // Human lines go to stdout unless the documents do.
+    // One line per image on stdout, unless the documents go there.
     let human = !matches!(sink, JsonSink::Stdout(_));
 
     let monitor = Monitor::new(
@@ -168,7 +168,7 @@ fn on_output(
             summary.detections += result.detections.len();
             sink.write(result)?;
             if human {
-                progress.println(&describe(result));
+                progress.suspend(|| println!("{}", describe(result)));
             }
             if let Some(dir) = &options.annotate {
                 annotate_to(dir, result)?;

@@ -105,6 +105,14 @@ impl Progress {
         }
     }
 
+    /// Runs `f` (which prints to stdout) with the bar hidden, so the two do not mix.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.display {
+            Display::Bar(bar) => bar.suspend(f),
+            Display::Plain(_) => f(),
+        }
+    }
+
     /// Items done so far.
     pub fn done(&self) -> u64 {
         match &self.display {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -121,7 +123,8 @@ pub async fn run(options: &PlayOptions) -> anyhow::Result<PlayReport> {
             if pending.len() >= IN_FLIGHT {
                 settle(pending.pop_front()).await?;
             }
-            pending.push_back(send(&producer, &options.topic, &recorded)?);
+            let delivery = send(&producer, &options.topic, &recorded, &mut pending).await?;
+            pending.push_back(delivery);
             report.published += 1;
             progress.inc(1);
         }
@@ -164,11 +167,13 @@ fn read_channel(
 }
 
 /// Enqueues one record with its key, headers and Kafka timestamp; the partitioner places it
-/// by key, so a camera's records stay in one partition, in order.
-fn send(
+/// by key, so a camera's records stay in one partition, in order. While the producer's queue
+/// is full, the oldest deliveries are awaited first.
+async fn send(
     producer: &FutureProducer,
     topic: &str,
     recorded: &Recorded,
+    pending: &mut VecDeque<DeliveryFuture>,
 ) -> anyhow::Result<DeliveryFuture> {
     let record = &recorded.record;
     let mut out: FutureRecord<'_, [u8], [u8]> =
@@ -182,9 +187,21 @@ fn send(
     if let Some(timestamp) = record.timestamp_ms {
         out = out.timestamp(timestamp);
     }
-    producer
-        .send_result(out)
-        .map_err(|(error, _)| anyhow::anyhow!("cannot enqueue record {}: {error}", recorded.index))
+    loop {
+        match producer.send_result(out) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                out = back;
+                match pending.pop_front() {
+                    Some(oldest) => settle(Some(oldest)).await?,
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            Err((error, _)) => {
+                anyhow::bail!("cannot enqueue record {}: {error}", recorded.index)
+            }
+        }
+    }
 }
 
 async fn settle(delivery: Option<DeliveryFuture>) -> anyhow::Result<()> {

@@ -41,6 +41,8 @@ pub struct RecordOptions {
 }
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long without a record before the partitions' positions are checked against their ends.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
 
 /// Records until the end (see [`Start`]), `max`, or `stop` resolves.
 pub async fn run(
@@ -55,6 +57,8 @@ pub async fn run(
         .set("group.id", format!("tessera-record-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // Records deleted by retention while recording: go on from the oldest left.
+        .set("auto.offset.reset", "earliest")
         .set("fetch.message.max.bytes", "67108864");
     for (key, value) in &options.properties {
         config.set(key, value);
@@ -96,7 +100,17 @@ pub async fn run(
         }
         let message = tokio::select! {
             () = &mut stop => break,
-            message = consumer.recv() => message,
+            message = tokio::time::timeout(IDLE_CHECK, consumer.recv()) => match message {
+                Ok(message) => message,
+                Err(_) => {
+                    // Quiet: a partition's last offsets may be transaction markers, which are
+                    // never delivered; its position says it has passed them.
+                    if bounded {
+                        advance_to_positions(&consumer, &mut ends);
+                    }
+                    continue;
+                }
+            },
         };
         let message = match message {
             Ok(message) => message,
@@ -147,6 +161,21 @@ fn assignment(
         }
     }
     Ok((list, ends))
+}
+
+/// Moves each partition's next offset to the consumer's position where that is further.
+fn advance_to_positions(consumer: &StreamConsumer, ends: &mut HashMap<(String, i32), (i64, i64)>) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    for element in positions.elements() {
+        if let (Offset::Offset(position), Some((next, _))) = (
+            element.offset(),
+            ends.get_mut(&(element.topic().to_owned(), element.partition())),
+        ) {
+            *next = (*next).max(position);
+        }
+    }
 }
 
 /// The first offset at or after `ms` in a partition (`None`: nothing that recent).
