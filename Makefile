@@ -15,7 +15,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: setup pyclients demo test lint bench bench-e2e baseline-setup reference replay-golden clean-setup
+.PHONY: setup pytools demo test lint bench bench-e2e baseline-setup reference replay-golden clean-setup
 
 ## Install the ONNX Runtime library into .tessera/ (idempotent).
 setup: $(ORT_LIB)
@@ -23,16 +23,17 @@ setup: $(ORT_LIB)
 $(ORT_LIB):
 	@scripts/install-onnxruntime.sh "$(ORT_DIR)"
 
-## kafka-python, the outside client of the replay tests (.tessera/pyclients/site; idempotent).
-pyclients:
-	@scripts/install-pyclients.sh $(CURDIR)/.tessera/pyclients
+## The tests' Python tools: kafka-python, helm-python-sdk, kubernetes-validate
+## (.tessera/pytools/site; idempotent).
+pytools:
+	@scripts/install-pytools.sh $(CURDIR)/.tessera/pytools
 
 ## Run the demo: embedded Kafka broker, real YOLOX-Nano, two cameras.
 demo: setup
 	$(CARGO) run --release -p tessera -- demo
 
 ## Run every test: unit, property, real-model and end-to-end through the embedded broker.
-test: setup pyclients
+test: setup pytools
 	$(CARGO) test --workspace --all-targets
 
 ## Formatting and lints, as CI checks them.

@@ -2,8 +2,12 @@
 # Installs the ONNX Runtime CPU library from the PyPI wheel into a project-local folder.
 # tessera loads it at run time (ort's load-dynamic), so nothing is installed system-wide.
 # Usage: scripts/install-onnxruntime.sh [DEST]   (default .tessera/onnxruntime)
+# ORT_PACKAGE picks the build: onnxruntime (CPU, default), onnxruntime-gpu (CUDA, TensorRT),
+# onnxruntime-openvino; ORT_VERSION its version (default 1.31.1). Its libonnxruntime*.so (the
+# providers' libraries too) are extracted.
 set -euo pipefail
-version="1.31.1"
+version="${ORT_VERSION:-1.31.1}"
+package="${ORT_PACKAGE:-onnxruntime}"
 dest="${1:-.tessera/onnxruntime}"
 lib="$dest/lib/libonnxruntime.so.$version"
 if [ -f "$lib" ]; then
@@ -20,12 +24,12 @@ if [ -z "$python" ]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-echo "Installing ONNX Runtime $version (PyPI wheel onnxruntime==$version) into $dest"
+echo "Installing ONNX Runtime $version (PyPI wheel $package==$version) into $dest"
 # The wheel's native library does not depend on the Python version, so any CPython tag will do.
 "$python" -m pip download --quiet --no-deps --only-binary=:all: \
   --python-version 3.11 --platform "manylinux_2_28_$(uname -m)" \
-  "onnxruntime==$version" -d "$tmp"
-wheel=$(ls "$tmp"/onnxruntime-*.whl)
+  "$package==$version" -d "$tmp"
+wheel=$(ls "$tmp"/onnxruntime*.whl)
 mkdir -p "$dest/lib"
 "$python" - "$wheel" "$dest/lib" <<'PY'
 import sys, zipfile, os
@@ -33,7 +37,7 @@ wheel, out = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as z:
     for name in z.namelist():
         base = os.path.basename(name)
-        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
+        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime") and ".so" in base:
             with z.open(name) as src, open(os.path.join(out, base), "wb") as dst:
                 dst.write(src.read())
 PY

@@ -36,6 +36,16 @@ pub enum ExecutionProviderConfig {
         /// CUDA device ordinal.
         #[serde(default)]
         device_id: i32,
+        /// Build engines in half precision where TensorRT finds it faster.
+        #[serde(default)]
+        fp16: bool,
+        /// Build engines in int8 (needs a calibration table, or a quantised model).
+        #[serde(default)]
+        int8: bool,
+        /// Keep built engines in this folder and reuse them: building one takes minutes, so
+        /// a restart without a cache is slow. Unset: engines are rebuilt every start.
+        #[serde(default)]
+        engine_cache_path: Option<String>,
     },
     /// Intel OpenVINO: CPU, integrated/discrete GPU or NPU.
     #[serde(rename = "openvino")]
@@ -78,8 +88,23 @@ impl ExecutionProviderConfig {
         let d: ExecutionProviderDispatch = match self {
             Self::Cpu => ep::CPU::default().with_arena_allocator(true).build(),
             Self::Cuda { device_id } => ep::CUDA::default().with_device_id(*device_id).build(),
-            Self::TensorRt { device_id } => {
-                ep::TensorRT::default().with_device_id(*device_id).build()
+            Self::TensorRt {
+                device_id,
+                fp16,
+                int8,
+                engine_cache_path,
+            } => {
+                let p = ep::TensorRT::default()
+                    .with_device_id(*device_id)
+                    .with_fp16(*fp16)
+                    .with_int8(*int8);
+                match engine_cache_path {
+                    Some(path) => p
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(path)
+                        .build(),
+                    None => p.build(),
+                }
             }
             Self::OpenVino { device_type } => {
                 let p = ep::OpenVINO::default();
@@ -203,9 +228,13 @@ impl SessionConfig {
                 }
                 | ExecutionProviderConfig::Qnn {
                     backend_path: Some(s),
+                }
+                | ExecutionProviderConfig::TensorRt {
+                    engine_cache_path: Some(s),
+                    ..
                 } => s.trim().is_empty(),
                 ExecutionProviderConfig::Cuda { device_id }
-                | ExecutionProviderConfig::TensorRt { device_id }
+                | ExecutionProviderConfig::TensorRt { device_id, .. }
                     if *device_id < 0 =>
                 {
                     return Err(ModelError::InvalidConfig(format!(
@@ -337,6 +366,8 @@ mod tests {
             [[session.execution_providers]]
             kind = "tensorrt"
             device_id = 1
+            fp16 = true
+            engine_cache_path = "/var/cache/tessera/trt"
             [[session.execution_providers]]
             kind = "cuda"
             [[session.execution_providers]]
@@ -357,7 +388,12 @@ mod tests {
         assert_eq!(
             c.execution_providers,
             vec![
-                ExecutionProviderConfig::TensorRt { device_id: 1 },
+                ExecutionProviderConfig::TensorRt {
+                    device_id: 1,
+                    fp16: true,
+                    int8: false,
+                    engine_cache_path: Some("/var/cache/tessera/trt".into()),
+                },
                 ExecutionProviderConfig::Cuda { device_id: 0 },
                 ExecutionProviderConfig::OpenVino {
                     device_type: Some("NPU".into())

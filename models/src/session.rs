@@ -489,7 +489,12 @@ mod tests {
         let env = env();
         let config = SessionConfig {
             execution_providers: vec![
-                ExecutionProviderConfig::TensorRt { device_id: 0 },
+                ExecutionProviderConfig::TensorRt {
+                    device_id: 0,
+                    fp16: true,
+                    int8: false,
+                    engine_cache_path: None,
+                },
                 ExecutionProviderConfig::Cuda { device_id: 0 },
                 ExecutionProviderConfig::OpenVino { device_type: None },
                 ExecutionProviderConfig::CoreMl,
@@ -501,6 +506,65 @@ mod tests {
         // The CPU build of ONNX Runtime has none of the accelerators.
         assert_eq!(s.execution_provider(), "cpu");
         assert_eq!(s.run(&[0.0; 192], 1)?.len(), 1);
+        Ok(())
+    }
+
+    /// Log lines written while `f` runs, at WARN and above, without colours.
+    fn warnings_during<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                if let Ok(mut all) = self.0.lock() {
+                    all.extend_from_slice(bytes);
+                }
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let text = captured
+            .0
+            .lock()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default();
+        (result, text.lines().map(str::to_owned).collect())
+    }
+
+    #[test]
+    fn an_unavailable_gpu_provider_falls_back_to_cpu_with_one_clear_warning() -> TestResult {
+        let env = env();
+        let config = SessionConfig {
+            execution_providers: vec![
+                ExecutionProviderConfig::Cuda { device_id: 0 },
+                ExecutionProviderConfig::Cpu,
+            ],
+            ..SessionConfig::default()
+        };
+        let (session, warnings) =
+            warnings_during(|| ModelSession::load(&env, tiny("tiny_classifier"), &config));
+        let mut session = session?;
+        assert_eq!(session.execution_provider(), "cpu");
+        assert_eq!(session.run(&[0.0; 192], 1)?.len(), 1);
+        // One warning, naming the provider, what happened and what comes next.
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        let warning = &warnings[0];
+        assert!(warning.contains("WARN"), "{warning}");
+        assert!(warning.contains("provider=\"cuda\""), "{warning}");
+        assert!(
+            warning.contains("unavailable; trying the next one"),
+            "{warning}"
+        );
+        assert!(warning.contains("error="), "the reason is given: {warning}");
         Ok(())
     }
 

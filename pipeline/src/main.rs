@@ -113,6 +113,15 @@ enum Command {
         #[command(subcommand)]
         command: ReplayCommand,
     },
+    /// Exit 0 when an HTTP endpoint answers 2xx, else 1 with the reason: the container's
+    /// HEALTHCHECK (`tessera probe http://127.0.0.1:9464/healthz`; the image has no curl).
+    Probe {
+        /// The URL to GET.
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Model utilities.
     Models {
         #[command(subcommand)]
@@ -359,6 +368,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Replay { command } => run_replay(command).await,
+        Command::Probe { url, timeout } => {
+            let answer = tokio::task::spawn_blocking(move || probe(&url, timeout)).await?;
+            Ok(match answer {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(reason) => {
+                    eprintln!("unhealthy: {reason}");
+                    ExitCode::FAILURE
+                }
+            })
+        }
         Command::Models {
             command:
                 ModelsCommand::Inspect {
@@ -527,6 +546,22 @@ async fn run_replay(command: ReplayCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// GETs `url`; Ok on a 2xx answer within `timeout`.
+fn probe(url: &str, timeout: Duration) -> Result<(), String> {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .new_agent();
+    let mut response = agent.get(url).call().map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    Err(format!("{url}: {status}: {}", body.trim()))
+}
+
 fn describe_written(written: &replay::recording::WriteSummary) -> String {
     let topics: Vec<String> = written
         .per_topic
@@ -621,7 +656,7 @@ fn default_log_filter(command: &Command) -> &'static str {
     match command {
         Command::Models { .. } => "info,ort=error,librdkafka=warn",
         // One-shot commands tell their story on the terminal; the pipeline's log would bury it.
-        Command::Detect { .. } | Command::Replay { .. } => "warn,ort=error",
+        Command::Detect { .. } | Command::Replay { .. } | Command::Probe { .. } => "warn,ort=error",
         _ => "info,ort=warn,librdkafka=warn",
     }
 }

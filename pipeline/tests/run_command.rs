@@ -95,6 +95,19 @@ async fn run_processes_until_sigterm_then_commits_and_exits_zero() -> anyhow::Re
         metrics.1
     );
 
+    // The container's HEALTHCHECK: `tessera probe` exits 0 on /healthz, 1 with the reason
+    // on an endpoint that answers 404.
+    let probe = |url: String| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["probe", &url])
+            .output()
+    };
+    let healthy = probe(format!("{base}/healthz"))?;
+    assert_eq!(healthy.status.code(), Some(0), "{healthy:?}");
+    let missing = probe(format!("{base}/no-such-endpoint"))?;
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("unhealthy: "));
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;

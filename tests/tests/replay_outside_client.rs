@@ -32,18 +32,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Where `make test` installs kafka-python (`make pyclients`: `.tessera/pyclients/site`, used
-/// as `PYTHONPATH`), or `$TESSERA_PYCLIENTS`. Missing: a skip, or a failure where
+/// Where `make test` installs kafka-python (`make pytools`: `.tessera/pytools/site`, used as
+/// `PYTHONPATH`), or `$TESSERA_PYTOOLS`. Missing: a skip, or a failure where
 /// `TESSERA_REQUIRE_ASSETS` is set (CI installs it).
 fn kafka_python() -> Option<PathBuf> {
-    let site = std::env::var_os("TESSERA_PYCLIENTS")
+    let site = std::env::var_os("TESSERA_PYTOOLS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".tessera/pyclients/site"));
+        .unwrap_or_else(|| workspace_root().join(".tessera/pytools/site"));
     if site.join("kafka/__init__.py").is_file() {
         return Some(site);
     }
     let reason = format!(
-        "kafka-python not found in {}: run `make pyclients` (the outside client of this test)",
+        "kafka-python not found in {}: run `make pytools` (the outside client of this test)",
         site.display()
     );
     if std::env::var_os("TESSERA_REQUIRE_ASSETS").is_some() {
