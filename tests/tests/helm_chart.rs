@@ -271,13 +271,23 @@ fn gpu_keda_and_sasl_values_render_what_they_promise() -> anyhow::Result<()> {
         config.heads.dir.as_deref(),
         Some(Path::new("/var/lib/tessera/heads"))
     );
+    for (property, file) in [
+        ("ssl.ca.location", "ca.crt"),
+        ("ssl.certificate.location", "tls.crt"),
+        ("ssl.key.location", "tls.key"),
+    ] {
+        assert_eq!(
+            config.kafka.properties.get(property).map(String::as_str),
+            Some(format!("/etc/tessera/kafka-tls/{file}").as_str()),
+            "{property}"
+        );
+    }
     assert_eq!(
-        config
-            .kafka
-            .properties
-            .get("ssl.ca.location")
-            .map(String::as_str),
-        Some("/etc/tessera/kafka-tls/ca.crt")
+        pod["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "kafka-tls"))
+            .map(|v| &v["secret"]["secretName"]),
+        Some(&Value::from("tessera-kafka-tls"))
     );
     assert_eq!(config.kafka.input_topics, ["cameras.frames"]);
 
@@ -301,7 +311,10 @@ fn values_that_break_the_schema_are_refused_with_a_readable_message() -> anyhow:
     };
     let dir = tempfile::tempdir()?;
     for (values, expected) in [
-        ("replicaCount: 0\n", "at '/replicaCount': minimum: got 0, want 1"),
+        (
+            "replicaCount: 0\n",
+            "at '/replicaCount': minimum: got 0, want 1",
+        ),
         (
             "gpu:\n  enabled: \"yes\"\n",
             "at '/gpu/enabled': got string, want boolean",
@@ -317,6 +330,10 @@ fn values_that_break_the_schema_are_refused_with_a_readable_message() -> anyhow:
         (
             "autoscaling:\n  enabled: true\nkeda:\n  enabled: true\n",
             "choose one",
+        ),
+        (
+            "kafka:\n  tls:\n    existingSecret: t\n    certKey: tls.crt\n",
+            "set both certKey and keyKey",
         ),
     ] {
         let file = dir.path().join("values.yaml");

@@ -60,7 +60,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $kafka := default dict $config.kafka }}
 {{- if .Values.kafka.tls.existingSecret }}
 {{- $properties := default dict $kafka.properties }}
-{{- $_ := set $properties "ssl.ca.location" (printf "%s/%s" (include "tessera.kafkaTlsDir" .) .Values.kafka.tls.caKey) }}
+{{- $tlsDir := include "tessera.kafkaTlsDir" . }}
+{{- $_ := set $properties "ssl.ca.location" (printf "%s/%s" $tlsDir .Values.kafka.tls.caKey) }}
+{{- if and .Values.kafka.tls.certKey .Values.kafka.tls.keyKey }}
+{{- $_ := set $properties "ssl.certificate.location" (printf "%s/%s" $tlsDir .Values.kafka.tls.certKey) }}
+{{- $_ := set $properties "ssl.key.location" (printf "%s/%s" $tlsDir .Values.kafka.tls.keyKey) }}
+{{- else if or .Values.kafka.tls.certKey .Values.kafka.tls.keyKey }}
+{{- fail "kafka.tls: set both certKey and keyKey for mutual TLS, or neither" }}
+{{- end }}
 {{- $_ := set $kafka "properties" $properties }}
 {{- end }}
 {{- $_ := set $config "kafka" $kafka }}
