@@ -32,3 +32,26 @@ pub fn manifest(model: &str) -> PathBuf {
         .join(model)
         .join("model.toml")
 }
+
+/// The test suite's Python tools (`make pytools`: kafka-python, helm-python-sdk,
+/// kubernetes-validate, hadolint), installed in `.tessera/pytools/site` (or
+/// `$TESSERA_PYTOOLS`), a folder used as `PYTHONPATH`. `None` (and a printed reason) when it
+/// lacks `needed` (a path inside it), so the caller can skip; a panic instead where
+/// `TESSERA_REQUIRE_ASSETS` is set (CI installs them).
+pub fn pytools(needed: &str) -> Option<PathBuf> {
+    let site = std::env::var_os("TESSERA_PYTOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".tessera/pytools/site"));
+    if site.join(needed).exists() {
+        return Some(site);
+    }
+    let reason = format!(
+        "{} not found: run `make pytools` (the test suite's Python tools)",
+        site.join(needed).display()
+    );
+    if std::env::var_os("TESSERA_REQUIRE_ASSETS").is_some() {
+        panic!("{reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    None
+}

@@ -3,36 +3,18 @@
 //! installer, `--locked` builds, pinned bases, a non-root user, a health check on `/healthz`.
 //! No container engine runs here, so they are correct by construction and checked as text.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use tessera_tests::workspace_root;
+use tessera_tests::{pytools, workspace_root};
 
 const DOCKERFILES: [&str; 2] = ["deploy/docker/Dockerfile", "deploy/docker/Dockerfile.gpu"];
 
-/// hadolint from `make pytools` (`.tessera/pytools/site/bin/hadolint`); missing: a skip, or a
-/// failure where `TESSERA_REQUIRE_ASSETS` is set (CI installs it).
-fn hadolint() -> Option<PathBuf> {
-    let site = std::env::var_os("TESSERA_PYTOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".tessera/pytools/site"));
-    let binary = site.join("bin/hadolint");
-    if binary.is_file() {
-        return Some(binary);
-    }
-    let reason = format!("{} not found: run `make pytools`", binary.display());
-    if std::env::var_os("TESSERA_REQUIRE_ASSETS").is_some() {
-        panic!("{reason}");
-    }
-    eprintln!("skipped: {reason}");
-    None
-}
-
 #[test]
 fn the_dockerfiles_lint_clean_and_a_sloppy_one_does_not() -> anyhow::Result<()> {
-    let Some(hadolint) = hadolint() else {
+    let Some(site) = pytools("bin/hadolint") else {
         return Ok(());
     };
+    let hadolint = site.join("bin/hadolint");
     for dockerfile in DOCKERFILES {
         let output = Command::new(&hadolint)
             .args(["--no-color", "--failure-threshold", "style"])

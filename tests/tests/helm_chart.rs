@@ -10,30 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use tessera_tests::workspace_root;
+use tessera_tests::{pytools, workspace_root};
 
 fn chart() -> PathBuf {
     workspace_root().join("deploy/helm/tessera")
-}
-
-/// `.tessera/pytools/site` (or `$TESSERA_PYTOOLS`); missing: a skip, or a failure where
-/// `TESSERA_REQUIRE_ASSETS` is set (CI installs it).
-fn pytools() -> Option<PathBuf> {
-    let site = std::env::var_os("TESSERA_PYTOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".tessera/pytools/site"));
-    if site.join("helm_python").is_dir() && site.join("kubernetes_validate").is_dir() {
-        return Some(site);
-    }
-    let reason = format!(
-        "helm-python-sdk / kubernetes-validate not found in {}: run `make pytools`",
-        site.display()
-    );
-    if std::env::var_os("TESSERA_REQUIRE_ASSETS").is_some() {
-        panic!("{reason}");
-    }
-    eprintln!("skipped: {reason}");
-    None
 }
 
 fn chart_tool(site: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
@@ -138,7 +118,7 @@ fn names(list: &Value) -> Vec<&str> {
 
 #[test]
 fn the_default_values_render_a_restrictive_cpu_deployment() -> anyhow::Result<()> {
-    let Some(site) = pytools() else {
+    let Some(site) = pytools("helm_python") else {
         return Ok(());
     };
     let report = render(&site, None)?;
@@ -195,7 +175,7 @@ fn the_default_values_render_a_restrictive_cpu_deployment() -> anyhow::Result<()
 
 #[test]
 fn gpu_keda_and_sasl_values_render_what_they_promise() -> anyhow::Result<()> {
-    let Some(site) = pytools() else {
+    let Some(site) = pytools("helm_python") else {
         return Ok(());
     };
     let values = chart().join("ci/gpu-keda-sasl-values.yaml");
@@ -306,7 +286,7 @@ fn gpu_keda_and_sasl_values_render_what_they_promise() -> anyhow::Result<()> {
 
 #[test]
 fn values_that_break_the_schema_are_refused_with_a_readable_message() -> anyhow::Result<()> {
-    let Some(site) = pytools() else {
+    let Some(site) = pytools("helm_python") else {
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
@@ -355,7 +335,7 @@ fn values_that_break_the_schema_are_refused_with_a_readable_message() -> anyhow:
 
 #[test]
 fn the_kubernetes_validator_rejects_a_broken_object() -> anyhow::Result<()> {
-    let Some(site) = pytools() else {
+    let Some(site) = pytools("helm_python") else {
         return Ok(());
     };
     let broken = serde_json::json!({

@@ -4,7 +4,7 @@
 //! timestamps and each camera's order survive both steps.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use tessera::embedded::EmbeddedKafka;
 use tessera::replay::play::{PlayOptions, Speed};
 use tessera::replay::record::{RecordOptions, Start};
 use tessera::replay::recording::RecordingReader;
-use tessera_tests::workspace_root;
+use tessera_tests::{pytools, workspace_root};
 
 const RECORDS: usize = 30;
 
@@ -30,27 +30,6 @@ struct Seen {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Where `make test` installs kafka-python (`make pytools`: `.tessera/pytools/site`, used as
-/// `PYTHONPATH`), or `$TESSERA_PYTOOLS`. Missing: a skip, or a failure where
-/// `TESSERA_REQUIRE_ASSETS` is set (CI installs it).
-fn kafka_python() -> Option<PathBuf> {
-    let site = std::env::var_os("TESSERA_PYTOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".tessera/pytools/site"));
-    if site.join("kafka/__init__.py").is_file() {
-        return Some(site);
-    }
-    let reason = format!(
-        "kafka-python not found in {}: run `make pytools` (the outside client of this test)",
-        site.display()
-    );
-    if std::env::var_os("TESSERA_REQUIRE_ASSETS").is_some() {
-        panic!("{reason}");
-    }
-    eprintln!("skipped: {reason}");
-    None
 }
 
 fn client(site: &Path, command: &str, brokers: &str, topic: &str) -> anyhow::Result<Vec<Seen>> {
@@ -89,7 +68,7 @@ fn by_key(records: &[Seen]) -> BTreeMap<Option<String>, Vec<Content>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_filled_by_kafka_python_is_recorded_and_replayed_faithfully() -> anyhow::Result<()>
 {
-    let Some(site) = kafka_python() else {
+    let Some(site) = pytools("kafka/__init__.py") else {
         return Ok(());
     };
     let kafka = EmbeddedKafka::start(1)?;
