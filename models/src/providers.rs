@@ -305,7 +305,13 @@ pub(crate) fn build_session(
             match p.dispatch().register(&mut builder) {
                 Ok(()) => registered.push(p),
                 Err(e) => {
-                    tracing::warn!(provider = p.name(), error = %e, "Execution provider unavailable; trying the next one.");
+                    // Every session (one per worker, one per model) tries the same providers:
+                    // the operator hears of each unavailable one once.
+                    if first_time_unavailable(p) {
+                        tracing::warn!(provider = p.name(), error = %e, "Execution provider unavailable; trying the next one.");
+                    } else {
+                        tracing::debug!(provider = p.name(), error = %e, "Execution provider unavailable; trying the next one.");
+                    }
                 }
             }
         }
@@ -327,6 +333,21 @@ pub(crate) fn build_session(
                 tracing::warn!(provider = dropped.name(), error = %e, "Session creation failed with this execution provider; trying the next one.");
             }
         }
+    }
+}
+
+/// True the first time this process finds `provider` (with these options) unavailable.
+fn first_time_unavailable(provider: &ExecutionProviderConfig) -> bool {
+    static WARNED: std::sync::Mutex<Vec<ExecutionProviderConfig>> =
+        std::sync::Mutex::new(Vec::new());
+    match WARNED.lock() {
+        Ok(mut warned) if !warned.contains(provider) => {
+            warned.push(provider.clone());
+            true
+        }
+        Ok(_) => false,
+        // A poisoned lock only costs a repeated warning.
+        Err(_) => true,
     }
 }
 

@@ -543,9 +543,10 @@ mod tests {
     #[test]
     fn an_unavailable_gpu_provider_falls_back_to_cpu_with_one_clear_warning() -> TestResult {
         let env = env();
+        // A device id no other test uses: the warning is given once per process and provider.
         let config = SessionConfig {
             execution_providers: vec![
-                ExecutionProviderConfig::Cuda { device_id: 0 },
+                ExecutionProviderConfig::Cuda { device_id: 7 },
                 ExecutionProviderConfig::Cpu,
             ],
             ..SessionConfig::default()
@@ -565,6 +566,11 @@ mod tests {
             "{warning}"
         );
         assert!(warning.contains("error="), "the reason is given: {warning}");
+        // The next session (another worker, another model) falls back quietly.
+        let (again, warnings) =
+            warnings_during(|| ModelSession::load(&env, tiny("tiny_classifier"), &config));
+        assert_eq!(again?.execution_provider(), "cpu");
+        assert!(warnings.is_empty(), "{warnings:#?}");
         Ok(())
     }
 

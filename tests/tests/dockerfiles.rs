@@ -75,6 +75,7 @@ fn the_images_are_built_as_the_readme_says() -> anyhow::Result<()> {
     }
     let gpu = std::fs::read_to_string(workspace_root().join("deploy/docker/Dockerfile.gpu"))?;
     assert!(gpu.contains("ORT_PACKAGE=onnxruntime-gpu"));
-    assert!(gpu.contains("nvidia/cuda:12"));
+    // onnxruntime-gpu 1.31.1 links CUDA 13 (libcublas.so.13).
+    assert!(gpu.contains("nvidia/cuda:13"));
     Ok(())
 }
