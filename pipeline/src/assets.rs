@@ -111,20 +111,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The images of an assets folder (JPEG, PNG, WebP, BMP), sorted by name.
+/// The images of an assets folder (by extension, as `detect` takes them), sorted by name.
 pub fn images(assets: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let dir = assets.join("images");
     let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                matches!(
-                    e.to_ascii_lowercase().as_str(),
-                    "jpg" | "jpeg" | "png" | "webp" | "bmp"
-                )
-            })
-        })
+        .filter(|path| crate::images::is_image_path(path))
         .collect();
     images.sort();
     if images.is_empty() {

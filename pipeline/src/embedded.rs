@@ -184,9 +184,10 @@ impl Output {
     /// `topic/partition/offset` of the frame the output answers.
     pub fn source(&self) -> Option<String> {
         match self {
-            Output::Result { result, .. } => Some(format!(
-                "{}/{}/{}",
-                result.source.topic, result.source.partition, result.source.offset
+            Output::Result { result, .. } => Some(headers::source_text(
+                &result.source.topic,
+                result.source.partition,
+                result.source.offset,
             )),
             Output::DeadLetter { source, .. } => source.clone(),
         }
@@ -201,6 +202,29 @@ impl Output {
     }
 }
 
+/// A consumer of the results and dead-letter topics from their beginning, in a group of its
+/// own (nothing committed).
+pub fn output_consumer(
+    brokers: &str,
+    results_topic: &str,
+    dlq_topic: &str,
+) -> anyhow::Result<StreamConsumer> {
+    static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let reader = READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("tessera-reader-{}-{reader}", std::process::id()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()?;
+    consumer.subscribe(&[results_topic, dlq_topic])?;
+    Ok(consumer)
+}
+
 /// Reads the results and dead-letter topics from the beginning until `done` says enough was
 /// read or `timeout` passes. `on_output` sees each output as it arrives (progress display).
 pub async fn read_outputs(
@@ -211,15 +235,7 @@ pub async fn read_outputs(
     mut on_output: impl FnMut(&Output),
     mut done: impl FnMut(&[Output]) -> bool,
 ) -> anyhow::Result<Vec<Output>> {
-    let group = format!("tessera-reader-{}", std::process::id());
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", &group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .create()?;
-    consumer.subscribe(&[results_topic, dlq_topic])?;
+    let consumer = output_consumer(brokers, results_topic, dlq_topic)?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut outputs = Vec::new();
     while !done(&outputs) {

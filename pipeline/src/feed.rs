@@ -8,12 +8,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::embedded::{CameraFrame, Output};
+use tessera_actors::protocol::headers;
+
+use crate::embedded::{CameraFrame, Output, output_consumer};
 
 /// Bytes in flight on the embedded broker: below its 5 MiB per partition, with room for the
 /// record overhead. A frame larger than this goes alone.
@@ -94,7 +95,7 @@ pub async fn feed<I>(
 where
     I: Iterator<Item = FeedItem> + Send + 'static,
 {
-    let consumer = output_reader(brokers, topics)?;
+    let consumer = output_consumer(brokers, &topics.results, &topics.dlq)?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -237,9 +238,10 @@ async fn send(
         .send(out, Duration::from_secs(30))
         .await
         .map_err(|(e, _)| anyhow::anyhow!("publishing frame {}: {e}", record.frame_id))?;
-    Ok(format!(
-        "{topic}/{}/{}",
-        delivered.partition, delivered.offset
+    Ok(headers::source_text(
+        topic,
+        delivered.partition,
+        delivered.offset,
     ))
 }
 
@@ -254,19 +256,6 @@ pub fn owned_headers(headers: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
             })
         },
     )
-}
-
-/// A consumer of the results and dead-letter topics from their beginning.
-fn output_reader(brokers: &str, topics: &FeedTopics) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("tessera-feed-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .create()?;
-    consumer.subscribe(&[&topics.results, &topics.dlq])?;
-    Ok(consumer)
 }
 
 /// The budget in KiB credits (a semaphore counts in `u32`).

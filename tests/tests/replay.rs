@@ -62,28 +62,22 @@ fn records_on(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<i64
     Ok(records)
 }
 
-async fn verify(
-    config: PipelineConfig,
-    recording: &Path,
-    expected: &Path,
-    write_golden: bool,
-    tolerance: Tolerance,
-    assets: &Path,
-) -> anyhow::Result<VerifyReport> {
-    tessera::replay::verify::run(
-        config,
-        &VerifyOptions {
-            recording: recording.to_path_buf(),
-            expected: expected.to_path_buf(),
-            tolerance,
-            write_golden,
-            brokers: None,
-            channel: None,
-            assets: Some(assets.to_path_buf()),
-            idle_timeout: Duration::from_secs(120),
-        },
-    )
-    .await
+/// Verify options: the golden compared with the default tolerance, on an embedded broker.
+fn options(recording: &Path, expected: &Path, assets: &Path) -> VerifyOptions {
+    VerifyOptions {
+        recording: recording.to_path_buf(),
+        expected: expected.to_path_buf(),
+        tolerance: Tolerance::default(),
+        write_golden: false,
+        brokers: None,
+        channel: None,
+        assets: Some(assets.to_path_buf()),
+        idle_timeout: Duration::from_secs(120),
+    }
+}
+
+async fn verify(config: PipelineConfig, options: VerifyOptions) -> anyhow::Result<VerifyReport> {
+    tessera::replay::verify::run(config, &options).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,15 +106,8 @@ async fn the_shared_images_verify_against_the_committed_golden_which_matches_the
     let dir = tempfile::tempdir()?;
     let recording = dir.path().join("shared-images.mcap");
     shared_images_recording(&assets, &recording)?;
-    let report = verify(
-        golden_config()?,
-        &recording,
-        &golden_dir().join("shared-images.mcap"),
-        false,
-        Tolerance::default(),
-        &assets,
-    )
-    .await?;
+    let golden = golden_dir().join("shared-images.mcap");
+    let report = verify(golden_config()?, options(&recording, &golden, &assets)).await?;
     let comparison = report.comparison.as_ref().expect("compared");
     assert!(report.passed(), "{comparison}");
     assert_eq!(comparison.compared, committed.len());
@@ -154,15 +141,8 @@ async fn a_raised_score_threshold_fails_verify_with_a_precise_diff() -> anyhow::
     let mut config = golden_config()?;
     config.model.manifest = manifest;
 
-    let report = verify(
-        config,
-        &recording,
-        &golden_dir().join("shared-images.mcap"),
-        false,
-        Tolerance::default(),
-        &assets,
-    )
-    .await?;
+    let golden = golden_dir().join("shared-images.mcap");
+    let report = verify(config, options(&recording, &golden, &assets)).await?;
     let comparison = report.comparison.as_ref().expect("compared");
     assert!(!report.passed(), "a raised threshold still matched");
     assert!(comparison.missing_frames.is_empty() && comparison.extra_frames.is_empty());
@@ -275,11 +255,10 @@ async fn the_same_recording_run_twice_gives_identical_results() -> anyhow::Resul
         let golden = dir.path().join(format!("{run}.mcap"));
         let report = verify(
             golden_config()?,
-            &recording,
-            &golden,
-            true,
-            Tolerance::default(),
-            &assets,
+            VerifyOptions {
+                write_golden: true,
+                ..options(&recording, &golden, &assets)
+            },
         )
         .await?;
         assert!(report.written.is_some() && report.passed());
@@ -336,17 +315,12 @@ async fn verify_on_a_users_broker_runs_only_the_recording_judged_by_its_own_cloc
     config.flow.lag_policy = tessera_actors::config::LagPolicy::DropStale;
     config.flow.max_age = Duration::from_secs(10);
 
-    let report = tessera::replay::verify::run(
+    let golden = golden_dir().join("shared-images.mcap");
+    let report = verify(
         config.clone(),
-        &VerifyOptions {
-            recording,
-            expected: golden_dir().join("shared-images.mcap"),
-            tolerance: Tolerance::default(),
-            write_golden: false,
+        VerifyOptions {
             brokers: Some(brokers.clone()),
-            channel: None,
-            assets: Some(assets.clone()),
-            idle_timeout: Duration::from_secs(120),
+            ..options(&recording, &golden, &assets)
         },
     )
     .await?;

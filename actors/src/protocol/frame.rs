@@ -75,9 +75,10 @@ impl FrameMeta {
 
     /// Where the record lies: `topic/partition/offset`.
     pub fn source(&self) -> String {
-        format!(
-            "{}/{}/{}",
-            self.key.partition.topic, self.key.partition.partition, self.key.offset
+        headers::source_text(
+            &self.key.partition.topic,
+            self.key.partition.partition,
+            self.key.offset,
         )
     }
 

@@ -19,5 +19,24 @@ pub const PAYLOAD_OMITTED: &str = "tessera-payload-omitted";
 /// [`PAYLOAD_OMITTED`], where to fetch the value from.
 pub const SOURCE: &str = "tessera-source";
 
+/// Where a record lies, as [`SOURCE`] and result documents spell it: `topic/partition/offset`.
+pub fn source_text(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}/{partition}/{offset}")
+}
+
+/// A Kafka message's headers as names and values (`None`: a null value).
+pub fn of_message(message: &impl rdkafka::message::Message) -> Vec<(String, Option<Vec<u8>>)> {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The headers tessera reads from an input record (checked against the data contract).
 pub const INPUT: [&str; 3] = [FRAME_ID, CAPTURE_TS, CONTENT_TYPE];

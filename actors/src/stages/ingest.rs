@@ -15,7 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tessera_models::Head;
@@ -632,15 +632,7 @@ fn register<M: Message>(
         topic: Arc::from(message.topic()),
         partition: message.partition(),
     };
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = crate::protocol::headers::of_message(message);
     let payload: Arc<[u8]> = Arc::from(message.payload().unwrap_or_default());
     let record_key = message.key().map(<[u8]>::to_vec);
     let kafka_timestamp_ms = message.timestamp().to_millis();

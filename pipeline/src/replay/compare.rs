@@ -11,6 +11,7 @@ use std::fmt;
 
 use tessera_actors::FrameResult;
 use tessera_actors::protocol::result::{BoxOut, ClassificationOut, DetectionOut, FrameStatus};
+use tessera_operators::geometry::BBox;
 
 /// How far a box or a score may move and still match.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -469,16 +470,8 @@ fn compare_classes(
 }
 
 fn iou(a: &BoxOut, b: &BoxOut) -> f32 {
-    let w = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
-    let h = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
-    let intersection = w * h;
-    let area = |r: &BoxOut| (r.x2 - r.x1).max(0.0) * (r.y2 - r.y1).max(0.0);
-    let union = area(a) + area(b) - intersection;
-    if union > 0.0 {
-        intersection / union
-    } else {
-        0.0
-    }
+    let bbox = |r: &BoxOut| BBox::new(r.x1, r.y1, r.x2, r.y2);
+    bbox(a).iou(&bbox(b))
 }
 
 #[cfg(test)]

@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera_actors::protocol::headers;
-
 use super::recording::{KafkaRecord, RecordingWriter, WriteSummary};
+use crate::embedded::CameraFrame;
 use crate::images;
 use crate::progress::Progress;
 
@@ -61,30 +60,22 @@ pub fn run(options: &MakeOptions) -> anyhow::Result<WriteSummary> {
     for frame in plan {
         let payload = std::fs::read(&frame.path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", frame.path.display()))?;
-        let mut record_headers = vec![
-            (
-                headers::FRAME_ID.to_owned(),
-                Some(frame.frame_id.into_bytes()),
-            ),
-            (
-                headers::CAPTURE_TS.to_owned(),
-                Some(frame.at_ms.to_string().into_bytes()),
-            ),
-        ];
-        if let Some(content_type) = images::content_type(&frame.path) {
-            record_headers.push((
-                headers::CONTENT_TYPE.to_owned(),
-                Some(content_type.as_bytes().to_vec()),
-            ));
-        }
+        // A camera's frame, as `detect` and the demo publish one.
+        let camera_frame = CameraFrame {
+            camera: frame.camera.into_bytes(),
+            frame_id: frame.frame_id,
+            payload,
+            content_type: images::content_type(&frame.path).map(str::to_owned),
+            capture_ms: frame.at_ms,
+        };
         let record = KafkaRecord {
             topic: options.topic.clone(),
             partition: -1,
             offset: -1,
             timestamp_ms: Some(frame.at_ms),
-            key: Some(frame.camera.into_bytes()),
-            headers: record_headers,
-            payload: Some(payload),
+            headers: camera_frame.headers(),
+            key: Some(camera_frame.camera),
+            payload: Some(camera_frame.payload),
         };
         writer.write(&record, frame.at_ms)?;
         progress.inc(1);
@@ -131,6 +122,8 @@ fn frame_id(dir: &Path, path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    use tessera_actors::protocol::headers;
+
     use super::*;
 
     #[test]

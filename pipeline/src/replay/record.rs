@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tessera_actors::protocol::headers;
 
 use super::recording::{KafkaRecord, RecordingWriter, WriteSummary};
 use crate::progress::Progress;
@@ -208,15 +209,7 @@ fn record_of(message: &impl Message) -> KafkaRecord {
         offset: message.offset(),
         timestamp_ms: message.timestamp().to_millis(),
         key: message.key().map(<[u8]>::to_vec),
-        headers: message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        headers: headers::of_message(message),
         payload: message.payload().map(<[u8]>::to_vec),
     }
 }
