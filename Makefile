@@ -15,7 +15,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: setup pytools demo test lint bench bench-e2e baseline-setup reference replay-golden clean-setup
+.PHONY: setup pytools ep-plugins demo test lint bench bench-e2e baseline-setup reference replay-golden clean-setup
 
 ## Install the ONNX Runtime library into .tessera/ (idempotent).
 setup: $(ORT_LIB)
@@ -28,12 +28,18 @@ $(ORT_LIB):
 pytools:
 	@scripts/install-pytools.sh $(CURDIR)/.tessera/pytools
 
+## The OpenVINO execution provider plugin (Intel CPUs, GPUs, NPUs; .tessera/ep/openvino;
+## idempotent): the plugin tests load it, the README's NPU set-up names it.
+OPENVINO_PLUGIN := onnxruntime-ep-openvino==1.8.1
+ep-plugins:
+	@scripts/install-ep-plugin.sh $(OPENVINO_PLUGIN) $(CURDIR)/.tessera/ep/openvino
+
 ## Run the demo: embedded Kafka broker, real YOLOX-Nano, two cameras.
 demo: setup
 	$(CARGO) run --release -p tessera -- demo
 
 ## Run every test: unit, property, real-model and end-to-end through the embedded broker.
-test: setup pytools
+test: setup pytools ep-plugins
 	$(CARGO) test --workspace --all-targets
 
 ## Formatting and lints, as CI checks them.

@@ -43,7 +43,7 @@ pub use manifest::{
 };
 /// The ONNX Runtime environment type (re-exported so callers need no direct `ort` dependency).
 pub use ort::environment::Environment;
-pub use providers::{ExecutionProviderConfig, GraphOptimization, SessionConfig};
+pub use providers::{ExecutionProviderConfig, GraphOptimization, PluginDevice, SessionConfig};
 pub use recognizer::{FrameRecognition, Recognizer, finish_frame};
 pub use runtime::{ORT_DYLIB_PATH_ENV, init_runtime, loaded_library};
 pub use session::{BatchDim, ModelSession, TileOutput};

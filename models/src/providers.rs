@@ -1,4 +1,4 @@
-//! Execution providers (CPU, CUDA, TensorRT, OpenVINO, QNN, CoreML, WebGPU) and session options.
+//! Execution providers (CPU, CUDA, TensorRT, OpenVINO, QNN, CoreML, WebGPU, plugins) and session options.
 //!
 //! Providers are tried in the configured priority order. One that ONNX Runtime refuses (the loaded
 //! library was built without it, its libraries or device are missing) is logged and skipped;
@@ -8,10 +8,14 @@
 //! provider that actually took the session.
 
 use crate::manifest::Model;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProviderDispatch};
+use ort::memory::DeviceType;
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use serde::{Deserialize, Serialize};
@@ -66,6 +70,49 @@ pub enum ExecutionProviderConfig {
     /// WebGPU (Dawn over Vulkan, Metal or D3D12).
     #[serde(rename = "webgpu")]
     WebGpu,
+    /// An execution provider plugin, loaded through ONNX Runtime's plugin EP interface into
+    /// the standard library: PyPI `onnxruntime-ep-openvino` (Intel CPU, GPU, NPU),
+    /// `onnxruntime-ep-webgpu`, `onnxruntime-ep-nv-tensorrt-rtx`, ... The library is registered
+    /// once per process; the session uses the devices it offers.
+    Plugin {
+        /// The plugin's shared library, e.g.
+        /// `.../onnxruntime_ep_openvino/libonnxruntime_providers_openvino_plugin.so`.
+        library: String,
+        /// Which of the plugin's devices to use: `cpu`, `gpu` or `npu`; unset: all it offers.
+        #[serde(default)]
+        device: Option<PluginDevice>,
+        /// Provider options, passed as given (e.g. OpenVINO's `precision = "FP16"`).
+        #[serde(default)]
+        options: BTreeMap<String, String>,
+    },
+}
+
+/// The kind of hardware a plugin device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginDevice {
+    Cpu,
+    Gpu,
+    Npu,
+}
+
+impl PluginDevice {
+    fn matches(self, ty: DeviceType) -> bool {
+        matches!(
+            (self, ty),
+            (Self::Cpu, DeviceType::CPU)
+                | (Self::Gpu, DeviceType::GPU)
+                | (Self::Npu, DeviceType::NPU)
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+            Self::Npu => "npu",
+        }
+    }
 }
 
 impl ExecutionProviderConfig {
@@ -79,11 +126,36 @@ impl ExecutionProviderConfig {
             Self::Qnn { .. } => "qnn",
             Self::CoreMl => "coreml",
             Self::WebGpu => "webgpu",
+            Self::Plugin { .. } => "plugin",
         }
     }
 
-    /// The `ort` provider to register; fails instead of silently falling back, so the caller sees
-    /// which provider was refused.
+    /// Adds this provider to `builder`, which comes back either way, with the name of what will
+    /// run the session (`cuda`, `plugin:OpenVINOExecutionProvider`, ...) or why it cannot.
+    fn register(
+        &self,
+        env: &Environment,
+        mut builder: SessionBuilder,
+    ) -> (SessionBuilder, Result<String, String>) {
+        if let Self::Plugin {
+            library,
+            device,
+            options,
+        } = self
+        {
+            return register_plugin(env, builder, Path::new(library), *device, options);
+        }
+        let registered = self.dispatch().register(&mut builder);
+        (
+            builder,
+            registered
+                .map(|()| self.name().to_owned())
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    /// The built-in `ort` provider to register; fails instead of silently falling back, so the
+    /// caller sees which provider was refused.
     fn dispatch(&self) -> ExecutionProviderDispatch {
         let d: ExecutionProviderDispatch = match self {
             Self::Cpu => ep::CPU::default().with_arena_allocator(true).build(),
@@ -122,6 +194,8 @@ impl ExecutionProviderConfig {
             }
             Self::CoreMl => ep::CoreML::default().build(),
             Self::WebGpu => ep::WebGPU::default().build(),
+            // Registered through the device API instead (see `register`).
+            Self::Plugin { .. } => ep::CPU::default().build(),
         };
         d.error_on_failure()
     }
@@ -129,7 +203,122 @@ impl ExecutionProviderConfig {
 
 impl fmt::Display for ExecutionProviderConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            Self::Plugin {
+                library, device, ..
+            } => {
+                write!(f, "plugin {library}")?;
+                match device {
+                    Some(d) => write!(f, " ({})", d.name()),
+                    None => Ok(()),
+                }
+            }
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Plugin libraries registered with the process's environment (ONNX Runtime refuses a second
+/// registration): the library, then the execution providers it added or why it failed.
+type PluginRegistry = Vec<(PathBuf, Result<Vec<String>, String>)>;
+static PLUGINS: Mutex<PluginRegistry> = Mutex::new(Vec::new());
+
+/// Registers `library` with `env` once per process; the names of the execution providers it
+/// added (found by comparing the environment's devices before and after).
+fn plugin_providers(env: &Environment, library: &Path) -> Result<Vec<String>, String> {
+    let mut plugins = PLUGINS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, known)) = plugins.iter().find(|(path, _)| path == library) {
+        return known.clone();
+    }
+    let providers_now = |env: &Environment| -> BTreeSet<String> {
+        env.devices()
+            .filter_map(|d| d.ep().ok().map(str::to_owned))
+            .collect()
+    };
+    let result = if library.is_file() {
+        let before = providers_now(env);
+        let name = format!("tessera-plugin-{}", plugins.len());
+        env.register_ep_library(name, library)
+            .map_err(|e| format!("ONNX Runtime refused the plugin library: {e}"))
+            .and_then(|()| {
+                let added: Vec<String> = providers_now(env).difference(&before).cloned().collect();
+                if added.is_empty() {
+                    // Plugins support particular vendors' hardware (OpenVINO: Intel's), so say
+                    // what this machine has.
+                    let hardware: BTreeSet<String> = env
+                        .devices()
+                        .map(|d| {
+                            let h = d.hardware_device();
+                            format!("{} {:?}", h.vendor().unwrap_or("?"), h.ty()).to_lowercase()
+                        })
+                        .collect();
+                    Err(format!(
+                        "the plugin registered, but supports none of this machine's devices ({})",
+                        hardware.into_iter().collect::<Vec<_>>().join(", ")
+                    ))
+                } else {
+                    tracing::info!(library = %library.display(), providers = ?added, "Execution provider plugin registered.");
+                    Ok(added)
+                }
+            })
+    } else {
+        Err(format!("plugin library {} not found", library.display()))
+    };
+    plugins.push((library.to_path_buf(), result.clone()));
+    result
+}
+
+/// Adds a plugin's devices (those of kind `device`, or all) to `builder`, with `options` given
+/// to each of the plugin's providers.
+fn register_plugin(
+    env: &Environment,
+    builder: SessionBuilder,
+    library: &Path,
+    device: Option<PluginDevice>,
+    options: &BTreeMap<String, String>,
+) -> (SessionBuilder, Result<String, String>) {
+    let providers = match plugin_providers(env, library) {
+        Ok(p) => p,
+        Err(why) => return (builder, Err(why)),
+    };
+    let ours =
+        |d: &ort::device::Device<'_>| d.ep().is_ok_and(|ep| providers.iter().any(|p| p == ep));
+    let devices: Vec<_> = env
+        .devices()
+        .filter(|d| ours(d) && device.is_none_or(|k| k.matches(d.hardware_device().ty())))
+        .collect();
+    let Some(first) = devices.first() else {
+        let offered: Vec<String> = env
+            .devices()
+            .filter(|d| ours(d))
+            .map(|d| format!("{:?}", d.hardware_device().ty()).to_lowercase())
+            .collect();
+        let wanted = device.map_or("any", PluginDevice::name);
+        return (
+            builder,
+            Err(format!(
+                "{} offers no {wanted} device on this machine (it offers: {})",
+                providers.join(", "),
+                offered.join(", ")
+            )),
+        );
+    };
+    let in_use = format!("plugin:{}", first.ep().unwrap_or("?"));
+    // `with_devices` hands each provider the options prefixed with its name.
+    let prefixed: Vec<(String, String)> = providers
+        .iter()
+        .flat_map(|p| {
+            options
+                .iter()
+                .map(move |(k, v)| (format!("{p}.{k}"), v.clone()))
+        })
+        .collect();
+    match builder.with_devices(devices, Some(&prefixed)) {
+        Ok(builder) => (builder, Ok(in_use)),
+        Err(e) => {
+            let why = e.to_string();
+            (e.recover(), Err(why))
+        }
     }
 }
 
@@ -232,7 +421,8 @@ impl SessionConfig {
                 | ExecutionProviderConfig::TensorRt {
                     engine_cache_path: Some(s),
                     ..
-                } => s.trim().is_empty(),
+                }
+                | ExecutionProviderConfig::Plugin { library: s, .. } => s.trim().is_empty(),
                 ExecutionProviderConfig::Cuda { device_id }
                 | ExecutionProviderConfig::TensorRt { device_id, .. }
                     if *device_id < 0 =>
@@ -269,12 +459,13 @@ impl SessionConfig {
 }
 
 /// Creates a session for `model`'s graph, trying the configured providers in order (see the
-/// module docs). Returns the session and the short name of the provider that took it.
+/// module docs). Returns the session and the name of the provider that took it (`cpu`,
+/// `cuda`, `plugin:OpenVINOExecutionProvider`, ...).
 pub(crate) fn build_session(
     env: &Environment,
     model: &Model,
     config: &SessionConfig,
-) -> Result<(Session, &'static str), ModelError> {
+) -> Result<(Session, String), ModelError> {
     let path = model.onnx_path.as_path();
     // The edited graph when the model derives an output, else the file itself.
     let commit = |builder: &mut SessionBuilder| match &model.graph {
@@ -300,37 +491,41 @@ pub(crate) fn build_session(
     }
     loop {
         let mut builder = base_builder(env, config).map_err(&load_err)?;
-        let mut registered: Vec<&ExecutionProviderConfig> = Vec::new();
+        // The registered providers, each with the name of what runs it.
+        let mut registered: Vec<(&ExecutionProviderConfig, String)> = Vec::new();
         for p in &candidates {
-            match p.dispatch().register(&mut builder) {
-                Ok(()) => registered.push(p),
+            let (returned, outcome) = p.register(env, builder);
+            builder = returned;
+            match outcome {
+                Ok(in_use) => registered.push((p, in_use)),
                 Err(e) => {
                     // Every session (one per worker, one per model) tries the same providers:
                     // the operator hears of each unavailable one once.
+                    let provider = p.to_string();
+                    let provider = provider.as_str();
                     if first_time_unavailable(p) {
-                        tracing::warn!(provider = p.name(), error = %e, "Execution provider unavailable; trying the next one.");
+                        tracing::warn!(provider, error = %e, "Execution provider unavailable; trying the next one.");
                     } else {
-                        tracing::debug!(provider = p.name(), error = %e, "Execution provider unavailable; trying the next one.");
+                        tracing::debug!(provider, error = %e, "Execution provider unavailable; trying the next one.");
                     }
                 }
             }
         }
-        candidates.retain(|p| registered.contains(p));
-        if candidates.is_empty() {
+        candidates.retain(|p| registered.iter().any(|(r, _)| r == p));
+        let Some((_, first)) = registered.into_iter().next() else {
             // CPU only: ONNX Runtime always has it, so no registration is needed.
             let session =
                 commit(&mut builder).map_err(|e| load_err(("creating the session", e)))?;
-            return Ok((session, "cpu"));
-        }
+            return Ok((session, "cpu".to_owned()));
+        };
         match commit(&mut builder) {
             Ok(session) => {
-                let first = candidates[0].name();
-                tracing::info!(provider = first, model = %path.display(), "Session created.");
+                tracing::info!(provider = first.as_str(), model = %path.display(), "Session created.");
                 return Ok((session, first));
             }
             Err(e) => {
                 let dropped = candidates.remove(0);
-                tracing::warn!(provider = dropped.name(), error = %e, "Session creation failed with this execution provider; trying the next one.");
+                tracing::warn!(provider = dropped.to_string().as_str(), error = %e, "Session creation failed with this execution provider; trying the next one.");
             }
         }
     }
@@ -402,6 +597,11 @@ mod tests {
             [[session.execution_providers]]
             kind = "webgpu"
             [[session.execution_providers]]
+            kind = "plugin"
+            library = "/opt/ep/libonnxruntime_providers_openvino_plugin.so"
+            device = "npu"
+            options = { precision = "FP16" }
+            [[session.execution_providers]]
             kind = "cpu"
             "#,
         )?;
@@ -424,8 +624,17 @@ mod tests {
                 },
                 ExecutionProviderConfig::CoreMl,
                 ExecutionProviderConfig::WebGpu,
+                ExecutionProviderConfig::Plugin {
+                    library: "/opt/ep/libonnxruntime_providers_openvino_plugin.so".into(),
+                    device: Some(PluginDevice::Npu),
+                    options: [("precision".to_owned(), "FP16".to_owned())].into(),
+                },
                 ExecutionProviderConfig::Cpu,
             ]
+        );
+        assert_eq!(
+            c.execution_providers[6].to_string(),
+            "plugin /opt/ep/libonnxruntime_providers_openvino_plugin.so (npu)"
         );
         assert_eq!(c.intra_op_threads, 2);
         assert_eq!(c.inter_op_threads, 1);
@@ -443,6 +652,16 @@ mod tests {
         assert!(
             toml::from_str::<SessionConfig>("[[execution_providers]]\nkind = \"cuda\"\ndevice = 1")
                 .is_err()
+        );
+        // A plugin needs its library; devices are cpu, gpu or npu.
+        assert!(
+            toml::from_str::<SessionConfig>("[[execution_providers]]\nkind = \"plugin\"").is_err()
+        );
+        assert!(
+            toml::from_str::<SessionConfig>(
+                "[[execution_providers]]\nkind = \"plugin\"\nlibrary = \"x.so\"\ndevice = \"tpu\""
+            )
+            .is_err()
         );
     }
 
@@ -467,6 +686,12 @@ mod tests {
         assert!(c.validate().is_err());
         c.execution_providers = vec![ExecutionProviderConfig::OpenVino {
             device_type: Some(" ".into()),
+        }];
+        assert!(c.validate().is_err());
+        c.execution_providers = vec![ExecutionProviderConfig::Plugin {
+            library: "".into(),
+            device: None,
+            options: BTreeMap::new(),
         }];
         assert!(c.validate().is_err());
         c.execution_providers = vec![ExecutionProviderConfig::Cpu];

@@ -46,8 +46,8 @@ pub struct ModelSession {
     model: Arc<Model>,
     /// Batch dimension read from the graph's input.
     batch_dim: BatchDim,
-    /// Short name of the execution provider that took the session (`cpu`, `cuda`, ...).
-    execution_provider: &'static str,
+    /// Name of the execution provider that took the session (`cpu`, `cuda`, ...).
+    execution_provider: String,
     /// Elements of one input image: `3 * width * height`.
     tensor_len: usize,
     /// Per-tile NMS applied to raw detections, from the manifest's `thresholds.nms_iou`.
@@ -162,7 +162,7 @@ impl ModelSession {
         let tensor_len = 3 * m.input.width as usize * m.input.height as usize;
         tracing::info!(
             model = %m.name,
-            provider = execution_provider,
+            provider = %execution_provider,
             batch = ?batch_dim,
             "Model session ready."
         );
@@ -189,7 +189,7 @@ impl ModelSession {
 
     /// Short name of the execution provider that took the session (`cpu`, `cuda`, ...).
     pub fn execution_provider(&self) -> &str {
-        self.execution_provider
+        &self.execution_provider
     }
 
     /// Elements of one input image (`3 * width * height`).
@@ -409,7 +409,7 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::ExecutionProviderConfig;
+    use crate::providers::{ExecutionProviderConfig, PluginDevice};
     use crate::test_support::{env, tiny};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -571,6 +571,170 @@ mod tests {
             warnings_during(|| ModelSession::load(&env, tiny("tiny_classifier"), &config));
         assert_eq!(again?.execution_provider(), "cpu");
         assert!(warnings.is_empty(), "{warnings:#?}");
+        Ok(())
+    }
+
+    /// The OpenVINO execution provider plugin (PyPI `onnxruntime-ep-openvino`, installed by
+    /// `make test` into `.tessera/ep/openvino`, or `$TESSERA_OPENVINO_PLUGIN`). `None` (and a
+    /// printed reason) when absent, so the caller can skip; a panic where
+    /// `TESSERA_REQUIRE_ASSETS` is set (CI installs it).
+    fn openvino_plugin() -> Option<String> {
+        let path = std::env::var_os("TESSERA_OPENVINO_PLUGIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../.tessera/ep/openvino/libonnxruntime_providers_openvino_plugin.so")
+            });
+        if path.is_file() {
+            return Some(path.to_string_lossy().into_owned());
+        }
+        let reason = format!(
+            "{} not found: run `make ep-plugins` (the OpenVINO execution provider plugin)",
+            path.display()
+        );
+        if std::env::var_os("TESSERA_REQUIRE_ASSETS").is_some() {
+            panic!("{reason}");
+        }
+        eprintln!("SKIPPED: {reason}");
+        None
+    }
+
+    fn plugin(library: &str, device: Option<PluginDevice>) -> SessionConfig {
+        SessionConfig {
+            execution_providers: vec![
+                ExecutionProviderConfig::Plugin {
+                    library: library.to_owned(),
+                    device,
+                    options: Default::default(),
+                },
+                ExecutionProviderConfig::Cpu,
+            ],
+            ..SessionConfig::default()
+        }
+    }
+
+    /// The warning when the OpenVINO plugin cannot take a session of `device`, with the
+    /// session's provider (`plugin:...` where this machine has such an Intel device).
+    fn openvino_plugin_session(
+        library: &str,
+        device: PluginDevice,
+    ) -> Result<(ModelSession, Vec<String>), ModelError> {
+        let env = env();
+        let (session, warnings) = warnings_during(|| {
+            ModelSession::load(
+                &env,
+                tiny("tiny_classifier"),
+                &plugin(library, Some(device)),
+            )
+        });
+        Ok((session?, warnings))
+    }
+
+    #[test]
+    fn the_openvino_plugin_runs_models_like_the_cpu_provider() -> TestResult {
+        let Some(library) = openvino_plugin() else {
+            return Ok(());
+        };
+        let (probe, warnings) = openvino_plugin_session(&library, PluginDevice::Cpu)?;
+        if probe.execution_provider() == "cpu" {
+            // OpenVINO supports Intel hardware only; elsewhere the fallback is what is tested.
+            assert_eq!(warnings.len(), 1, "{warnings:#?}");
+            assert!(
+                warnings[0].contains("supports none of this machine's devices"),
+                "{}",
+                warnings[0]
+            );
+            eprintln!(
+                "SKIPPED: the OpenVINO plugin supports no device of this machine: {}",
+                warnings[0]
+            );
+            return Ok(());
+        }
+        let env = env();
+        let config = plugin(&library, Some(PluginDevice::Cpu));
+        for model in ["tiny_classifier", "tiny_detector"] {
+            let mut cpu = ModelSession::load(&env, tiny(model), &SessionConfig::default())?;
+            let mut openvino = ModelSession::load(&env, tiny(model), &config)?;
+            assert_eq!(
+                openvino.execution_provider(),
+                "plugin:OpenVINOExecutionProvider"
+            );
+            // Two different inputs, so a provider that ignored its input would be caught.
+            let len = cpu.tensor_len();
+            let input: Vec<f32> = (0..len).map(|i| (i % 17) as f32 / 16.0).collect();
+            for input in [input, vec![0.9; len]] {
+                let (a, b) = (cpu.run(&input, 1)?, openvino.run(&input, 1)?);
+                assert_eq!(a.len(), b.len());
+                for (a, b) in a.iter().zip(&b) {
+                    assert_eq!(a.classifications.len(), b.classifications.len(), "{model}");
+                    for (x, y) in a.classifications.iter().zip(&b.classifications) {
+                        assert_eq!(x.class_id, y.class_id, "{model}");
+                        assert!((x.score - y.score).abs() < 1e-4, "{model}: {x:?} vs {y:?}");
+                    }
+                    assert_eq!(a.detections.len(), b.detections.len(), "{model}");
+                    for (x, y) in a.detections.iter().zip(&b.detections) {
+                        assert_eq!(x.class_id, y.class_id, "{model}");
+                        assert!((x.score - y.score).abs() < 1e-4, "{model}: {x:?} vs {y:?}");
+                        assert!(x.bbox.iou(&y.bbox) > 0.999, "{model}: {x:?} vs {y:?}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_plugin_without_the_wanted_device_falls_back_to_cpu_saying_why() -> TestResult {
+        let Some(library) = openvino_plugin() else {
+            return Ok(());
+        };
+        let (session, warnings) = openvino_plugin_session(&library, PluginDevice::Npu)?;
+        if session.execution_provider() != "cpu" {
+            eprintln!(
+                "this machine has an Intel NPU: {}",
+                session.execution_provider()
+            );
+            return Ok(());
+        }
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        let warning = &warnings[0];
+        assert!(
+            warning.contains("unavailable; trying the next one"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("openvino_plugin.so (npu)"),
+            "the plugin is named: {warning}"
+        );
+        // On Intel hardware without an NPU: what the plugin offers instead; elsewhere: the
+        // machine's devices, none of which OpenVINO supports.
+        assert!(
+            warning.contains(
+                "OpenVINOExecutionProvider offers no npu device on this machine (it offers: cpu"
+            ) || warning.contains("supports none of this machine's devices (")
+                && !warning.contains("intel"),
+            "{warning}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_plugin_library_falls_back_to_cpu_naming_the_file() -> TestResult {
+        let env = env();
+        let (session, warnings) = warnings_during(|| {
+            ModelSession::load(
+                &env,
+                tiny("tiny_classifier"),
+                &plugin("/nonexistent/libep.so", None),
+            )
+        });
+        assert_eq!(session?.execution_provider(), "cpu");
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(
+            warnings[0].contains("plugin library /nonexistent/libep.so not found"),
+            "{}",
+            warnings[0]
+        );
         Ok(())
     }
 

@@ -73,6 +73,16 @@ fn the_images_are_built_as_the_readme_says() -> anyhow::Result<()> {
             );
         }
     }
+    // The CPU image adds the OpenVINO plugin with the Makefile's installer and pinned version.
+    let cpu = std::fs::read_to_string(workspace_root().join("deploy/docker/Dockerfile"))?;
+    let makefile = std::fs::read_to_string(workspace_root().join("Makefile"))?;
+    let pinned = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("OPENVINO_PLUGIN := "))
+        .ok_or_else(|| anyhow::anyhow!("the Makefile pins no OPENVINO_PLUGIN"))?;
+    assert!(cpu.contains(&format!("--build-arg OPENVINO_PLUGIN={pinned}")));
+    assert!(cpu.contains("install-ep-plugin.sh \"${OPENVINO_PLUGIN}\" /opt/ep/openvino"));
+    assert!(cpu.contains("COPY --from=onnxruntime /opt/ep /opt/ep"));
     let gpu = std::fs::read_to_string(workspace_root().join("deploy/docker/Dockerfile.gpu"))?;
     assert!(gpu.contains("ORT_PACKAGE=onnxruntime-gpu"));
     // onnxruntime-gpu 1.31.1 links CUDA 13 (libcublas.so.13).

@@ -1,5 +1,6 @@
 //! The Helm chart (`deploy/helm/tessera`), rendered with Helm's own engine (helm-python-sdk:
-//! Helm v4's Go SDK) for the default values and for a GPU + KEDA + SASL values file, linted
+//! Helm v4's Go SDK) for the default values, a GPU + KEDA + SASL values file and an Intel NPU
+//! one, linted
 //! strictly, validated against Kubernetes' schemas (kubernetes-validate), and its objects
 //! checked here: kinds, probes, ports, env, volumes, security context, GPU limits, the
 //! rendered tessera.toml read by tessera's own configuration loader, and the alert rules taken
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
+use tessera_models::{ExecutionProviderConfig, PluginDevice};
 use tessera_tests::{pytools, workspace_root};
 
 fn chart() -> PathBuf {
@@ -285,6 +287,41 @@ fn gpu_keda_and_sasl_values_render_what_they_promise() -> anyhow::Result<()> {
 }
 
 #[test]
+fn an_intel_npu_renders_the_openvino_plugin_first() -> anyhow::Result<()> {
+    let Some(site) = pytools("helm_python") else {
+        return Ok(());
+    };
+    let report = render(&site, Some(&chart().join("ci/intel-npu-values.yaml")))?;
+    report.assert_clean();
+    let container = report.container();
+    assert_eq!(
+        container["image"],
+        "ghcr.io/tessera-project/tessera:0.1.0-openvino"
+    );
+    let limits = &container["resources"]["limits"];
+    assert_eq!(limits["npu.intel.com/accel"], 1);
+    assert!(limits.get("nvidia.com/gpu").is_none(), "{limits}");
+    // None of the chart's NVIDIA placement.
+    let pod = &report.one("Deployment")["spec"]["template"]["spec"];
+    assert!(pod.get("nodeSelector").is_none(), "{}", pod["nodeSelector"]);
+    assert!(pod.get("tolerations").is_none(), "{}", pod["tolerations"]);
+    // What tessera reads: the plugin's NPU with its options, then the CPU.
+    let config = report.config()?;
+    assert_eq!(
+        config.model.session.execution_providers,
+        [
+            ExecutionProviderConfig::Plugin {
+                library: "/opt/ep/openvino/libonnxruntime_providers_openvino_plugin.so".into(),
+                device: Some(PluginDevice::Npu),
+                options: [("precision".to_owned(), "FP16".to_owned())].into(),
+            },
+            ExecutionProviderConfig::Cpu,
+        ]
+    );
+    Ok(())
+}
+
+#[test]
 fn values_that_break_the_schema_are_refused_with_a_readable_message() -> anyhow::Result<()> {
     let Some(site) = pytools("helm_python") else {
         return Ok(());
@@ -314,6 +351,10 @@ fn values_that_break_the_schema_are_refused_with_a_readable_message() -> anyhow:
         (
             "kafka:\n  tls:\n    existingSecret: t\n    certKey: tls.crt\n",
             "set both certKey and keyKey",
+        ),
+        (
+            "gpu:\n  enabled: true\n  executionProviders:\n    - kind: plugin\n      device: npu\n",
+            "at '/gpu/executionProviders/0': missing property 'library'",
         ),
     ] {
         let file = dir.path().join("values.yaml");
