@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera_models::SessionConfig;
+use tessera_models::{ExecutionProviderConfig, SessionConfig};
 use tessera_operators::decode::DecodeLimits;
 use tessera_operators::merge::MergeConfig;
 use tessera_operators::scopes::{CameraGroup, Scopes};
@@ -550,7 +550,7 @@ impl KafkaConfig {
 
 /// Which model runs, and how its ONNX Runtime sessions are built.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "ModelConfigInput")]
 pub struct ModelConfig {
     /// Path of the model manifest (`model.toml`).
     pub manifest: PathBuf,
@@ -570,6 +570,53 @@ impl Default for ModelConfig {
             runtime_library: None,
             session: SessionConfig::default(),
         }
+    }
+}
+
+/// `[model]` as written: [`ModelConfig`] plus `execution_providers`, the short spelling of
+/// `session.execution_providers` (`model.execution_providers = ["cuda", "cpu"]`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelConfigInput {
+    #[serde(default = "default_manifest")]
+    manifest: PathBuf,
+    #[serde(default)]
+    onnx: Option<PathBuf>,
+    #[serde(default)]
+    runtime_library: Option<PathBuf>,
+    #[serde(default)]
+    session: SessionConfig,
+    #[serde(default)]
+    execution_providers: Option<Vec<ExecutionProviderConfig>>,
+}
+
+fn default_manifest() -> PathBuf {
+    ModelConfig::default().manifest
+}
+
+impl TryFrom<ModelConfigInput> for ModelConfig {
+    type Error = String;
+
+    fn try_from(input: ModelConfigInput) -> Result<Self, String> {
+        let mut session = input.session;
+        if let Some(providers) = input.execution_providers {
+            // The defaults layer always carries the default list, so only another list clashes.
+            let default = SessionConfig::default().execution_providers;
+            if session.execution_providers != default && session.execution_providers != providers {
+                return Err(
+                    "model.execution_providers and model.session.execution_providers \
+                     are both set: keep one"
+                        .into(),
+                );
+            }
+            session.execution_providers = providers;
+        }
+        Ok(Self {
+            manifest: input.manifest,
+            onnx: input.onnx,
+            runtime_library: input.runtime_library,
+            session,
+        })
     }
 }
 

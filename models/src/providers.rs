@@ -22,9 +22,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 
-/// One execution provider, as configured (`[[model.execution_providers]] kind = "cuda"`).
+/// One execution provider, as configured: a table with its `kind` and options
+/// (`{ kind = "cuda", device_id = 1 }`), or only the kind's name with default options (`"cuda"`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+// `remote = "Self"`: the derived code becomes inherent functions, which the trait impls below
+// wrap, so that a bare name is accepted too.
+#[serde(
+    remote = "Self",
+    tag = "kind",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum ExecutionProviderConfig {
     /// ONNX Runtime's default CPU provider (MLAS); always available.
     Cpu,
@@ -85,6 +93,41 @@ pub enum ExecutionProviderConfig {
         #[serde(default)]
         options: BTreeMap<String, String>,
     },
+}
+
+impl Serialize for ExecutionProviderConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Self::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExecutionProviderConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, MapDeserializer};
+
+        struct NameOrTable;
+        impl<'de> serde::de::Visitor<'de> for NameOrTable {
+            type Value = ExecutionProviderConfig;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a provider name (\"cuda\") or a table with its kind and options")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, kind: &str) -> Result<Self::Value, E> {
+                ExecutionProviderConfig::deserialize(MapDeserializer::new(std::iter::once((
+                    "kind", kind,
+                ))))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                ExecutionProviderConfig::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_any(NameOrTable)
+    }
 }
 
 /// The kind of hardware a plugin device is.
@@ -640,6 +683,39 @@ mod tests {
         assert_eq!(c.inter_op_threads, 1);
         assert_eq!(c.graph_optimization, GraphOptimization::All);
         c.validate()?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_bare_name_is_the_provider_with_default_options() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let c: SessionConfig = toml::from_str(
+            r#"execution_providers = ["tensorrt", { kind = "cuda", device_id = 1 }, "openvino", "cpu"]"#,
+        )?;
+        assert_eq!(
+            c.execution_providers,
+            vec![
+                ExecutionProviderConfig::TensorRt {
+                    device_id: 0,
+                    fp16: false,
+                    int8: false,
+                    engine_cache_path: None,
+                },
+                ExecutionProviderConfig::Cuda { device_id: 1 },
+                ExecutionProviderConfig::OpenVino { device_type: None },
+                ExecutionProviderConfig::Cpu,
+            ]
+        );
+        // Serialised back as tables, which read the same.
+        let text = toml::to_string(&c)?;
+        assert_eq!(toml::from_str::<SessionConfig>(&text)?, c);
+        // A name still has to be a known kind, and a plugin needs its library.
+        let e = toml::from_str::<SessionConfig>(r#"execution_providers = ["tpu"]"#)
+            .expect_err("unknown kind");
+        assert!(e.to_string().contains("unknown variant `tpu`"), "{e}");
+        let e = toml::from_str::<SessionConfig>(r#"execution_providers = ["plugin"]"#)
+            .expect_err("no library");
+        assert!(e.to_string().contains("missing field `library`"), "{e}");
         Ok(())
     }
 

@@ -77,6 +77,47 @@ mod tests {
     }
 
     #[test]
+    fn execution_providers_by_name_at_the_model_level() -> anyhow::Result<()> {
+        use tessera_models::ExecutionProviderConfig as Provider;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("tessera.toml");
+        std::fs::write(
+            &file,
+            "[model]\nexecution_providers = [\"tensorrt\", \"cuda\", \"openvino\", \"cpu\"]\n",
+        )?;
+        let config = load(Some(&file), &[])?;
+        let kinds: Vec<&str> = config
+            .model
+            .session
+            .execution_providers
+            .iter()
+            .map(Provider::name)
+            .collect();
+        assert_eq!(kinds, ["tensorrt", "cuda", "openvino", "cpu"]);
+        // A flag works the same way, with options where a table is given.
+        let config = load(
+            None,
+            &[r#"model.execution_providers=[{ kind = "cuda", device_id = 1 }, "cpu"]"#.into()],
+        )?;
+        assert_eq!(
+            config.model.session.execution_providers,
+            [Provider::Cuda { device_id: 1 }, Provider::Cpu]
+        );
+        // Two different lists: which one was meant is unclear.
+        let error = load(
+            Some(&file),
+            &[r#"model.session.execution_providers=["cuda"]"#.into()],
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("are both set")),
+            "{error:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn every_setting_is_in_the_readme_reference() -> anyhow::Result<()> {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
         let defaults = toml::Table::try_from(PipelineConfig::default())?;
