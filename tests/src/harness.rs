@@ -1,12 +1,14 @@
-//! The setup every pipeline test repeats: an embedded broker with the standard topics, a
-//! pipeline configuration pointing at it, frames to publish, and reading the outputs back.
+//! The setup every pipeline test repeats: a broker (the one `TESSERA_TEST_BROKER` names: the
+//! mock cluster or tansu) with the standard topics, a pipeline configuration pointing at it,
+//! frames to publish, and reading the outputs back.
 
 use std::ops::Range;
 use std::time::Duration;
 
-use tessera::embedded::{CameraFrame, EmbeddedKafka, Output, read_outputs};
+use tessera::embedded::{CameraFrame, Output, read_outputs};
 use tessera_actors::PipelineConfig;
 
+use crate::broker::{BrokerKind, TestBroker};
 use crate::manifest;
 
 /// Input topic of the default configuration.
@@ -16,24 +18,29 @@ pub const RESULTS: &str = "detections";
 /// Dead-letter topic of the default configuration.
 pub const DLQ: &str = "frames.dlq";
 
-/// An embedded Kafka-protocol broker with the default topics.
+/// A broker with the default topics.
 #[derive(Debug)]
 pub struct Harness {
-    pub kafka: EmbeddedKafka,
+    pub broker: TestBroker,
     pub brokers: String,
 }
 
 impl Harness {
-    /// Starts `brokers` brokers with `frames` and `detections` of `partitions` partitions each
-    /// and a one-partition `frames.dlq`.
-    pub fn start(brokers: i32, partitions: i32) -> anyhow::Result<Self> {
+    /// Starts the broker `TESSERA_TEST_BROKER` names with `frames` and `detections` of
+    /// `partitions` partitions each and a one-partition `frames.dlq`.
+    pub fn start(partitions: i32) -> anyhow::Result<Self> {
+        Self::start_on(BrokerKind::from_env(), partitions)
+    }
+
+    /// [`Harness::start`] on a broker of `kind` (the mock cluster for fault injection).
+    pub fn start_on(kind: BrokerKind, partitions: i32) -> anyhow::Result<Self> {
         init_logs();
-        let kafka = EmbeddedKafka::start(brokers)?;
-        kafka.create_topic(FRAMES, partitions)?;
-        kafka.create_topic(RESULTS, partitions)?;
-        kafka.create_topic(DLQ, 1)?;
-        let brokers = kafka.bootstrap_servers();
-        Ok(Self { kafka, brokers })
+        let broker = TestBroker::start(kind)?;
+        broker.create_topic(FRAMES, partitions)?;
+        broker.create_topic(RESULTS, partitions)?;
+        broker.create_topic(DLQ, 1)?;
+        let brokers = broker.bootstrap_servers();
+        Ok(Self { broker, brokers })
     }
 
     /// The default pipeline configuration for this broker, consumer group `group`, YOLOX-Nano.
@@ -41,6 +48,10 @@ impl Harness {
         let mut config = PipelineConfig::default();
         config.kafka.brokers = self.brokers.clone();
         config.kafka.group_id = group.into();
+        config
+            .kafka
+            .producer_properties
+            .extend(self.broker.producer_properties());
         config.model.manifest = manifest("yolox-nano");
         config
     }

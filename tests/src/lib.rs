@@ -1,5 +1,6 @@
 //! Shared helpers of tessera's integration tests.
 
+pub mod broker;
 pub mod delivery;
 pub mod golden;
 pub mod harness;

@@ -66,7 +66,7 @@ async fn tiles_of_consecutive_frames_share_model_runs() -> anyhow::Result<()> {
         "the images must tell apart"
     );
 
-    let harness = Harness::start(1, 1)?;
+    let harness = Harness::start(1)?;
     // A long delay: batches only run when full (or once the stream stops).
     let config = config(&harness, "batching", 4, Duration::from_secs(5));
     let mut frames = camera_frames("cam-a", &dog, 0..4);
@@ -107,7 +107,7 @@ async fn a_batch_that_cannot_fill_runs_after_the_delay() -> anyhow::Result<()> {
         return Ok(());
     };
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
-    let harness = Harness::start(1, 1)?;
+    let harness = Harness::start(1)?;
     let config = config(&harness, "lone", 8, Duration::from_millis(100));
     let pipeline = tessera_actors::start(config, "lone", Some(&assets)).await?;
     publish_frames(&harness.brokers, FRAMES, &camera_frames("cam", &dog, 0..1)).await?;

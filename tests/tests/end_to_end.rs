@@ -19,7 +19,7 @@ async fn two_cameras_in_order_with_bad_frames_dead_lettered() -> anyhow::Result<
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
     let vehicles = std::fs::read(assets.join("images/small-vehicles1.jpeg"))?;
 
-    let harness = Harness::start(1, 3)?;
+    let harness = Harness::start(3)?;
     let brokers = harness.brokers.clone();
     let mut config = harness.config("e2e");
     // A small in-flight window makes frames of both cameras interleave through every stage.
@@ -164,7 +164,7 @@ async fn drop_stale_skips_old_frames_and_processes_fresh_ones() -> anyhow::Resul
         return Ok(());
     };
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
-    let harness = Harness::start(1, 1)?;
+    let harness = Harness::start(1)?;
     let mut config = harness.config("lag");
     config.tiling.enabled = false;
     config.flow.lag_policy = LagPolicy::DropStale;

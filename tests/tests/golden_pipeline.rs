@@ -18,7 +18,7 @@ async fn dog_through_the_pipeline(model: &str, group: &str) -> anyhow::Result<Op
         return Ok(None);
     };
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
-    let harness = Harness::start(1, 1)?;
+    let harness = Harness::start(1)?;
     let mut config = harness.config(group);
     config.model.manifest = manifest(model);
     config.tiling.enabled = false;

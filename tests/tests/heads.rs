@@ -87,8 +87,8 @@ async fn a_published_head_goes_live_everywhere_and_each_camera_switches_once() -
     };
     let scenes = [DOG, PARKING];
     let head = train_head(&assets, &scenes, 1)?;
-    let harness = Harness::start(1, 2)?;
-    harness.kafka.create_topic(HEADS, 1)?;
+    let harness = Harness::start(2)?;
+    harness.broker.create_topic(HEADS, 1)?;
     let mut config = harness.config("heads");
     config.model.manifest = manifest("mobilenetv2");
     config.tiling.enabled = false;
@@ -229,8 +229,8 @@ async fn a_head_of_another_backbone_is_refused_and_the_live_head_stays() -> anyh
     let Some(assets) = assets_dir() else {
         return Ok(());
     };
-    let harness = Harness::start(1, 1)?;
-    harness.kafka.create_topic(HEADS, 1)?;
+    let harness = Harness::start(1)?;
+    harness.broker.create_topic(HEADS, 1)?;
     let mut config = harness.config("foreign");
     config.model.manifest = manifest("mobilenetv2");
     config.tiling.enabled = false;

@@ -108,10 +108,10 @@ fn config(harness: &Harness, group: &str) -> PipelineConfig {
 
 /// A broker with the frame topics and the learning topics (labels, heads, examples).
 fn broker() -> anyhow::Result<Harness> {
-    let harness = Harness::start(1, 1)?;
-    harness.kafka.create_topic(LABELS, 1)?;
-    harness.kafka.create_topic("tessera.heads", 1)?;
-    harness.kafka.create_topic("tessera.examples", 1)?;
+    let harness = Harness::start(1)?;
+    harness.broker.create_topic(LABELS, 1)?;
+    harness.broker.create_topic("tessera.heads", 1)?;
+    harness.broker.create_topic("tessera.examples", 1)?;
     Ok(harness)
 }
 

@@ -82,7 +82,7 @@ async fn metrics_health_status_and_admin_over_http() -> anyhow::Result<()> {
         return Ok(());
     };
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
-    let harness = Harness::start(1, 2)?;
+    let harness = Harness::start(2)?;
     let mut config = harness.config("observability");
     config.http.address = "127.0.0.1:0".into();
     config.http.admin_token = Some(TOKEN.into());

@@ -7,13 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tessera::embedded::EmbeddedKafka;
 use tessera::replay::compare::{Difference, FrameOutcome, Tolerance, compare};
 use tessera::replay::make::MakeOptions;
 use tessera::replay::play::{PlayOptions, Speed};
 use tessera::replay::recording::{DamageKind, scan};
 use tessera::replay::verify::{VerifyOptions, VerifyReport, load_golden};
 use tessera_actors::PipelineConfig;
+use tessera_tests::broker::TestBroker;
 use tessera_tests::golden::{self, DetectionGolden, Found};
 use tessera_tests::{assets_dir, workspace_root};
 
@@ -222,7 +222,7 @@ async fn a_truncated_recording_is_reported_and_its_intact_records_still_replay()
         whole_scan.messages
     );
 
-    let kafka = EmbeddedKafka::start(1)?;
+    let kafka = TestBroker::from_env()?;
     kafka.create_topic("replayed", 2)?;
     let played = tessera::replay::play::run(&PlayOptions {
         file: cut,
@@ -231,7 +231,7 @@ async fn a_truncated_recording_is_reported_and_its_intact_records_still_replay()
         channel: None,
         speed: Speed::Max,
         loops: 1,
-        properties: Vec::new(),
+        properties: kafka.producer_properties(),
     })
     .await?;
     assert_eq!(played.published, intact);
@@ -297,9 +297,13 @@ async fn verify_on_a_users_broker_runs_only_the_recording_judged_by_its_own_cloc
     shared_images_recording(&assets, &recording)?;
     // "The user's broker": topics made beforehand, the input already holding a frame that is
     // not part of the recording.
-    let kafka = EmbeddedKafka::start(1)?;
+    let kafka = TestBroker::from_env()?;
     let brokers = kafka.bootstrap_servers();
     let mut config = golden_config()?;
+    config
+        .kafka
+        .producer_properties
+        .extend(kafka.producer_properties());
     kafka.create_topic(&config.kafka.input_topics[0], 2)?;
     kafka.create_topic(&config.kafka.results_topic, 2)?;
     kafka.create_topic(&config.kafka.dlq_topic, 1)?;

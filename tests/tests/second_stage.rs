@@ -70,9 +70,9 @@ fn expected(rule: Rule, detector: &str) -> Option<&'static str> {
 }
 
 fn broker() -> anyhow::Result<Harness> {
-    let harness = Harness::start(1, 2)?;
+    let harness = Harness::start(2)?;
     for topic in [LABELS, "tessera.heads", "tessera.examples", REQUESTS] {
-        harness.kafka.create_topic(topic, 1)?;
+        harness.broker.create_topic(topic, 1)?;
     }
     Ok(harness)
 }

@@ -9,6 +9,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tessera::embedded::publish_frames;
 use tessera_actors::observe::Queue;
 use tessera_tests::assets_dir;
+use tessera_tests::broker::BrokerKind;
 use tessera_tests::delivery::{CAMERAS, STARTUP, assert_fits_mock_log, camera_frames, dog};
 use tessera_tests::harness::{FRAMES, Harness, eventually};
 
@@ -17,13 +18,18 @@ async fn shutdown_reports_exactly_the_frames_kafka_never_acknowledged() -> anyho
     let Some(assets) = assets_dir() else {
         return Ok(());
     };
-    let harness = Harness::start(1, 2)?;
+    // Fault injection: the mock cluster whatever TESSERA_TEST_BROKER says.
+    let harness = Harness::start_on(BrokerKind::Mock, 2)?;
     let sent = camera_frames(&CAMERAS, 3, &dog(&assets)?);
     let landed = publish_frames(&harness.brokers, FRAMES, &sent).await?;
     assert_fits_mock_log(&sent, &landed);
     // From now on the broker refuses every produce, retriably: no output can be acknowledged,
     // and the producer keeps retrying (its message timeout is far away).
-    harness.kafka.cluster().request_errors(
+    let kafka = harness
+        .broker
+        .mock()
+        .ok_or_else(|| anyhow::anyhow!("fault injection needs the mock cluster"))?;
+    kafka.cluster().request_errors(
         RDKafkaApiKey::Produce,
         &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
     );

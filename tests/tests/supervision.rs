@@ -16,7 +16,7 @@ async fn a_killed_stage_is_restarted_and_the_stream_goes_on() -> anyhow::Result<
         return Ok(());
     };
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
-    let harness = Harness::start(1, 1)?;
+    let harness = Harness::start(1)?;
     let mut config = harness.config("supervision");
     config.tiling.enabled = false;
 
@@ -62,7 +62,7 @@ async fn a_restart_storm_stops_the_pipeline_with_an_error() -> anyhow::Result<()
         return Ok(());
     };
     let dog = std::fs::read(assets.join("images/dog.jpg"))?;
-    let harness = Harness::start(1, 1)?;
+    let harness = Harness::start(1)?;
     let mut config = harness.config("storm");
     config.tiling.enabled = false;
     // Every model run panics: each failure is counted, and the fourth within the window

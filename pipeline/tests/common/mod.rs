@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 #[allow(dead_code)]
 pub mod delivery;
 
+#[path = "../../../tests/src/broker.rs"]
+#[allow(dead_code)]
+pub mod broker;
+
 /// The real assets (`$TESSERA_ASSETS`, else `../shared/assets` beside the workspace), or None
 /// with a printed reason so the caller can skip (a panic where `TESSERA_REQUIRE_ASSETS` is set).
 pub fn assets_dir() -> Option<PathBuf> {
