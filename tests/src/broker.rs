@@ -139,7 +139,12 @@ pub struct Tansu {
 
 impl std::fmt::Debug for Tansu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "tansu at {} (pid {})", self.bootstrap_servers(), self.child.id())
+        write!(
+            f,
+            "tansu at {} (pid {})",
+            self.bootstrap_servers(),
+            self.child.id()
+        )
     }
 }
 

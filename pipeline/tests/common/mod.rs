@@ -10,6 +10,9 @@ pub mod delivery;
 #[allow(dead_code)]
 pub mod broker;
 
+#[allow(dead_code)]
+pub mod process;
+
 /// The real assets (`$TESSERA_ASSETS`, else `../shared/assets` beside the workspace), or None
 /// with a printed reason so the caller can skip (a panic where `TESSERA_REQUIRE_ASSETS` is set).
 pub fn assets_dir() -> Option<PathBuf> {
