@@ -65,7 +65,7 @@ fn cameras() -> Vec<String> {
 /// The label of a camera's frames: cameras on even partitions film the dog, the others the
 /// parking lot (two classes MobileNetV2's embedding tells apart).
 fn scene(camera_index: usize) -> (&'static str, &'static str) {
-    if camera_index % 2 == 0 {
+    if camera_index.is_multiple_of(2) {
         ("dog", "dog.jpg")
     } else {
         ("parking", "small-vehicles1.jpeg")
