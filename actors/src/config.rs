@@ -472,6 +472,13 @@ pub struct KafkaConfig {
     /// `0s` turns both off.
     #[serde(with = "humantime_serde")]
     pub statistics_interval: Duration,
+    /// Compression of what tessera produces (results, dead letters, heads, examples, label
+    /// requests). Every consumer of those topics needs the codec: `none` and `gzip` are
+    /// readable by any Kafka client; `lz4` (the default: fast, light on the CPU) and
+    /// `snappy` need the codec's library in the consumer (kafka-python raises
+    /// `UnsupportedCodecError` without the `lz4` package). (tessera's librdkafka is built
+    /// without zstd.)
+    pub compression: Compression,
     /// Extra librdkafka properties for both clients, e.g. `security.protocol`,
     /// `sasl.mechanisms`, `ssl.ca.location`.
     pub properties: BTreeMap<String, String>,
@@ -479,6 +486,28 @@ pub struct KafkaConfig {
     pub consumer_properties: BTreeMap<String, String>,
     /// Extra librdkafka properties for the producer only.
     pub producer_properties: BTreeMap<String, String>,
+}
+
+/// A Kafka compression codec (librdkafka's `compression.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+}
+
+impl Compression {
+    /// librdkafka's name of the codec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -495,6 +524,7 @@ impl Default for KafkaConfig {
             revoke_drain_timeout: Duration::from_secs(10),
             fetch_buffer_kbytes: 16 * 1024,
             statistics_interval: Duration::from_secs(5),
+            compression: Compression::Lz4,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),

@@ -325,6 +325,11 @@ async fn two_replicas_share_partitions_heads_and_a_killed_ones_work() -> anyhow:
         )
     })?;
     eprintln!("shared: a {pa:?}, b {pb:?}");
+    // Their stderr is a pipe, not a terminal: plain text, no colour codes.
+    assert!(
+        !a.process.logged("\u{1b}[") && a.process.logged("Partitions assigned"),
+        "colour codes in a log that is not a terminal"
+    );
 
     // Batch 1, one camera per partition: both replicas serve.
     let first = frames(&assets, &cameras, "first", 8)?;
@@ -444,6 +449,25 @@ async fn two_replicas_share_partitions_heads_and_a_killed_ones_work() -> anyhow:
         "the survivor holds all {PARTITIONS} partitions {:.1} s after the kill (session timeout {} s)",
         killed_at.elapsed().as_secs_f64(),
         SESSION_TIMEOUT.as_secs()
+    );
+
+    // Back-pressure (4 frames in flight at most) paused the survivor's partitions again and
+    // again: counted in a metric, summarised in the log rather than a line per pause.
+    let pauses = survivor
+        .metric("tessera_ingest_pauses_total{reason=\"budget\"}")
+        .unwrap_or(0.0) as usize;
+    let lines = survivor.process.logged_count("Back-pressure: ");
+    eprintln!("survivor: {pauses} back-pressure pauses, {lines} log lines about them");
+    assert!(pauses > 0, "no back-pressure pause was counted");
+    assert!(
+        lines < pauses || pauses == 1,
+        "{lines} log lines for {pauses} pauses"
+    );
+    assert_eq!(
+        survivor
+            .process
+            .logged_count("Paused partitions: in-flight"),
+        lines
     );
 
     // Batch 3 after the kill: everything gets a result, under the head.

@@ -29,7 +29,7 @@ const BUILT_INS: [&str; 1] = ["up"];
 const VARIABLE_SENTINEL: &str = "tessera_var_";
 
 /// Alerts the rules must define, with the metric families each must query.
-const REQUIRED_ALERTS: [(&str, &[&str]); 7] = [
+const REQUIRED_ALERTS: [(&str, &[&str]); 8] = [
     ("TesseraConsumerLagGrowing", &[names::CONSUMER_LAG]),
     (
         "TesseraDeadLetterRateHigh",
@@ -55,6 +55,10 @@ const REQUIRED_ALERTS: [(&str, &[&str]); 7] = [
         ],
     ),
     ("TesseraOperatorPaused", &[names::OPERATOR_PAUSED]),
+    (
+        "TesseraIdleReplicaWhileLagging",
+        &[names::IDLE_MEMBER, names::CONSUMER_LAG],
+    ),
     ("TesseraDown", &["up"]),
 ];
 

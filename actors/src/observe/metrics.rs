@@ -16,6 +16,8 @@ pub mod names {
     pub const PARTITIONS_ASSIGNED: &str = "tessera_ingest_partitions_assigned";
     pub const PARTITIONS_PAUSED: &str = "tessera_ingest_partitions_paused";
     pub const OPERATOR_PAUSED: &str = "tessera_ingest_operator_paused";
+    pub const PAUSES: &str = "tessera_ingest_pauses_total";
+    pub const IDLE_MEMBER: &str = "tessera_ingest_idle_member";
     pub const CONSUMER_LAG: &str = "tessera_ingest_consumer_lag_messages";
     pub const FRAMES_IN_FLIGHT: &str = "tessera_pipeline_frames_in_flight";
     pub const STAGE_LATENCY: &str = "tessera_pipeline_stage_latency_seconds";
@@ -110,7 +112,11 @@ pub mod labels {
     pub const SCOPE: &str = "scope";
     pub const VERDICT: &str = "verdict";
     pub const STRATEGY: &str = "strategy";
+    pub const REASON: &str = "reason";
 }
+
+/// Why consumption paused (`reason` of [`names::PAUSES`]).
+pub const PAUSE_REASONS: [&str; 3] = ["budget", "operator", "draining"];
 
 /// A pipeline stage whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +207,9 @@ pub struct Metrics {
     pub partitions_assigned: IntGauge,
     pub partitions_paused: IntGauge,
     pub operator_paused: IntGauge,
+    pauses: IntCounterVec,
+    /// 1 while this replica is a group member holding no input partition.
+    pub idle_member: IntGauge,
     consumer_lag: IntGaugeVec,
     pub frames_in_flight: IntGauge,
     stage_latency: [Histogram; 7],
@@ -329,6 +338,19 @@ impl Metrics {
             operator_paused: IntGauge::new(
                 names::OPERATOR_PAUSED,
                 "1 while an operator has paused consumption (POST /v1/pause)",
+            )
+            .expect("valid metric"),
+            pauses: IntCounterVec::new(
+                Opts::new(
+                    names::PAUSES,
+                    "Times consumption paused, by reason: budget (back-pressure: the in-flight budget is spent, several times a second at full load), operator, draining",
+                ),
+                &[labels::REASON],
+            )
+            .expect("valid metric"),
+            idle_member: IntGauge::new(
+                names::IDLE_MEMBER,
+                "1 while this replica is a consumer-group member with no input partition (more replicas than partitions, or a stuck rebalance)",
             )
             .expect("valid metric"),
             consumer_lag: IntGaugeVec::new(
@@ -491,6 +513,9 @@ impl Metrics {
         for via in JOINED_VIA {
             metrics.labels_joined.with_label_values(&[via]);
         }
+        for reason in PAUSE_REASONS {
+            metrics.pauses.with_label_values(&[reason]);
+        }
         for outcome in FINETUNE_OUTCOMES {
             metrics.finetune_runs.with_label_values(&[outcome]);
         }
@@ -511,11 +536,13 @@ impl Metrics {
                 .delivery_failures
                 .with_label_values(&[domain.as_str()]);
         }
-        let collectors: [Box<dyn Collector>; 32] = [
+        let collectors: [Box<dyn Collector>; 34] = [
             Box::new(metrics.frames_consumed.clone()),
             Box::new(metrics.partitions_assigned.clone()),
             Box::new(metrics.partitions_paused.clone()),
             Box::new(metrics.operator_paused.clone()),
+            Box::new(metrics.pauses.clone()),
+            Box::new(metrics.idle_member.clone()),
             Box::new(metrics.consumer_lag.clone()),
             Box::new(metrics.frames_in_flight.clone()),
             Box::new(stage_latency),
@@ -592,6 +619,11 @@ impl Metrics {
     }
 
     /// Counts an acknowledged dead letter of `kind`.
+    /// Counts a pause of consumption for `reason`, one of [`PAUSE_REASONS`].
+    pub fn paused(&self, reason: &str) {
+        self.pauses.with_label_values(&[reason]).inc();
+    }
+
     pub fn dead_lettered(&self, kind: DeadLetterKind) {
         self.frames_dead_lettered
             .with_label_values(&[kind.as_str()])

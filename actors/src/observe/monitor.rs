@@ -258,9 +258,16 @@ impl Monitor {
         for partition in partitions {
             consumer.stats.entry(partition.clone()).or_default();
         }
+        self.count_assigned(&consumer);
+    }
+
+    /// The assignment gauges: partitions held, and whether this member holds none.
+    fn count_assigned(&self, consumer: &ConsumerState) {
+        let held = consumer.stats.len() as i64;
+        self.metrics.partitions_assigned.set(held);
         self.metrics
-            .partitions_assigned
-            .set(consumer.stats.len() as i64);
+            .idle_member
+            .set(i64::from(consumer.joined && held == 0));
     }
 
     /// The consumer gave `partitions` up.
@@ -271,9 +278,7 @@ impl Monitor {
             self.metrics
                 .forget_consumer_lag(&partition.topic, partition.partition);
         }
-        self.metrics
-            .partitions_assigned
-            .set(consumer.stats.len() as i64);
+        self.count_assigned(&consumer);
     }
 
     /// The committed offsets from librdkafka's statistics; also a sign of life of the
@@ -565,5 +570,24 @@ mod tests {
         monitor.partitions_revoked(&[partition(0)]);
         assert_eq!(monitor.status().partitions.len(), 1);
         assert!(!monitor.metrics.encode_text().contains("partition=\"0\""));
+    }
+
+    #[test]
+    fn a_member_without_partitions_is_flagged_idle() {
+        let monitor = Monitor::new("t", "g", Duration::ZERO);
+        // Not a member yet: not idle either.
+        assert_eq!(monitor.metrics.idle_member.get(), 0);
+        monitor.partitions_assigned(&[]);
+        assert_eq!(monitor.metrics.idle_member.get(), 1);
+        monitor.partitions_assigned(&[partition(3)]);
+        assert_eq!(monitor.metrics.idle_member.get(), 0);
+        monitor.partitions_revoked(&[partition(3)]);
+        assert_eq!(monitor.metrics.idle_member.get(), 1);
+        assert!(
+            monitor
+                .metrics
+                .encode_text()
+                .contains("tessera_ingest_idle_member 1")
+        );
     }
 }

@@ -51,7 +51,7 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
             config.message_timeout.as_millis().to_string(),
         )
         .set("linger.ms", "5")
-        .set("compression.type", "lz4");
+        .set("compression.type", config.compression.as_str());
     for (key, value) in &config.producer_properties {
         client.set(key, value);
     }

@@ -30,6 +30,9 @@ use crate::stage::kafka::consumer_config;
 use crate::stage::{ChildSpec, Edge, StageTask};
 
 static CONSUMER_ERROR: Throttle = Throttle::new(LOG_INTERVAL);
+/// Back-pressure pauses come several times a second at full load: one summary line per
+/// interval, the count in `tessera_ingest_pauses_total{reason="budget"}`.
+static BACK_PRESSURE: Throttle = Throttle::new(LOG_INTERVAL);
 
 /// What ingest is built from.
 #[derive(Debug, Clone)]
@@ -463,6 +466,15 @@ enum PauseReason {
 }
 
 impl PauseReason {
+    /// The `reason` label of `tessera_ingest_pauses_total`.
+    fn label(self) -> &'static str {
+        match self {
+            PauseReason::Budget => "budget",
+            PauseReason::Operator => "operator",
+            PauseReason::Draining => "draining",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             PauseReason::Budget => "Paused partitions: in-flight budget exhausted",
@@ -602,15 +614,38 @@ fn set_paused(ctx: &ConsumeLoop, pause: bool, reason: PauseReason) {
     }
     let paused = if pause { assignment.count() } else { 0 };
     ctx.monitor.metrics.partitions_paused.set(paused as i64);
-    if pause && !was {
-        tracing::info!(
-            partitions = assignment.count(),
-            in_flight = ctx.ledger.len(),
-            "{}",
-            reason.describe()
-        );
-    } else if !pause && was {
-        tracing::info!(partitions = assignment.count(), "Resumed partitions");
+    match (pause, was, reason) {
+        (true, false, PauseReason::Budget) => {
+            ctx.monitor.metrics.paused(reason.label());
+            // Flow control, not a lifecycle event: a summary now and then.
+            if let Some(held_back) = BACK_PRESSURE.allow() {
+                tracing::info!(
+                    partitions = assignment.count(),
+                    in_flight = ctx.ledger.len(),
+                    pauses_since_last_line = held_back,
+                    "Back-pressure: {} (each pause counted in tessera_ingest_pauses_total)",
+                    reason.describe()
+                );
+            } else {
+                tracing::debug!(partitions = assignment.count(), "{}", reason.describe());
+            }
+        }
+        (true, false, _) => {
+            ctx.monitor.metrics.paused(reason.label());
+            tracing::info!(
+                partitions = assignment.count(),
+                in_flight = ctx.ledger.len(),
+                "{}",
+                reason.describe()
+            );
+        }
+        (false, true, PauseReason::Budget) => {
+            tracing::debug!(partitions = assignment.count(), "Resumed partitions");
+        }
+        (false, true, _) => {
+            tracing::info!(partitions = assignment.count(), "Resumed partitions");
+        }
+        _ => {}
     }
 }
 

@@ -106,6 +106,14 @@ impl Tessera {
         Some(kib * 1024)
     }
 
+    /// Log lines containing `needle`.
+    pub fn logged_count(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .map(|logs| logs.iter().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
     pub fn logged(&self, needle: &str) -> bool {
         self.logs
             .lock()
