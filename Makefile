@@ -44,13 +44,13 @@ demo: setup
 	$(CARGO) run --release -p tessera -- demo
 
 ## Run every test: unit, property, real-model and end-to-end through the embedded broker, then
-## the end-to-end and delivery suites again on tansu (TESSERA_TEST_BROKER=tansu).
-TANSU_SUITES := --test end_to_end --test replay --test learning
+## the end-to-end, replay, delivery and scale-out suites again on tansu (TESSERA_TEST_BROKER=tansu).
+TANSU_SUITES := --test end_to_end --test replay
 test: setup pytools ep-plugins tansu
 	$(CARGO) test --workspace --all-targets
-	@echo "Again on tansu, a real Kafka-compatible broker: the end-to-end and delivery suites"
+	@echo "Again on tansu, a real Kafka-compatible broker: end-to-end, replay, delivery, scale-out"
 	TESSERA_TEST_BROKER=tansu $(CARGO) test -p tessera-tests $(TANSU_SUITES)
-	TESSERA_TEST_BROKER=tansu $(CARGO) test -p tessera --test process_faults
+	TESSERA_TEST_BROKER=tansu $(CARGO) test -p tessera --test process_faults --test scale_out
 
 ## Formatting and lints, as CI checks them.
 lint:

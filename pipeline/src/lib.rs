@@ -11,5 +11,6 @@ pub mod feed;
 pub mod http;
 pub mod images;
 pub mod local;
+pub mod logging;
 pub mod progress;
 pub mod replay;
