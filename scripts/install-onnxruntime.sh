@@ -13,22 +13,14 @@ lib="$dest/lib/libonnxruntime.so.$version"
 if [ -f "$lib" ]; then
   exit 0
 fi
-case "$(uname -s)-$(uname -m)" in
-  Linux-x86_64|Linux-aarch64) ;;
-  *) echo "error: this script installs the Linux wheel; on $(uname -s)-$(uname -m) set ORT_DYLIB_PATH to an ONNX Runtime $version library" >&2; exit 1 ;;
-esac
-python=$(command -v python3 || command -v python || true)
-if [ -z "$python" ]; then
-  echo "error: python3 with pip is needed to fetch the onnxruntime==$version wheel from PyPI" >&2
-  exit 1
-fi
+# shellcheck source=scripts/wheels.sh
+. "$(dirname "$0")/wheels.sh"
+require_linux "x86_64 aarch64" "Set ORT_DYLIB_PATH to an ONNX Runtime $version library instead."
+require_python "onnxruntime==$version"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "Installing ONNX Runtime $version (PyPI wheel $package==$version) into $dest"
-# The wheel's native library does not depend on the Python version, so any CPython tag will do.
-"$python" -m pip download --quiet --no-deps --only-binary=:all: \
-  --python-version 3.11 --platform "manylinux_2_28_$(uname -m)" \
-  "$package==$version" -d "$tmp"
+download_wheel "manylinux_2_28_$(uname -m)" "$tmp" "$package==$version"
 wheel=$(ls "$tmp"/onnxruntime*.whl)
 mkdir -p "$dest/lib"
 "$python" - "$wheel" "$dest/lib" <<'PY'

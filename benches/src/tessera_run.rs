@@ -48,10 +48,31 @@ impl TesseraProcess {
     /// Starts `tessera run` with these `--set` overrides, serving HTTP on a free local port;
     /// its logs go to `log`.
     pub fn start(overrides: &[String], assets: &Path, log: &Path) -> anyhow::Result<Self> {
+        Self::start_pinned(None, overrides, assets, log)
+    }
+
+    /// [`TesseraProcess::start`], pinned to one core with `taskset -c` when `core` is given
+    /// (the process then sees one core and sizes its pools for it).
+    pub fn start_pinned(
+        core: Option<usize>,
+        overrides: &[String],
+        assets: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let http = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .to_string();
-        let mut command = Command::new(tessera_binary()?);
+        let mut command = match core {
+            Some(core) => {
+                // taskset execs tessera: the pid sampled below is tessera's.
+                let mut command = Command::new("taskset");
+                command
+                    .args(["-c", &core.to_string()])
+                    .arg(tessera_binary()?);
+                command
+            }
+            None => Command::new(tessera_binary()?),
+        };
         command.arg("run");
         for setting in overrides {
             command.args(["--set", setting]);

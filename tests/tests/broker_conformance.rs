@@ -480,6 +480,23 @@ fn committed_offset_resumes(broker: &TestBroker) -> anyhow::Result<Seen> {
     Ok(Seen::Gap("the second member read nothing".into()))
 }
 
+/// A consumer subscribed to `topic` in `group`, as tessera's members are (cooperative-sticky)
+/// but with the short session of the group checks.
+fn group_member(brokers: &str, topic: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set(
+            "session.timeout.ms",
+            SESSION_TIMEOUT.as_millis().to_string(),
+        )
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
 /// A group member on its own thread, reporting how many partitions it holds.
 struct Member {
     stop: mpsc::Sender<()>,
@@ -490,16 +507,7 @@ struct Member {
 
 impl Member {
     fn join(broker: &TestBroker, topic: &str, group: &str) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = client(broker)
-            .set("group.id", group)
-            .set(
-                "session.timeout.ms",
-                SESSION_TIMEOUT.as_millis().to_string(),
-            )
-            .set("heartbeat.interval.ms", "1000")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .create()?;
-        consumer.subscribe(&[topic])?;
+        let consumer = group_member(&broker.bootstrap_servers(), topic, group)?;
         let (stop, stopped) = mpsc::channel();
         let (report, held) = mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -591,17 +599,7 @@ fn conformance_member_process() -> anyhow::Result<()> {
     else {
         anyhow::bail!("{MEMBER_ENV}={spec:?}: expected `BROKERS TOPIC GROUP`");
     };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set(
-            "session.timeout.ms",
-            SESSION_TIMEOUT.as_millis().to_string(),
-        )
-        .set("heartbeat.interval.ms", "1000")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()?;
-    consumer.subscribe(&[topic])?;
+    let consumer = group_member(brokers, topic, group)?;
     loop {
         let _ = consumer.poll(Duration::from_millis(100));
         let count = consumer.assignment().map_or(0, |a| a.count());

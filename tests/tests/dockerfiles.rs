@@ -53,6 +53,8 @@ fn the_images_are_built_as_the_readme_says() -> anyhow::Result<()> {
         for expected in [
             "cargo build --release --locked -p tessera",
             "install-onnxruntime.sh /opt/onnxruntime",
+            // The installers source their helper from their own folder.
+            "COPY scripts/wheels.sh scripts/install-onnxruntime.sh",
             "USER 10001:10001",
             "HEALTHCHECK",
             "\"tessera\", \"probe\", \"http://127.0.0.1:9464/healthz\"",
