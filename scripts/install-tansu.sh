@@ -7,7 +7,8 @@
 # of a 15-20 minute `cargo install` on every clean CI checkout. The version is checked after
 # extraction. TANSU_FROM_SOURCE=1 builds it from crates.io instead (the same version, with the
 # `dynostore` feature its memory:// storage needs), cached outside the checkout in
-# ${TANSU_CACHE:-$HOME/.cache/tessera/tansu-0.6.0} so later runs reuse it.
+# ${TANSU_CACHE:-$HOME/.cache/tessera/tansu-0.6.0} so later runs reuse it; it is also what
+# happens where no prebuilt binary exists (anything but Linux x86_64).
 set -euo pipefail
 version=0.6.0
 dest="${1:-.tessera/tansu}"
@@ -16,7 +17,13 @@ if [ -x "$bin" ] && [ "$("$bin" --version 2>/dev/null)" = "tansu $version" ]; th
   exit 0
 fi
 mkdir -p "$dest/bin"
-if [ "${TANSU_FROM_SOURCE:-0}" = "1" ]; then
+from_source="${TANSU_FROM_SOURCE:-0}"
+if [ "$(uname -s)-$(uname -m)" != Linux-x86_64 ] && [ "$from_source" != 1 ]; then
+  # The prebuilt binary is Linux x86_64 only: elsewhere, build the same version.
+  echo "No prebuilt tansu for $(uname -s)-$(uname -m): building it from crates.io instead"
+  from_source=1
+fi
+if [ "$from_source" = "1" ]; then
   cache="${TANSU_CACHE:-$HOME/.cache/tessera/tansu-$version}"
   if [ ! -x "$cache/bin/tansu" ]; then
     echo "Building tansu $version from crates.io into $cache (15-20 minutes on 2 cores)"
@@ -26,7 +33,6 @@ if [ "${TANSU_FROM_SOURCE:-0}" = "1" ]; then
 else
   # shellcheck source=scripts/wheels.sh
   . "$(dirname "$0")/wheels.sh"
-  require_linux x86_64 "Build tansu instead: TANSU_FROM_SOURCE=1 $0"
   require_python "tansu (or set TANSU_FROM_SOURCE=1)"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT

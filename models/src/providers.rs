@@ -188,18 +188,20 @@ impl ExecutionProviderConfig {
         {
             return register_plugin(env, builder, Path::new(library), *device, options);
         }
-        let registered = self.dispatch().register(&mut builder);
-        (
-            builder,
-            registered
+        let registered = match self.dispatch() {
+            Some(dispatch) => dispatch
+                .register(&mut builder)
                 .map(|()| self.name().to_owned())
                 .map_err(|e| e.to_string()),
-        )
+            None => Err(format!("{self} is not a built-in provider")),
+        };
+        (builder, registered)
     }
 
-    /// The built-in `ort` provider to register; fails instead of silently falling back, so the
-    /// caller sees which provider was refused.
-    fn dispatch(&self) -> ExecutionProviderDispatch {
+    /// The built-in `ort` provider to register, `None` for a plugin (registered through the
+    /// device API); fails instead of silently falling back, so the caller sees which provider
+    /// was refused.
+    fn dispatch(&self) -> Option<ExecutionProviderDispatch> {
         let d: ExecutionProviderDispatch = match self {
             Self::Cpu => ep::CPU::default().with_arena_allocator(true).build(),
             Self::Cuda { device_id } => ep::CUDA::default().with_device_id(*device_id).build(),
@@ -237,10 +239,9 @@ impl ExecutionProviderConfig {
             }
             Self::CoreMl => ep::CoreML::default().build(),
             Self::WebGpu => ep::WebGPU::default().build(),
-            // Registered through the device API instead (see `register`).
-            Self::Plugin { .. } => ep::CPU::default().build(),
+            Self::Plugin { .. } => return None,
         };
-        d.error_on_failure()
+        Some(d.error_on_failure())
     }
 }
 

@@ -13,6 +13,32 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
+/// Installs the process's logger on stderr: `RUST_LOG` (else `default_filter`) picks the
+/// lines, JSON or human text, colour only at a terminal (and without `NO_COLOR`), librdkafka's
+/// repeats throttled.
+pub fn init(json: bool, default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let lines = tracing_subscriber::fmt::layer()
+        .with_ansi(colour)
+        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(LibrdkafkaThrottle::new(
+            tessera_actors::observe::LOG_INTERVAL,
+        ));
+    if json {
+        registry.with(lines.json()).init();
+    } else {
+        registry.with(lines).init();
+    }
+}
+
 /// Drops a librdkafka event when one of the same kind went through less than `every` ago.
 #[derive(Debug)]
 pub struct LibrdkafkaThrottle {

@@ -662,24 +662,7 @@ fn default_log_filter(command: &Command) -> &'static str {
 }
 
 fn init_tracing(format: LogFormat, default_filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    // Colour only for a person at a terminal: log files and collectors get plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let lines = tracing_subscriber::fmt::layer()
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter).with(
-        tessera::logging::LibrdkafkaThrottle::new(tessera_actors::observe::LOG_INTERVAL),
-    );
-    match format {
-        LogFormat::Human => registry.with(lines).init(),
-        LogFormat::Json => registry.with(lines.json()).init(),
-    }
+    tessera::logging::init(matches!(format, LogFormat::Json), default_filter);
 }
 
 #[cfg(test)]
