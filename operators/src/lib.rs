@@ -22,7 +22,7 @@ pub mod scopes;
 pub mod test_images;
 pub mod tiling;
 
-pub use adapters::AdapterKind;
+pub use adapters::{Activation, AdapterKind, BoxEncoding, BoxFormat, DetectionParams, Role};
 pub use annotate::draw_detections;
 pub use decode::{DecodeError, DecodeLimits, decode_image, decode_image_reusing};
 pub use detection::{Classification, Detection};

@@ -45,7 +45,7 @@ pub fn top_k(logits: &[f32], k: usize, softmax: bool) -> Vec<Classification> {
 }
 
 /// Softmax over the finite logits; non-finite logits get 0.
-fn softmax_stable(logits: &[f32]) -> Vec<f32> {
+pub(crate) fn softmax_stable(logits: &[f32]) -> Vec<f32> {
     let max = logits
         .iter()
         .copied()
