@@ -456,7 +456,7 @@ fn wire(
     let prepare = prepare::PrepareSettings {
         plan: Arc::new(prepare::PreparePlan {
             limits: config.limits.clone(),
-            grid: config.tiling.grid(width, height),
+            grid: model.tiling(&config.tiling).grid(width, height),
             preprocess: model.preprocess_spec(),
             chunk,
             lag_policy: config.flow.lag_policy,

@@ -80,7 +80,9 @@ impl Ceiling {
 /// The model inputs of every tile of `jpegs` (default tiling), in frame and tile order.
 pub fn real_tiles(model: &Model, jpegs: &[Vec<u8>]) -> anyhow::Result<Vec<Vec<f32>>> {
     let input = &model.manifest.input;
-    let grid = TilingConfig::default().grid(input.width, input.height);
+    let grid = model
+        .tiling(&TilingConfig::default())
+        .grid(input.width, input.height);
     let mut preprocessor = Preprocessor::new(model.preprocess_spec());
     let mut tiles = Vec::new();
     for jpeg in jpegs {

@@ -37,9 +37,9 @@ pub mod session;
 pub use embedder::Embedder;
 pub use error::{ErrorOrigin, ModelError, error_chain};
 pub use head::{Example, HEAD_FORMAT, Head, HeadMeta, TrainSettings, Validation};
-pub use inspect::{ModelInfo, TensorInfo, inspect};
+pub use inspect::{ModelInfo, Proposal, TensorInfo, inspect, propose};
 pub use manifest::{
-    InputSpec, LabelsSpec, Layout, Model, ModelManifest, OutputSpec, Task, Thresholds,
+    Aggregate, InputSpec, LabelsSpec, Layout, Model, ModelManifest, OutputSpec, Task, Thresholds,
 };
 /// The ONNX Runtime environment type (re-exported so callers need no direct `ort` dependency).
 pub use ort::environment::Environment;

@@ -32,7 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tessera_operators::{AdapterKind, ChannelOrder, PreprocessSpec, ResizeMode};
+use tessera_operators::tiling::TilingConfig;
+use tessera_operators::{
+    Activation, AdapterKind, BoxEncoding, BoxFormat, ChannelOrder, PreprocessSpec, ResizeMode, Role,
+};
 
 use crate::embedding::pooled_output_fragment;
 use crate::error::ModelError;
@@ -103,14 +106,56 @@ fn default_std() -> [f32; 3] {
     [1.0; 3]
 }
 
-/// `[output]`: which output tensor to read and how to decode it.
+/// `[output]`: which output tensors to read and how to decode them.
+///
+/// One-tensor adapters (`yolox`, `yolov8`, `yolov5`, `classifier`) read `name`; the others read
+/// a tensor per role: `boxes` and `scores` (`boxes_scores`, `detr`), plus `classes` and an
+/// optional `count` (`nms_outputs`). `box_format`, `boxes_normalized`, `activation`,
+/// `background_class` and `nms_applied` describe what varies between exports of the
+/// configurable adapters (`yolov5`, `boxes_scores`, `detr`, `nms_outputs`); unset, each takes its
+/// family's usual value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
-    /// Name of the output tensor decoded by the adapter.
-    pub name: String,
-    /// Output adapter: `yolox`, `yolov8` or `classifier`.
+    /// Output adapter: `yolox`, `yolov8`, `yolov5`, `boxes_scores`, `detr`, `nms_outputs` or
+    /// `classifier`.
     pub adapter: AdapterKind,
+    /// The output decoded by one-tensor adapters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The boxes output (`boxes_scores`, `detr`, `nms_outputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boxes: Option<String>,
+    /// The class scores (or logits) output (`boxes_scores`, `detr`, `nms_outputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<String>,
+    /// The class ids output (`nms_outputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<String>,
+    /// The number of valid rows (`nms_outputs`, optional: without it every row is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<String>,
+    /// How boxes are written: `xyxy`, `yxyx`, `cxcywh` or `xywh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub box_format: Option<BoxFormat>,
+    /// Boxes are fractions of the input size rather than input pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boxes_normalized: Option<bool>,
+    /// Activation the class scores still need: `none`, `sigmoid` or `softmax`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
+    /// A score column that is never reported (SSD's background, DETR's no-object); its line
+    /// is still in the label file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_class: Option<u32>,
+    /// The model's output is already free of duplicates (NMS in the graph, or a DETR): no
+    /// per-tile NMS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nms_applied: Option<bool>,
+    /// How classifications of a frame's tiles combine (`classify` and `embed` models):
+    /// `full_frame` (the default: no tiling, one whole-frame pass), `max` or `mean` over tiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
     /// Name of the output that is the embedding trainable heads learn on (optional): a
     /// `[N, D]` float tensor.
     #[serde(default)]
@@ -123,6 +168,160 @@ pub struct OutputSpec {
     /// Apply a softmax to classifier outputs (for models that output logits).
     #[serde(default)]
     pub softmax: bool,
+}
+
+/// How the classifications of a frame's tiles combine into the frame's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// No tiling: the model sees the whole frame once, as it was trained to.
+    FullFrame,
+    /// The best score of each class over all tiles (finds a small object's class anywhere).
+    Max,
+    /// The mean score of each class over all tiles (a smoothed whole-scene reading).
+    Mean,
+}
+
+impl OutputSpec {
+    /// The tensor named for `role`, if any.
+    pub fn tensor(&self, role: Role) -> Option<&str> {
+        match role {
+            Role::Output => self.name.as_deref(),
+            Role::Boxes => self.boxes.as_deref(),
+            Role::Scores => self.scores.as_deref(),
+            Role::Classes => self.classes.as_deref(),
+            Role::Count => self.count.as_deref(),
+        }
+    }
+
+    /// The adapter's roles that name a tensor, in role order.
+    pub fn tensors(&self) -> Vec<(Role, &str)> {
+        self.adapter
+            .roles()
+            .iter()
+            .filter_map(|&r| self.tensor(r).map(|name| (r, name)))
+            .collect()
+    }
+
+    /// How boxes are written, the adapter's defaults filled in.
+    pub fn encoding(&self) -> BoxEncoding {
+        let default = self.adapter.default_encoding();
+        BoxEncoding {
+            format: self.box_format.unwrap_or(default.format),
+            normalized: self.boxes_normalized.unwrap_or(default.normalized),
+        }
+    }
+
+    /// The activation of class scores, the adapter's default filled in (`softmax = true` is
+    /// the classifier's spelling of `activation = "softmax"`).
+    pub fn activation(&self) -> Activation {
+        match (self.activation, self.softmax) {
+            (Some(a), _) => a,
+            (None, true) => Activation::Softmax,
+            (None, false) => self.adapter.default_activation(),
+        }
+    }
+
+    /// Whether the output is already free of duplicates.
+    pub fn nms_applied(&self) -> bool {
+        self.nms_applied
+            .unwrap_or_else(|| self.adapter.default_nms_applied())
+    }
+
+    /// How tile classifications combine; `None` for detectors.
+    pub fn aggregate(&self) -> Option<Aggregate> {
+        (!self.adapter.is_detector()).then(|| self.aggregate.unwrap_or(Aggregate::FullFrame))
+    }
+
+    /// Checks the adapter's tensors and options (the task and thresholds are checked by the
+    /// manifest).
+    fn validate(&self) -> Result<(), String> {
+        let adapter = self.adapter.as_str();
+        for role in [
+            Role::Output,
+            Role::Boxes,
+            Role::Scores,
+            Role::Classes,
+            Role::Count,
+        ] {
+            let reads = self.adapter.roles().contains(&role);
+            match self.tensor(role) {
+                Some(name) if !reads => {
+                    return Err(format!(
+                        "`output.{}` = \"{name}\" is not read by adapter `{adapter}`, which reads {}",
+                        role.key(),
+                        keys(self.adapter)
+                    ));
+                }
+                Some("") => return Err(format!("`output.{}` is empty", role.key())),
+                None if reads && !self.adapter.role_is_optional(role) => {
+                    return Err(format!("adapter `{adapter}` needs {}", keys(self.adapter)));
+                }
+                _ => {}
+            }
+        }
+        let names = self.tensors();
+        for (i, (role, name)) in names.iter().enumerate() {
+            if let Some((other, _)) = names[..i].iter().find(|(_, n)| n == name) {
+                return Err(format!(
+                    "`output.{}` and `output.{}` both name `{name}`",
+                    other.key(),
+                    role.key()
+                ));
+            }
+        }
+        if !self.adapter.is_configurable() {
+            let set = [
+                ("box_format", self.box_format.is_some()),
+                ("boxes_normalized", self.boxes_normalized.is_some()),
+                ("activation", self.activation.is_some()),
+                ("background_class", self.background_class.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(format!(
+                    "`output.{key}` does not apply to adapter `{adapter}` (its format is fixed); it is for yolov5, boxes_scores, detr and nms_outputs"
+                ));
+            }
+        }
+        if self.adapter.is_detector() {
+            if self.softmax {
+                return Err(format!(
+                    "`output.softmax` is for classifiers; adapter `{adapter}` takes `activation = \"softmax\"`"
+                ));
+            }
+            if self.aggregate.is_some() {
+                return Err(
+                    "`output.aggregate` is for classifiers: detections of all tiles are merged"
+                        .into(),
+                );
+            }
+        } else if self.nms_applied.is_some() {
+            return Err("`output.nms_applied` is for detectors".into());
+        }
+        if self.softmax && self.activation.is_some_and(|a| a != Activation::Softmax) {
+            return Err("`output.softmax = true` contradicts `output.activation`".into());
+        }
+        if self.adapter == AdapterKind::Yolov5 && self.background_class.is_some() {
+            return Err("`output.background_class` does not apply to yolov5 (objectness says what is background)".into());
+        }
+        Ok(())
+    }
+}
+
+/// The manifest keys naming an adapter's tensors, for messages.
+fn keys(adapter: AdapterKind) -> String {
+    let keys: Vec<String> = adapter
+        .roles()
+        .iter()
+        .map(|r| {
+            if adapter.role_is_optional(*r) {
+                format!("`{}` (optional)", r.key())
+            } else {
+                format!("`{}`", r.key())
+            }
+        })
+        .collect();
+    keys.join(", ")
 }
 
 /// `[thresholds]`: filtering of raw model outputs.
@@ -236,14 +435,9 @@ impl ModelManifest {
         if i.std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return Err(format!("`input.std` {:?} must be finite and > 0", i.std));
         }
-        if self.output.name.is_empty() {
-            return Err("`output.name` is empty".into());
-        }
+        self.output.validate()?;
         let adapter_ok = match self.task {
-            Task::Detect => matches!(
-                self.output.adapter,
-                AdapterKind::Yolox | AdapterKind::Yolov8
-            ),
+            Task::Detect => self.output.adapter.is_detector(),
             Task::Classify | Task::Embed => self.output.adapter == AdapterKind::Classifier,
         };
         if !adapter_ok {
@@ -263,9 +457,13 @@ impl ModelManifest {
             );
         }
         if self.output.embedding_from.is_some()
-            && self.output.embedding.as_deref() == Some(self.output.name.as_str())
+            && let Some(embedding) = &self.output.embedding
+            && self.output.tensors().iter().any(|(_, n)| n == embedding)
         {
-            return Err("a derived `output.embedding` must differ from `output.name`".into());
+            return Err(
+                "a derived `output.embedding` must differ from the outputs the adapter reads"
+                    .into(),
+            );
         }
         let t = &self.thresholds;
         if !(0.0..=1.0).contains(&t.score) {
@@ -275,6 +473,12 @@ impl ModelManifest {
             && !(0.0..=1.0).contains(&iou)
         {
             return Err(format!("`thresholds.nms_iou` {iou} must be in [0, 1]"));
+        }
+        if self.output.nms_applied.unwrap_or(false) && t.nms_iou.is_some() {
+            return Err(
+                "`thresholds.nms_iou` asks for per-tile NMS but `output.nms_applied` says the model already applied it; remove one"
+                    .into(),
+            );
         }
         if t.top_k == 0 {
             return Err("`thresholds.top_k` must be at least 1".into());
@@ -315,6 +519,17 @@ impl Model {
         let dir = manifest_path.parent().unwrap_or(Path::new("."));
         let labels_path = dir.join(&manifest.labels.file);
         let labels = parse_labels(&read_to_string(&labels_path)?, &labels_path)?;
+        if let Some(class) = manifest.output.background_class
+            && usize::try_from(class).map_or(true, |c| c >= labels.len())
+        {
+            return Err(ModelError::Manifest {
+                path: manifest_path.to_path_buf(),
+                message: format!(
+                    "`output.background_class` {class} is not a class of the label file ({} lines): the background keeps its line",
+                    labels.len()
+                ),
+            });
+        }
 
         let mut tried = Vec::new();
         let onnx_path = match onnx_override {
@@ -367,6 +582,19 @@ impl Model {
             scale: i.scale,
             mean: i.mean,
             std: i.std,
+        }
+    }
+
+    /// The tiling this model runs with under the pipeline's `tiling`: a classifier whose tiles
+    /// are not aggregated (`aggregate = "full_frame"`) sees each frame whole, once.
+    pub fn tiling(&self, tiling: &TilingConfig) -> TilingConfig {
+        match self.manifest.output.aggregate() {
+            Some(Aggregate::FullFrame) => TilingConfig {
+                enabled: false,
+                full_frame: true,
+                ..tiling.clone()
+            },
+            _ => tiling.clone(),
         }
     }
 

@@ -12,7 +12,7 @@ use tessera_operators::{
 };
 
 use crate::error::ModelError;
-use crate::manifest::Model;
+use crate::manifest::{Aggregate, Model};
 use crate::session::{BatchDim, ModelSession, TileOutput};
 
 /// Tiles per run for models with a dynamic batch: bounds the input buffer (a 640x640 tile is
@@ -53,7 +53,9 @@ impl Recognizer {
     /// A recognizer over `session` with the given tiling and merge settings.
     pub fn new(session: ModelSession, tiling: &TilingConfig, merge: MergeConfig) -> Self {
         let model = session.model();
-        let grid = tiling.grid(model.manifest.input.width, model.manifest.input.height);
+        let grid = model
+            .tiling(tiling)
+            .grid(model.manifest.input.width, model.manifest.input.height);
         let preprocessor = Preprocessor::new(model.preprocess_spec());
         Self {
             session,
@@ -115,9 +117,10 @@ impl Recognizer {
 }
 
 /// Combines the tile results of one frame: detections are mapped to frame pixels, clamped to
-/// the frame (empty boxes dropped) and merged with `merge`; classifications keep the best score
-/// of each class over all tiles, then the manifest's `top_k`, best first (ties: lower class id).
-/// Deterministic and independent of the order of `tiles`.
+/// the frame (empty boxes dropped) and merged with `merge`; classifications combine as the
+/// manifest's `aggregate` says (the best score of each class over the tiles, or the mean, a class
+/// missing from a tile counting 0 there), then the manifest's `top_k`, best first (ties: lower
+/// class id). Deterministic and independent of the order of `tiles`.
 pub fn finish_frame(
     model: &Model,
     tiles: &[(InputTransform, TileOutput)],
@@ -136,17 +139,23 @@ pub fn finish_frame(
     }
     let detections = merge(&candidates, merge_config);
 
-    let mut best: BTreeMap<u32, f32> = BTreeMap::new();
+    let mean = model.manifest.output.aggregate() == Some(Aggregate::Mean);
+    let mut combined: BTreeMap<u32, f32> = BTreeMap::new();
     for (_, output) in tiles {
         for c in &output.classifications {
-            best.entry(c.class_id)
-                .and_modify(|s| *s = s.max(c.score))
+            combined
+                .entry(c.class_id)
+                .and_modify(|s| *s = if mean { *s + c.score } else { s.max(c.score) })
                 .or_insert(c.score);
         }
     }
-    let mut classifications: Vec<Classification> = best
+    let tile_count = tiles.len().max(1) as f32;
+    let mut classifications: Vec<Classification> = combined
         .into_iter()
-        .map(|(class_id, score)| Classification { class_id, score })
+        .map(|(class_id, score)| Classification {
+            class_id,
+            score: if mean { score / tile_count } else { score },
+        })
         .collect();
     classifications.sort_by(|a, b| {
         b.score

@@ -5,14 +5,20 @@ use std::sync::Arc;
 
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
-use tessera_operators::adapters::{classifier, yolov8, yolox};
+use std::borrow::Cow;
+
+use ort::value::{Outlet, TensorElementType, TensorRef, ValueType};
+use tessera_operators::adapters::fit::{self, Element, OutputInfo};
+use tessera_operators::adapters::{
+    boxes_scores, classifier, detr, nms_outputs, yolov5, yolov8, yolox,
+};
 use tessera_operators::{
-    AdapterKind, Classification, Detection, MatchMetric, MergeConfig, MergeStrategy, merge,
+    Activation, AdapterKind, Classification, Detection, DetectionParams, MatchMetric, MergeConfig,
+    MergeStrategy, Role, merge,
 };
 
 use crate::error::ModelError;
-use crate::manifest::Model;
+use crate::manifest::{Aggregate, Model};
 use crate::providers::{SessionConfig, build_session};
 
 /// The batch dimension of a model's input.
@@ -50,8 +56,8 @@ pub struct ModelSession {
     execution_provider: String,
     /// Elements of one input image: `3 * width * height`.
     tensor_len: usize,
-    /// Per-tile NMS applied to raw detections, from the manifest's `thresholds.nms_iou`.
-    tile_nms: Option<MergeConfig>,
+    /// Which outputs to read and how to decode them.
+    plan: OutputPlan,
     /// The output read as each item's embedding, checked at load.
     embedding: Option<String>,
 }
@@ -110,26 +116,8 @@ impl ModelSession {
             _ => BatchDim::Dynamic,
         };
 
-        let output = session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == m.output.name)
-            .ok_or_else(|| {
-                load_err(format!(
-                    "the graph has no output `{}` (outputs: {})",
-                    m.output.name,
-                    names(session.outputs().iter().map(|o| o.name()))
-                ))
-            })?;
-        let (ty, out_shape) = tensor_type(output.dtype())
-            .ok_or_else(|| load_err(format!("output `{}` is not a tensor", m.output.name)))?;
-        if ty != TensorElementType::Float32 {
-            return Err(load_err(format!(
-                "output `{}` is {ty}, only f32 outputs are supported",
-                m.output.name
-            )));
-        }
-        check_output_shape(&model, &out_shape).map_err(&load_err)?;
+        let graph_outputs: Vec<OutputInfo> = session.outputs().iter().map(output_info).collect();
+        let plan = OutputPlan::new(&model, &graph_outputs).map_err(&load_err)?;
         let embedding = m.output.embedding.clone();
         if let Some(name) = &embedding {
             let output = session
@@ -153,12 +141,6 @@ impl ModelSession {
             }
         }
 
-        let tile_nms = m.thresholds.nms_iou.map(|threshold| MergeConfig {
-            strategy: MergeStrategy::Nms,
-            metric: MatchMetric::Iou,
-            threshold,
-            class_agnostic: false,
-        });
         let tensor_len = 3 * m.input.width as usize * m.input.height as usize;
         tracing::info!(
             model = %m.name,
@@ -172,7 +154,7 @@ impl ModelSession {
             batch_dim,
             execution_provider,
             tensor_len,
-            tile_nms,
+            plan,
             embedding,
         })
     }
@@ -245,27 +227,30 @@ impl ModelSession {
                 context: "running the model".into(),
                 source: Some(e),
             })?;
-        let value = outputs.get(m.output.name.as_str()).ok_or_else(|| {
-            ModelError::inference(format!("output `{}` missing from the run", m.output.name))
-        })?;
-        let (shape, data) =
-            value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| ModelError::Inference {
-                    context: format!("reading output `{}`", m.output.name),
-                    source: Some(e),
-                })?;
-        if shape.first().copied() != i64::try_from(batch).ok() || !data.len().is_multiple_of(batch)
-        {
-            return Err(ModelError::Shape(format!(
-                "output `{}` has shape {shape:?} for a batch of {batch}",
-                m.output.name
-            )));
+        let mut tensors = Vec::with_capacity(self.plan.tensors.len());
+        for (_, name) in &self.plan.tensors {
+            let value = outputs.get(name.as_str()).ok_or_else(|| {
+                ModelError::inference(format!("output `{name}` missing from the run"))
+            })?;
+            let (shape, data) = extract_f32(value, name)?;
+            if shape.first().copied() != i64::try_from(batch).ok()
+                || !data.len().is_multiple_of(batch)
+            {
+                return Err(ModelError::Shape(format!(
+                    "output `{name}` has shape {shape:?} for a batch of {batch}"
+                )));
+            }
+            tensors.push(data);
         }
-        let per_item = data.len() / batch;
         let first = results.len();
-        for item in data.chunks_exact(per_item) {
-            results.push(decode(&self.model, self.tile_nms.as_ref(), item)?);
+        let mut item: Vec<&[f32]> = Vec::with_capacity(tensors.len());
+        for i in 0..batch {
+            item.clear();
+            item.extend(tensors.iter().map(|t| {
+                let per_item = t.len() / batch;
+                &t[i * per_item..(i + 1) * per_item]
+            }));
+            results.push(self.plan.decode(&item)?);
         }
         if let Some(name) = &self.embedding {
             let value = outputs.get(name.as_str()).ok_or_else(|| {
@@ -292,106 +277,271 @@ impl ModelSession {
     }
 }
 
-/// Decodes one batch item with the model's adapter.
-fn decode(
-    model: &Model,
-    tile_nms: Option<&MergeConfig>,
-    item: &[f32],
-) -> Result<TileOutput, ModelError> {
-    let m = &model.manifest;
-    let nc = model.num_classes();
-    let mut out = TileOutput::default();
-    match m.output.adapter {
-        AdapterKind::Yolox => {
-            if item.len() != yolox::num_rows(m.input.width, m.input.height) * (5 + nc) {
-                return Err(ModelError::Shape(format!(
-                    "YOLOX output has {} values per image, expected {} rows x {}",
-                    item.len(),
-                    yolox::num_rows(m.input.width, m.input.height),
-                    5 + nc
-                )));
-            }
-            yolox::decode(
-                item,
-                nc,
-                m.input.width,
-                m.input.height,
-                m.thresholds.score,
-                &mut out.detections,
-            );
-        }
-        AdapterKind::Yolov8 => {
-            if !item.len().is_multiple_of(4 + nc) {
-                return Err(ModelError::Shape(format!(
-                    "YOLOv8 output has {} values per image, not a multiple of {}",
-                    item.len(),
-                    4 + nc
-                )));
-            }
-            let anchors = item.len() / (4 + nc);
-            yolov8::decode(item, nc, anchors, m.thresholds.score, &mut out.detections);
-        }
-        AdapterKind::Classifier => {
-            if item.len() != nc {
-                return Err(ModelError::Shape(format!(
-                    "classifier output has {} values per image, the model has {nc} labels",
-                    item.len()
-                )));
-            }
-            out.classifications = classifier::top_k(item, m.thresholds.top_k, m.output.softmax);
-        }
-    }
-    if let Some(config) = tile_nms
-        && out.detections.len() > 1
-    {
-        out.detections = merge(&out.detections, config);
-    }
-    Ok(out)
+/// The outputs a session reads and how it decodes them, resolved from the manifest and checked
+/// against the graph when the model loads.
+#[derive(Debug)]
+struct OutputPlan {
+    adapter: AdapterKind,
+    /// The tensor of each of the adapter's roles, in role order.
+    tensors: Vec<(Role, String)>,
+    /// Box encoding, activation, background class and threshold of the box adapters.
+    params: DetectionParams,
+    /// Classes of the label file.
+    num_classes: usize,
+    /// Classifications kept per tile: `top_k`, or every class when tiles are averaged (a mean
+    /// needs every class's score from every tile).
+    classes_kept: usize,
+    /// Softmax on classifier outputs.
+    softmax: bool,
+    /// Per-tile NMS from `thresholds.nms_iou`, unless the model applies NMS itself.
+    tile_nms: Option<MergeConfig>,
 }
 
-/// Checks the static dimensions of the decoded output against the manifest and labels.
-fn check_output_shape(model: &Model, shape: &[i64]) -> Result<(), String> {
-    let m = &model.manifest;
-    let nc = i64::try_from(model.num_classes()).map_err(|e| e.to_string())?;
-    let known = |i: usize| shape.get(i).copied().filter(|d| *d >= 0);
-    let fail = |what: String| {
-        Err(format!(
-            "output `{}` has shape {shape:?}: {what} (the label file has {nc} classes)",
-            m.output.name
-        ))
-    };
-    match m.output.adapter {
-        AdapterKind::Yolox => {
-            if shape.len() != 3 {
-                return fail("expected [N, rows, 5 + classes]".into());
-            }
-            let rows = i64::try_from(yolox::num_rows(m.input.width, m.input.height))
-                .map_err(|e| e.to_string())?;
-            if known(1).is_some_and(|d| d != rows) {
-                return fail(format!("expected {rows} rows for strides 8, 16, 32"));
-            }
-            if known(2).is_some_and(|d| d != 5 + nc) {
-                return fail(format!("expected {} columns", 5 + nc));
-            }
+impl OutputPlan {
+    /// Resolves the manifest's outputs and checks them against `graph_outputs`. A mismatch
+    /// says why, and which adapters would fit the model instead.
+    fn new(model: &Model, graph_outputs: &[OutputInfo]) -> Result<Self, String> {
+        let m = &model.manifest;
+        let adapter = m.output.adapter;
+        let mut assigned = Vec::new();
+        for (role, name) in m.output.tensors() {
+            let info = graph_outputs
+                .iter()
+                .find(|o| o.name == name)
+                .ok_or_else(|| {
+                    format!(
+                        "the graph has no output `{name}` (outputs: {})",
+                        names(graph_outputs.iter().map(|o| o.name.as_str()))
+                    )
+                })?;
+            assigned.push((role, info));
         }
-        AdapterKind::Yolov8 => {
-            if shape.len() != 3 {
-                return fail("expected [N, 4 + classes, anchors]".into());
-            }
-            if known(1).is_some_and(|d| d != 4 + nc) {
-                return fail(format!("expected {} channels", 4 + nc));
-            }
+        let (w, h) = (m.input.width, m.input.height);
+        if let Err((_, reason)) = fit::check(adapter, &assigned, Some(model.num_classes()), w, h) {
+            let alternatives = match fit::propose(graph_outputs, &Default::default(), w, h) {
+                Ok(fits) => format!(
+                    "adapters whose layout fits the graph: {} (`tessera models inspect {}` drafts a manifest)",
+                    fits.iter()
+                        .map(|f| format!("`{}`", f.adapter.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    model.onnx_path.display()
+                ),
+                Err(none) => none.to_string(),
+            };
+            return Err(format!(
+                "adapter `{}` needs {}, but {reason}; {alternatives}",
+                adapter.as_str(),
+                fit::layout(adapter)
+            ));
         }
-        AdapterKind::Classifier => {
-            if shape.len() != 2 {
-                return fail("expected [N, classes]".into());
-            }
-            if known(1).is_some_and(|d| d != nc) {
-                return fail(format!("expected {nc} classes"));
-            }
-        }
+        let tile_nms = m
+            .thresholds
+            .nms_iou
+            .filter(|_| !m.output.nms_applied())
+            .map(|threshold| MergeConfig {
+                strategy: MergeStrategy::Nms,
+                metric: MatchMetric::Iou,
+                threshold,
+                class_agnostic: false,
+            });
+        let num_classes = model.num_classes();
+        Ok(Self {
+            adapter,
+            tensors: assigned
+                .iter()
+                .map(|(role, o)| (*role, o.name.clone()))
+                .collect(),
+            params: DetectionParams {
+                encoding: m.output.encoding(),
+                activation: m.output.activation(),
+                background_class: m.output.background_class,
+                input_width: w,
+                input_height: h,
+                score_threshold: m.thresholds.score,
+            },
+            num_classes,
+            classes_kept: match m.output.aggregate() {
+                Some(Aggregate::Mean) => num_classes,
+                _ => m.thresholds.top_k,
+            },
+            softmax: m.output.activation() == Activation::Softmax,
+            tile_nms,
+        })
     }
-    Ok(())
+
+    /// The values of `role` for one item, in the order of `self.tensors`.
+    fn role<'a>(&self, item: &[&'a [f32]], role: Role) -> Option<&'a [f32]> {
+        self.tensors
+            .iter()
+            .position(|(r, _)| *r == role)
+            .and_then(|i| item.get(i).copied())
+    }
+
+    /// Decodes one batch item: `item` holds each tensor's values for it.
+    fn decode(&self, item: &[&[f32]]) -> Result<TileOutput, ModelError> {
+        let nc = self.num_classes;
+        let p = &self.params;
+        let (w, h) = (p.input_width, p.input_height);
+        let shape_err = |what: String| Err(ModelError::Shape(what));
+        let tensor = |role: Role| {
+            self.role(item, role).ok_or_else(|| {
+                ModelError::inference(format!("no `{}` tensor was read", role.key()))
+            })
+        };
+        let mut out = TileOutput::default();
+        match self.adapter {
+            AdapterKind::Yolox => {
+                let output = tensor(Role::Output)?;
+                let rows = yolox::num_rows(w, h);
+                if output.len() != rows * (5 + nc) {
+                    return shape_err(format!(
+                        "YOLOX output has {} values per image, expected {rows} rows x {}",
+                        output.len(),
+                        5 + nc
+                    ));
+                }
+                yolox::decode(output, nc, w, h, p.score_threshold, &mut out.detections);
+            }
+            AdapterKind::Yolov8 => {
+                let output = tensor(Role::Output)?;
+                if !output.len().is_multiple_of(4 + nc) {
+                    return shape_err(format!(
+                        "YOLOv8 output has {} values per image, not a multiple of {}",
+                        output.len(),
+                        4 + nc
+                    ));
+                }
+                let anchors = output.len() / (4 + nc);
+                yolov8::decode(output, nc, anchors, p.score_threshold, &mut out.detections);
+            }
+            AdapterKind::Yolov5 => {
+                let output = tensor(Role::Output)?;
+                if !output.len().is_multiple_of(5 + nc) {
+                    return shape_err(format!(
+                        "YOLOv5 output has {} values per image, not a multiple of {}",
+                        output.len(),
+                        5 + nc
+                    ));
+                }
+                yolov5::decode(output, nc, p, &mut out.detections);
+            }
+            AdapterKind::BoxesScores | AdapterKind::Detr => {
+                let (boxes, scores) = (tensor(Role::Boxes)?, tensor(Role::Scores)?);
+                let rows = boxes.len() / 4;
+                if !boxes.len().is_multiple_of(4) || scores.len() != rows * nc {
+                    return shape_err(format!(
+                        "{} boxes and {} scores per image do not make rows of 4 and {nc}",
+                        boxes.len(),
+                        scores.len()
+                    ));
+                }
+                if self.adapter == AdapterKind::Detr {
+                    detr::decode(boxes, scores, nc, p, &mut out.detections);
+                } else {
+                    boxes_scores::decode(boxes, scores, nc, p, &mut out.detections);
+                }
+            }
+            AdapterKind::NmsOutputs => {
+                let (boxes, scores, classes) = (
+                    tensor(Role::Boxes)?,
+                    tensor(Role::Scores)?,
+                    tensor(Role::Classes)?,
+                );
+                let rows = boxes.len() / 4;
+                if !boxes.len().is_multiple_of(4) || scores.len() != rows || classes.len() != rows {
+                    return shape_err(format!(
+                        "{} boxes, {} scores and {} classes per image are not K x 4, K and K",
+                        boxes.len(),
+                        scores.len(),
+                        classes.len()
+                    ));
+                }
+                let count = self
+                    .role(item, Role::Count)
+                    .and_then(|c| c.first().copied())
+                    .and_then(nms_outputs::count_from);
+                nms_outputs::decode(boxes, scores, classes, count, p, &mut out.detections);
+            }
+            AdapterKind::Classifier => {
+                let output = tensor(Role::Output)?;
+                if output.len() != nc {
+                    return shape_err(format!(
+                        "classifier output has {} values per image, the model has {nc} labels",
+                        output.len()
+                    ));
+                }
+                out.classifications = classifier::top_k(output, self.classes_kept, self.softmax);
+            }
+        }
+        if let Some(config) = &self.tile_nms
+            && out.detections.len() > 1
+        {
+            out.detections = merge(&out.detections, config);
+        }
+        Ok(out)
+    }
+}
+
+/// An output's values as `f32`: borrowed for `f32` tensors, converted for integer ones (class
+/// ids and counts of NMS outputs).
+fn extract_f32<'a>(
+    value: &'a ort::value::DynValue,
+    name: &str,
+) -> Result<(Vec<i64>, Cow<'a, [f32]>), ModelError> {
+    let read_err = |e: ort::Error| ModelError::Inference {
+        context: format!("reading output `{name}`"),
+        source: Some(e),
+    };
+    macro_rules! convert {
+        ($t:ty) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(read_err)?;
+            let shape: Vec<i64> = shape.iter().copied().collect();
+            (shape, Cow::Owned(data.iter().map(|&v| v as f32).collect()))
+        }};
+    }
+    Ok(match tensor_type(value.dtype()).map(|(ty, _)| ty) {
+        Some(TensorElementType::Int64) => convert!(i64),
+        Some(TensorElementType::Int32) => convert!(i32),
+        Some(TensorElementType::Int16) => convert!(i16),
+        Some(TensorElementType::Int8) => convert!(i8),
+        Some(TensorElementType::Uint8) => convert!(u8),
+        Some(TensorElementType::Uint16) => convert!(u16),
+        Some(TensorElementType::Uint32) => convert!(u32),
+        Some(TensorElementType::Uint64) => convert!(u64),
+        _ => {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(read_err)?;
+            (shape.iter().copied().collect(), Cow::Borrowed(data))
+        }
+    })
+}
+
+/// An output as the adapter fitting sees it.
+pub(crate) fn output_info(outlet: &Outlet) -> OutputInfo {
+    match tensor_type(outlet.dtype()) {
+        Some((ty, shape)) => OutputInfo {
+            name: outlet.name().to_string(),
+            element: element_of(ty),
+            shape,
+        },
+        None => OutputInfo {
+            name: outlet.name().to_string(),
+            element: Element::Other,
+            shape: Vec::new(),
+        },
+    }
+}
+
+/// How adapters see an element type: only `f32` is read as float.
+fn element_of(ty: TensorElementType) -> Element {
+    use TensorElementType as T;
+    match ty {
+        T::Float32 => Element::Float,
+        T::Int8 | T::Int16 | T::Int32 | T::Int64 | T::Uint8 | T::Uint16 | T::Uint32 | T::Uint64 => {
+            Element::Integer
+        }
+        _ => Element::Other,
+    }
 }
 
 /// Element type and shape of a tensor type, `None` for maps and sequences.
@@ -758,6 +908,149 @@ mod tests {
         let err = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())
             .expect_err("wrong input size");
         assert_eq!(err.kind(), "model_load");
+        Ok(())
+    }
+
+    /// Detections of a tiny layout model on a flat input of `value`.
+    fn detect_flat(name: &str, value: f32) -> Result<Vec<Detection>, Box<dyn std::error::Error>> {
+        let mut s = ModelSession::load(&env(), tiny(name), &SessionConfig::default())?;
+        let input = vec![value; s.tensor_len()];
+        let mut out = s.run(&input, 1)?;
+        Ok(out.remove(0).detections)
+    }
+
+    #[test]
+    fn every_layout_adapter_finds_its_tiny_models_box() -> TestResult {
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let cases: [(&str, u32, f32); 4] = [
+            ("tiny_yolov5", 1, 0.8 * 0.9),
+            ("tiny_boxes_scores", 2, 0.9),
+            ("tiny_detr", 1, sigmoid(10.0 * 0.9 - 5.0)),
+            ("tiny_nms", 1, 0.9),
+        ];
+        for (name, class, score) in cases {
+            let found = detect_flat(name, 0.9)?;
+            assert_eq!(found.len(), 1, "{name}: {found:?}");
+            let d = found[0];
+            assert_eq!(d.class_id, class, "{name}");
+            assert!(
+                (d.score - score).abs() < 1e-4,
+                "{name}: {} vs {score}",
+                d.score
+            );
+            let b = d.bbox;
+            for (got, want) in [(b.x1, 8.0), (b.y1, 8.0), (b.x2, 16.0), (b.y2, 16.0)] {
+                assert!((got - want).abs() < 1e-3, "{name}: {b:?}");
+            }
+            // A dark input scores under the threshold everywhere; the background rows of
+            // tiny_boxes_scores and the padding row of tiny_nms (score 0.99) stay unreported.
+            assert_eq!(detect_flat(name, 0.0)?, Vec::new(), "{name}");
+        }
+        Ok(())
+    }
+
+    /// Loads `onnx` (a tiny model) under a manifest whose `[output]` table is `output`.
+    fn load_as(onnx: &str, output: &str, labels: &str) -> Result<ModelSession, ModelError> {
+        let dir = tempfile::tempdir().map_err(|source| ModelError::Io {
+            path: "tempdir".into(),
+            source,
+        })?;
+        let manifest = format!(
+            "name = \"m\"\nversion = \"1\"\ntask = \"detect\"\nfile = \"{onnx}.onnx\"\n\
+             [input]\nname = \"images\"\nwidth = 32\nheight = 32\nchannel_order = \"rgb\"\n\
+             resize = \"stretch\"\n[output]\n{output}\n[labels]\nfile = \"l.txt\"\n"
+        );
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).map_err(|source| ModelError::Io {
+                path: name.into(),
+                source,
+            })
+        };
+        write("m.toml", &manifest)?;
+        write("l.txt", labels)?;
+        let onnx_path = crate::test_support::testdata(&format!("{onnx}.onnx"));
+        let model = Model::load(&dir.path().join("m.toml"), Some(&onnx_path), None)?;
+        ModelSession::load(&env(), Arc::new(model), &SessionConfig::default())
+    }
+
+    #[test]
+    fn a_mismatched_adapter_says_why_and_what_fits_instead() {
+        let err = load_as(
+            "tiny_yolov5",
+            "adapter = \"yolox\"\nname = \"output\"",
+            "a\nb\n",
+        )
+        .expect_err("12 rows are not YOLOX's 21");
+        let text = err.to_string();
+        assert!(
+            text.contains("adapter `yolox` needs one output [N, rows, 5 + classes]"),
+            "{text}"
+        );
+        assert!(text.contains("YOLOX needs 21 for a 32x32 input"), "{text}");
+        assert!(
+            text.contains("adapters whose layout fits the graph: `yolov5`"),
+            "{text}"
+        );
+
+        // The label file disagrees with the score columns.
+        let err = load_as(
+            "tiny_boxes_scores",
+            "adapter = \"boxes_scores\"\nboxes = \"boxes\"\nscores = \"scores\"",
+            "a\nb\n",
+        )
+        .expect_err("3 score columns, 2 labels");
+        assert!(
+            err.to_string()
+                .contains("expected 2 for 2 classes (the label file)"),
+            "{err}"
+        );
+
+        // A role naming an output the graph lacks.
+        let err = load_as(
+            "tiny_detr",
+            "adapter = \"detr\"\nboxes = \"boxes\"\nscores = \"logits\"",
+            "a\nb\n",
+        )
+        .expect_err("no output `boxes`");
+        assert!(
+            err.to_string().contains("the graph has no output `boxes`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_layout_lists_every_adapter_tried() {
+        let err = load_as(
+            "tiny_unknown",
+            "adapter = \"yolov8\"\nname = \"features\"",
+            "a\nb\n",
+        )
+        .expect_err("a feature map is no detector output");
+        let text = err.to_string();
+        assert!(
+            text.contains("no output adapter fits this model's outputs; tried:"),
+            "{text}"
+        );
+        for kind in AdapterKind::ALL {
+            assert!(
+                text.contains(&format!("- {}: needs", kind.as_str())),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn integer_count_limits_the_rows_read() -> TestResult {
+        // Without the count, tiny_nms's padding row (class 0, score 0.99) is read as a detection.
+        let mut s = load_as(
+            "tiny_nms",
+            "adapter = \"nms_outputs\"\nboxes = \"det_boxes\"\nscores = \"det_scores\"\nclasses = \"det_classes\"",
+            "a\nb\n",
+        )?;
+        let input = vec![0.9; s.tensor_len()];
+        let found = s.run(&input, 1)?.remove(0).detections;
+        let classes: Vec<u32> = found.iter().map(|d| d.class_id).collect();
+        assert_eq!(classes, vec![1, 0]);
         Ok(())
     }
 }

@@ -252,13 +252,21 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Subcommand)]
 enum ModelsCommand {
-    /// Print an ONNX file's inputs and outputs.
+    /// Print an ONNX file's inputs and outputs, which output adapter fits them, and a draft
+    /// model.toml to check and complete. The model is run once on a grey image to tell apart
+    /// what shapes alone cannot (pixel or normalised boxes, logits or probabilities).
     Inspect {
         /// The ONNX file.
         file: PathBuf,
         /// ONNX Runtime library (default `$ORT_DYLIB_PATH`).
         #[arg(long)]
         runtime_library: Option<PathBuf>,
+        /// Do not run the model: propose from the output shapes alone.
+        #[arg(long)]
+        no_probe: bool,
+        /// Also write the draft manifest to this file (refuses to overwrite one).
+        #[arg(long, short = 'o', value_name = "MODEL_TOML")]
+        write: Option<PathBuf>,
     },
 }
 
@@ -383,12 +391,53 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ModelsCommand::Inspect {
                     file,
                     runtime_library,
+                    no_probe,
+                    write,
                 },
         } => {
             let env = tessera_models::init_runtime(runtime_library.as_deref())?;
-            let info = tessera_models::inspect(&env, &file)?;
+            let proposal = tessera_models::propose(&env, &file, !no_probe)?;
             println!("{}", file.display());
-            println!("{info}");
+            println!("{}", proposal.info);
+            let fits = match &proposal.fits {
+                Ok(fits) => fits,
+                Err(none) => {
+                    eprintln!("error: {none}");
+                    eprintln!(
+                        "The adapters' layouts are described in README.md (Bring your own model)."
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let others: Vec<&str> = fits[1..].iter().map(|f| f.adapter.as_str()).collect();
+            println!(
+                "adapter: {}{}",
+                fits[0].adapter.as_str(),
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (the shapes fit {} too)", others.join(", "))
+                }
+            );
+            let Some(draft) = proposal.draft_manifest(&file) else {
+                eprintln!(
+                    "error: no input is an f32 [N, 3, H, W] image; tessera feeds models one such tensor"
+                );
+                return Ok(ExitCode::FAILURE);
+            };
+            println!("\ndraft model.toml:\n\n{draft}");
+            if let Some(path) = write {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, draft.as_bytes()))
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                eprintln!(
+                    "wrote {}; check the CHECK lines, add the label file, then try it with `tessera detect`",
+                    path.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { config, overrides } => {

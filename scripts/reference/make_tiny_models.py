@@ -17,6 +17,21 @@ tiny_detector.onnx
     All rows are zero (objectness 0) except row 5 (stride 8, grid x=1, y=1):
     raw cx = cy = 0.5, raw w = h = 0, cls = [0.1, 0.8], objectness = mean(input).
     Decoded with the YOLOX rules this is one box (8, 8, 16, 16) of class 1 with score 0.8 * mean(input).
+
+The layouts of the other adapters, each [1, 3, 32, 32] "images" in, each finding the same box (8, 8, 16, 16)
+(written in the layout's own way) with a score that follows m = mean(input):
+
+tiny_yolov5.onnx       "output" [1, 12, 7]: rows cx, cy, w, h (pixels), objectness, 2 class scores;
+                       row 3 = (12, 12, 8, 8, m, 0.1, 0.8): class 1, score 0.8 m. Other rows: objectness 0.
+tiny_boxes_scores.onnx "boxes" [1, 6, 4] normalised corners, "scores" [1, 6, 3] probabilities with class 0 the
+                       background: every row is background (0.9, 0.05, 0.05) except row 2, (0.25, 0.25, 0.5, 0.5)
+                       with scores (0.1, 0.1, m): class 2, score m.
+tiny_detr.onnx         "pred_boxes" [1, 5, 4] normalised centres, "logits" [1, 5, 2]: all logits -6 except query 1,
+                       box (0.375, 0.375, 0.25, 0.25), class 1 logit 10 m - 5: class 1, score sigmoid(10 m - 5).
+tiny_nms.onnx          "det_boxes" [1, 4, 4] pixel corners, "det_scores" [1, 4], "det_classes" [1, 4] int64,
+                       "num_dets" [1] int64 = 1: row 0 is (8, 8, 16, 16), class 1, score m; row 1 is
+                       (0, 0, 4, 4), class 0, score 0.99 but beyond the count (padding that must be ignored).
+tiny_unknown.onnx      "features" [1, 3, 8, 8] (a 4x4 average pool): a layout no adapter reads.
 """
 
 import os
@@ -80,6 +95,125 @@ def tiny_detector():
     save(model, "tiny_detector.onnx")
 
 
+def graph_model(name, nodes, outputs, initializers):
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        outputs,
+        initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tessera")
+    save(model, f"{name}.onnx")
+
+
+MEAN = helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0)
+
+
+def varying(name, base, mask, scale=1.0):
+    """Nodes computing `name = base + mask * (scale * mean(input))`."""
+    return [
+        helper.make_node("Mul", ["mean", f"{name}_scale"], [f"{name}_m"]),
+        helper.make_node("Mul", [f"{name}_mask", f"{name}_m"], [f"{name}_var"]),
+        helper.make_node("Add", [f"{name}_base", f"{name}_var"], [name]),
+    ], {f"{name}_base": base, f"{name}_mask": mask, f"{name}_scale": np.array(scale, dtype=np.float32)}
+
+
+def tiny_yolov5():
+    base = np.zeros((1, 12, 7), dtype=np.float32)
+    base[0, 3, :] = [12, 12, 8, 8, 0, 0.1, 0.8]
+    mask = np.zeros_like(base)
+    mask[0, 3, 4] = 1.0
+    nodes, inits = varying("output", base, mask)
+    graph_model("tiny_yolov5", [MEAN, *nodes], [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 12, 7])], inits)
+
+
+def tiny_boxes_scores():
+    boxes = np.zeros((1, 6, 4), dtype=np.float32)
+    boxes[0, :, :] = [0.0, 0.0, 0.1, 0.1]
+    boxes[0, 2, :] = [0.25, 0.25, 0.5, 0.5]
+    scores = np.tile(np.array([0.9, 0.05, 0.05], dtype=np.float32), (1, 6, 1))
+    scores[0, 2, :] = [0.1, 0.1, 0.0]
+    mask = np.zeros_like(scores)
+    mask[0, 2, 2] = 1.0
+    nodes, inits = varying("scores", scores, mask)
+    inits["boxes_const"] = boxes
+    nodes.append(helper.make_node("Identity", ["boxes_const"], ["boxes"]))
+    outputs = [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 6, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 6, 3]),
+    ]
+    graph_model("tiny_boxes_scores", [MEAN, *nodes], outputs, inits)
+
+
+def tiny_detr():
+    boxes = np.full((1, 5, 4), 0.5, dtype=np.float32)
+    boxes[0, 1, :] = [0.375, 0.375, 0.25, 0.25]
+    logits = np.full((1, 5, 2), -6.0, dtype=np.float32)
+    logits[0, 1, 1] = -5.0
+    mask = np.zeros_like(logits)
+    mask[0, 1, 1] = 1.0
+    nodes, inits = varying("logits", logits, mask, scale=10.0)
+    inits["boxes_const"] = boxes
+    nodes.append(helper.make_node("Identity", ["boxes_const"], ["pred_boxes"]))
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, 2]),
+        helper.make_tensor_value_info("pred_boxes", TensorProto.FLOAT, [1, 5, 4]),
+    ]
+    graph_model("tiny_detr", [MEAN, *nodes], outputs, inits)
+
+
+def tiny_nms():
+    boxes = np.zeros((1, 4, 4), dtype=np.float32)
+    boxes[0, 0, :] = [8, 8, 16, 16]
+    boxes[0, 1, :] = [0, 0, 4, 4]
+    scores = np.array([[0.0, 0.99, 0.0, 0.0]], dtype=np.float32)
+    mask = np.array([[1.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    nodes, inits = varying("det_scores", scores, mask)
+    inits["boxes_const"] = boxes
+    inits["classes_const"] = np.array([[1, 0, -1, -1]], dtype=np.int64)
+    inits["count_const"] = np.array([1], dtype=np.int64)
+    nodes += [
+        helper.make_node("Identity", ["boxes_const"], ["det_boxes"]),
+        helper.make_node("Identity", ["classes_const"], ["det_classes"]),
+        helper.make_node("Identity", ["count_const"], ["num_dets"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("num_dets", TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, [1, 4, 4]),
+        helper.make_tensor_value_info("det_scores", TensorProto.FLOAT, [1, 4]),
+        helper.make_tensor_value_info("det_classes", TensorProto.INT64, [1, 4]),
+    ]
+    graph_model("tiny_nms", [MEAN, *nodes], outputs, inits)
+
+
+def tiny_unknown():
+    nodes = [helper.make_node("AveragePool", ["images"], ["features"], kernel_shape=[4, 4], strides=[4, 4])]
+    graph_model("tiny_unknown", nodes, [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 3, 8, 8])], {})
+
+
+def check_layouts():
+    import onnxruntime as ort
+
+    x = np.full((1, 3, 32, 32), 0.9, dtype=np.float32)
+
+    def run(name):
+        s = ort.InferenceSession(os.path.join(OUT, f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in s.get_outputs()], s.run(None, {"images": x})))
+
+    y = run("tiny_yolov5")["output"]
+    assert y.shape == (1, 12, 7) and abs(y[0, 3, 4] - 0.9) < 1e-4 and y[0, :, 4].sum() == y[0, 3, 4], y
+    y = run("tiny_boxes_scores")
+    assert y["boxes"].shape == (1, 6, 4) and abs(y["scores"][0, 2, 2] - 0.9) < 1e-4, y
+    y = run("tiny_detr")
+    assert y["pred_boxes"].shape == (1, 5, 4) and abs(y["logits"][0, 1, 1] - 4.0) < 1e-3, y
+    y = run("tiny_nms")
+    assert y["num_dets"].tolist() == [1] and y["det_classes"].dtype == np.int64, y
+    assert abs(y["det_scores"][0, 0] - 0.9) < 1e-4, y
+    assert run("tiny_unknown")["features"].shape == (1, 3, 8, 8)
+    print("onnxruntime check of the layout models passed")
+
+
 def check():
     import onnxruntime as ort
 
@@ -98,4 +232,10 @@ if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     tiny_classifier()
     tiny_detector()
+    tiny_yolov5()
+    tiny_boxes_scores()
+    tiny_detr()
+    tiny_nms()
+    tiny_unknown()
     check()
+    check_layouts()

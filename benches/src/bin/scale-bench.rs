@@ -10,7 +10,7 @@
 //! over the rounds is reported. Build first: `cargo build --release -p tessera -p
 //! tessera-benches`; needs `taskset` (util-linux).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -74,13 +74,6 @@ struct Report {
     partitions: i32,
     rounds: Vec<Round>,
     median_efficiency: f64,
-}
-
-fn manifest(model: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/manifests")
-        .join(model)
-        .join("model.toml")
 }
 
 #[tokio::main]
@@ -169,7 +162,10 @@ async fn run(
         "kafka.input_topics=[\"frames\"]".to_owned(),
         format!("kafka.results_topic={results_topic}"),
         "kafka.dlq_topic=frames.dlq".to_owned(),
-        format!("model.manifest={}", manifest(&args.model).display()),
+        format!(
+            "model.manifest={}",
+            tessera_benches::workload_manifest(&args.model)?.display()
+        ),
     ];
     settings.extend(args.settings.iter().cloned());
     let mut processes = Vec::new();

@@ -11,7 +11,7 @@
 //!
 //! Build both binaries first: `cargo build --release -p tessera -p tessera-benches`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -265,7 +265,10 @@ async fn run_workload(
     // before the first round, and the best layout again after each round's tessera run, so
     // each round is compared with the ceiling measured around it.
     let env = tessera_models::init_runtime(None)?;
-    let model = ceiling::load_model(&manifest(workload.model), &args.assets)?;
+    let model = ceiling::load_model(
+        &tessera_benches::workload_manifest(workload.model)?,
+        &args.assets,
+    )?;
     let tiles = ceiling::real_tiles(&model, jpegs)?;
     let images = args.frames * tiles.len() / jpegs.len();
     let mut ceiling = ceiling::measure(&env, &model, &tiles, images, workload.batch, cores)?;
@@ -292,7 +295,7 @@ async fn run_workload(
                 results_topic: &topics.baseline_results_for(round),
                 group: &format!("baseline-{}-{round}", workload.name),
                 model: &model.onnx_path,
-                manifest: &manifest(workload.model),
+                manifest: &tessera_benches::workload_manifest(workload.model)?,
                 frames: frames.len(),
                 batch: workload.batch,
                 log: &args
@@ -376,7 +379,7 @@ async fn throughput_run(
     cores: usize,
 ) -> anyhow::Result<PipelineFigures> {
     let run = format!("throughput-{round}");
-    let settings = pipeline_settings(workload, brokers, &topics.input, topics, &run);
+    let settings = pipeline_settings(workload, brokers, &topics.input, topics, &run)?;
     let log = args
         .out
         .join(format!("tessera-{}-{run}.log", workload.name));
@@ -453,13 +456,6 @@ impl Topics {
     }
 }
 
-fn manifest(model: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/manifests")
-        .join(model)
-        .join("model.toml")
-}
-
 /// `--set` settings of a tessera run of `workload` reading `input`.
 fn pipeline_settings(
     workload: &Workload,
@@ -467,17 +463,20 @@ fn pipeline_settings(
     input: &str,
     topics: &Topics,
     run: &str,
-) -> Vec<String> {
+) -> anyhow::Result<Vec<String>> {
     let mut settings = vec![
         format!("kafka.brokers={brokers}"),
         format!("kafka.group_id=bench-{}-{run}", workload.name),
         format!("kafka.input_topics=[\"{input}\"]"),
         format!("kafka.results_topic={}", topics.results_for(run)),
         format!("kafka.dlq_topic={}", topics.dlq),
-        format!("model.manifest={}", manifest(workload.model).display()),
+        format!(
+            "model.manifest={}",
+            tessera_benches::workload_manifest(workload.model)?.display()
+        ),
     ];
     settings.extend(workload.settings.iter().cloned());
-    settings
+    Ok(settings)
 }
 
 /// Throughput, latency and resources from a backlog run's results and process samples.
@@ -542,7 +541,7 @@ impl PacedRun {
         kafka.create_topic(&input, partitions)?;
         kafka.create_topic(&results_topic, partitions)?;
         let frames = frames::camera_frames(jpegs, count, partitions as usize);
-        let settings = pipeline_settings(workload, &brokers, &input, &topics, run);
+        let settings = pipeline_settings(workload, &brokers, &input, &topics, run)?;
         let log = args
             .out
             .join(format!("tessera-{}-{run}.log", workload.name));

@@ -417,7 +417,7 @@ fn suggest(
     let mut notes = Vec::new();
     let mut preference = match kind {
         AdapterKind::NmsOutputs => 100,
-        AdapterKind::BoxesScores => 70,
+        AdapterKind::BoxesScores => 75,
         AdapterKind::Yolox => 60,
         AdapterKind::Yolov8 => 55,
         AdapterKind::Yolov5 => 50,
@@ -488,8 +488,11 @@ fn suggest(
             if queries.is_some_and(|q| q <= 1000) {
                 likeness += 1;
             }
-            if logits == Some(true) {
-                likeness += 2;
+            match logits {
+                Some(true) => likeness += 2,
+                // DETR exports end in logits; probabilities point to decoded SSD-style outputs.
+                Some(false) => likeness -= 1,
+                None => {}
             }
             if let Some(normalized) = stats_of(Role::Boxes).and_then(boxes_normalized) {
                 encoding.normalized = normalized;
