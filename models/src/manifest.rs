@@ -786,6 +786,138 @@ mod tests {
         Ok(())
     }
 
+    /// MINIMAL turned into a detector with the given `[output]` body.
+    fn detector(output: &str) -> String {
+        MINIMAL
+            .replace("task = \"classify\"", "task = \"detect\"")
+            .replace(
+                "name = \"output\"\n        adapter = \"classifier\"",
+                output,
+            )
+    }
+
+    #[test]
+    fn output_tables_of_every_adapter() -> TestResult {
+        let parse = |text: &str| ModelManifest::from_toml_str(text, Path::new("m.toml"));
+        let m = parse(&detector(
+            "adapter = \"boxes_scores\"\nboxes = \"b\"\nscores = \"s\"\nbox_format = \"yxyx\"\nboxes_normalized = true\nactivation = \"softmax\"\nbackground_class = 0",
+        ))?;
+        assert_eq!(
+            m.output.tensors(),
+            vec![(Role::Boxes, "b"), (Role::Scores, "s")]
+        );
+        assert_eq!(
+            m.output.encoding(),
+            BoxEncoding {
+                format: BoxFormat::Yxyx,
+                normalized: true
+            }
+        );
+        assert_eq!(m.output.activation(), Activation::Softmax);
+        assert!(!m.output.nms_applied());
+        assert_eq!(m.output.aggregate(), None);
+        // Unset options take the family's usual values.
+        let m = parse(&detector(
+            "adapter = \"detr\"\nboxes = \"b\"\nscores = \"l\"",
+        ))?;
+        assert_eq!(m.output.encoding(), AdapterKind::Detr.default_encoding());
+        assert_eq!(m.output.activation(), Activation::Sigmoid);
+        assert!(m.output.nms_applied());
+        let m = parse(&detector(
+            "adapter = \"nms_outputs\"\nboxes = \"b\"\nscores = \"s\"\nclasses = \"c\"",
+        ))?;
+        assert_eq!(m.output.tensor(Role::Count), None);
+        // Classifiers see the full frame unless told otherwise.
+        let m = parse(MINIMAL)?;
+        assert_eq!(m.output.aggregate(), Some(Aggregate::FullFrame));
+        let tiling = TilingConfig::default();
+        let dir = tmp_model(MINIMAL, "a\nb\n")?;
+        let model = Model::load(&dir.path().join("model.toml"), None, None)?;
+        assert!(!model.tiling(&tiling).enabled && model.tiling(&tiling).full_frame);
+        let dir = tmp_model(
+            &MINIMAL.replace("[labels]", "aggregate = \"mean\"\n[labels]"),
+            "a\nb\n",
+        )?;
+        let model = Model::load(&dir.path().join("model.toml"), None, None)?;
+        assert_eq!(
+            model.tiling(&tiling),
+            tiling,
+            "tiles are averaged: the pipeline's tiling"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn output_tables_that_cannot_work_are_refused_with_the_reason() {
+        let cases = [
+            (
+                detector("adapter = \"boxes_scores\"\nboxes = \"b\""),
+                "adapter `boxes_scores` needs `boxes`, `scores`",
+            ),
+            (
+                detector("adapter = \"yolox\"\nname = \"o\"\nboxes = \"b\""),
+                "`output.boxes` = \"b\" is not read by adapter `yolox`, which reads `name`",
+            ),
+            (
+                detector("adapter = \"yolox\"\nname = \"o\"\nbox_format = \"xyxy\""),
+                "`output.box_format` does not apply to adapter `yolox`",
+            ),
+            (
+                detector("adapter = \"detr\"\nboxes = \"b\"\nscores = \"b\""),
+                "`output.boxes` and `output.scores` both name `b`",
+            ),
+            (
+                detector("adapter = \"detr\"\nboxes = \"b\"\nscores = \"s\"\nnms_applied = true")
+                    .replace("[labels]", "[thresholds]\nnms_iou = 0.5\n[labels]"),
+                "remove one",
+            ),
+            (
+                detector("adapter = \"yolov5\"\nname = \"o\"\nsoftmax = true"),
+                "takes `activation = \"softmax\"`",
+            ),
+            (
+                detector("adapter = \"yolov5\"\nname = \"o\"\naggregate = \"max\""),
+                "`output.aggregate` is for classifiers",
+            ),
+            (
+                detector("adapter = \"yolov5\"\nname = \"o\"\nbackground_class = 0"),
+                "does not apply to yolov5",
+            ),
+            (
+                MINIMAL.replace("[labels]", "nms_applied = true\n[labels]"),
+                "`output.nms_applied` is for detectors",
+            ),
+            (
+                detector(
+                    "adapter = \"nms_outputs\"\nboxes = \"b\"\nscores = \"s\"\nclasses = \"\"",
+                ),
+                "`output.classes` is empty",
+            ),
+        ];
+        for (text, reason) in cases {
+            let err = ModelManifest::from_toml_str(&text, Path::new("m.toml"))
+                .expect_err("invalid")
+                .to_string();
+            assert!(err.contains(reason), "{err}\n---\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_background_class_needs_its_label_line() -> TestResult {
+        let text =
+            detector("adapter = \"detr\"\nboxes = \"b\"\nscores = \"s\"\nbackground_class = 2");
+        let dir = tmp_model(&text, "a\nb\n")?;
+        let err = Model::load(&dir.path().join("model.toml"), None, None).expect_err("2 labels");
+        assert!(
+            err.to_string()
+                .contains("`output.background_class` 2 is not a class"),
+            "{err}"
+        );
+        let dir = tmp_model(&text, "a\nb\nno-object\n")?;
+        Model::load(&dir.path().join("model.toml"), None, None)?;
+        Ok(())
+    }
+
     #[test]
     fn rejects_inconsistent_values() {
         let cases = [

@@ -169,6 +169,8 @@ pub fn finish_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::SessionConfig;
     use crate::test_support::{env, tiny};
     use tessera_operators::{BBox, MatchMetric, MergeStrategy};
@@ -229,14 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn classifier_takes_the_best_score_per_class_over_tiles() -> TestResult {
-        let session =
-            ModelSession::load(&env(), tiny("tiny_classifier"), &SessionConfig::default())?;
-        let tiling = TilingConfig {
-            overlap_ratio: 0.0,
-            ..TilingConfig::default()
-        };
-        let mut r = Recognizer::new(session, &tiling, nms());
+    fn classifier_tiles_combine_as_the_manifest_says() -> TestResult {
         // Left half red, right half blue: 8x8 tiles see one colour each, the full frame both.
         let frame = RgbImage::from_fn(16, 8, |x, _| {
             if x < 8 {
@@ -245,12 +240,44 @@ mod tests {
                 image::Rgb([0, 0, 255])
             }
         });
-        let result = r.recognize(&frame)?;
-        assert_eq!(result.tiles, 3);
-        assert_eq!(result.classifications.len(), 2, "top_k = 2");
-        let ids: Vec<u32> = result.classifications.iter().map(|c| c.class_id).collect();
-        // Red and blue tie (same probability from symmetric tiles); lower id first.
-        assert_eq!(ids, vec![0, 2]);
+        let tiling = TilingConfig {
+            overlap_ratio: 0.0,
+            ..TilingConfig::default()
+        };
+        // Softmax of the tiny classifier's logits: a one-colour tile gives its class
+        // e / (2e^0 + e + e^-0.5) = 0.5099; the two-colour full frame gives red and blue
+        // e^0.5 / (2e^0.5 + 1 + e^-0.5) = 0.3362 each, green 0.2039.
+        let one_colour = 1f32.exp() / (2.0 + 1f32.exp() + (-0.5f32).exp());
+        let mixed = 0.5f32.exp() / (2.0 * 0.5f32.exp() + 1.0 + (-0.5f32).exp());
+        let green_alone = 1.0 / (2.0 + 1f32.exp() + (-0.5f32).exp());
+        let cases = [
+            (None, 1, mixed),
+            (Some(Aggregate::FullFrame), 1, mixed),
+            (Some(Aggregate::Max), 3, one_colour),
+            (
+                Some(Aggregate::Mean),
+                3,
+                (one_colour + green_alone + mixed) / 3.0,
+            ),
+        ];
+        for (aggregate, tiles, score) in cases {
+            let mut model = (*tiny("tiny_classifier")).clone();
+            model.manifest.output.aggregate = aggregate;
+            let session = ModelSession::load(&env(), Arc::new(model), &SessionConfig::default())?;
+            let mut r = Recognizer::new(session, &tiling, nms());
+            let result = r.recognize(&frame)?;
+            assert_eq!(result.tiles, tiles, "{aggregate:?}");
+            let ids: Vec<u32> = result.classifications.iter().map(|c| c.class_id).collect();
+            // Red and blue tie (symmetric tiles); lower id first; top_k = 2.
+            assert_eq!(ids, vec![0, 2], "{aggregate:?}");
+            for c in &result.classifications {
+                assert!(
+                    (c.score - score).abs() < 1e-5,
+                    "{aggregate:?}: {} vs {score}",
+                    c.score
+                );
+            }
+        }
         Ok(())
     }
 
