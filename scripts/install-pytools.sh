@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Python tools of the test suite (scripts/pytools-requirements.txt: kafka-python,
+# Installs the Python tools of the test suite (scripts/pytools-requirements.txt: kafka-python, onnx, onnxruntime,
 # helm-python-sdk, kubernetes-validate) into a project-local folder used as PYTHONPATH: no
 # virtual environment (which some Pythons lack) and nothing system-wide.
 # Usage: scripts/install-pytools.sh [DEST]   (default .tessera/pytools)
@@ -20,5 +20,5 @@ rm -rf "$dest/site"
 "$python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
   --root-user-action=ignore \
   --target "$dest/site" -r "$requirements"
-PYTHONPATH="$dest/site" "$python" -c "import kafka, helm_python, kubernetes_validate; print('kafka-python', kafka.__version__, '| helm', helm_python.helm_sdk_version(), '| kubernetes-validate', kubernetes_validate.__version__)"
+PYTHONPATH="$dest/site" "$python" -c "import kafka, helm_python, kubernetes_validate, onnx, onnxruntime; print('kafka-python', kafka.__version__, '| helm', helm_python.helm_sdk_version(), '| kubernetes-validate', kubernetes_validate.__version__, '| onnx', onnx.__version__, '| onnxruntime', onnxruntime.__version__)"
 touch "$marker"

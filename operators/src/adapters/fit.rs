@@ -65,6 +65,9 @@ pub struct ValueStats {
     pub max: f32,
     /// `(min, max)` of each of the first (up to 5) columns of the last dimension.
     pub columns: Vec<(f32, f32)>,
+    /// Share of the finite values within `[-0.25, 1.25]` (normalised coordinates, give or take
+    /// boxes reaching past the edges).
+    pub unit_fraction: f32,
 }
 
 impl ValueStats {
@@ -85,7 +88,17 @@ impl ValueStats {
         } else {
             Vec::new()
         };
-        Some(Self { min, max, columns })
+        let finite = values.iter().filter(|v| v.is_finite()).count();
+        let unit = values
+            .iter()
+            .filter(|v| (-0.25..=1.25).contains(*v))
+            .count();
+        Some(Self {
+            min,
+            max,
+            columns,
+            unit_fraction: unit as f32 / finite.max(1) as f32,
+        })
     }
 
     fn is_probability(&self) -> bool {
@@ -424,7 +437,12 @@ fn suggest(
         AdapterKind::Detr => 50,
         AdapterKind::Classifier => 10,
     };
-    let boxes_normalized = |s: &ValueStats| -> Option<bool> {
+    // Dense outputs (every anchor's box): mostly within [0, 1] means normalised, even when some
+    // boxes of a grey image reach far past the edges. Padded NMS outputs are mostly zeros: there
+    // any value beyond 1.5 means pixels.
+    let dense_boxes_normalized =
+        |s: &ValueStats| -> Option<bool> { (s.max > 0.0).then_some(s.unit_fraction >= 0.9) };
+    let sparse_boxes_normalized = |s: &ValueStats| -> Option<bool> {
         if s.max > 1.5 {
             Some(false)
         } else if s.max > 0.0 {
@@ -494,7 +512,7 @@ fn suggest(
                 Some(false) => likeness -= 1,
                 None => {}
             }
-            if let Some(normalized) = stats_of(Role::Boxes).and_then(boxes_normalized) {
+            if let Some(normalized) = stats_of(Role::Boxes).and_then(dense_boxes_normalized) {
                 encoding.normalized = normalized;
                 notes.push(format!(
                     "the probe run's boxes are {}",
@@ -531,7 +549,7 @@ fn suggest(
             ));
         }
         AdapterKind::NmsOutputs => {
-            if let Some(normalized) = stats_of(Role::Boxes).and_then(boxes_normalized) {
+            if let Some(normalized) = stats_of(Role::Boxes).and_then(sparse_boxes_normalized) {
                 encoding.normalized = normalized;
             } else {
                 notes.push("no box in the probe run: check boxes_normalized".into());
@@ -639,6 +657,7 @@ mod tests {
                     (4.0, 200.0),
                     (0.0, 0.3),
                 ],
+                unit_fraction: 0.2,
             },
         );
         let fits = propose(&outputs, &stats, 416, 416)?;
@@ -693,6 +712,7 @@ mod tests {
                 min: 0.0,
                 max: 0.98,
                 columns: vec![],
+                unit_fraction: 1.0,
             },
         );
         stats.insert(
@@ -701,6 +721,7 @@ mod tests {
                 min: -9.0,
                 max: 1.2,
                 columns: vec![],
+                unit_fraction: 0.1,
             },
         );
         let fits = propose(&outputs, &stats, 640, 640)?;
@@ -839,6 +860,7 @@ mod tests {
         let s = ValueStats::of(&[2, 3], &[1.0, -2.0, 5.0, 3.0, f32::NAN, 0.0]).expect("finite");
         assert_eq!((s.min, s.max), (-2.0, 5.0));
         assert_eq!(s.columns, vec![(1.0, 3.0), (-2.0, -2.0), (0.0, 5.0)]);
+        assert_eq!(s.unit_fraction, 0.4, "1 and 0 of 5 finite values");
         assert_eq!(ValueStats::of(&[2], &[f32::NAN, f32::INFINITY]), None);
     }
 }
