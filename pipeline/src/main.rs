@@ -703,7 +703,7 @@ async fn shutdown_signal() {
 /// about a model's graph (one per unused initializer, say) would bury the answer.
 fn default_log_filter(command: &Command) -> &'static str {
     match command {
-        Command::Models { .. } => "info,ort=error,librdkafka=warn",
+        Command::Models { .. } => "warn,ort=error,librdkafka=warn",
         // One-shot commands tell their story on the terminal; the pipeline's log would bury it.
         Command::Detect { .. } | Command::Replay { .. } | Command::Probe { .. } => "warn,ort=error",
         _ => "info,ort=warn,librdkafka=warn",

@@ -517,9 +517,9 @@ fn suggest(
                 notes.push(format!(
                     "the probe run's boxes are {}",
                     if normalized {
-                        "within [0, 1]: normalised"
+                        "mostly within [0, 1]: normalised"
                     } else {
-                        "beyond 1: pixels"
+                        "mostly beyond 1: pixels"
                     }
                 ));
                 if normalized {
@@ -595,6 +595,17 @@ pub fn propose(
     }
     // Stable: equal preferences keep the order of `AdapterKind::ALL`.
     fits.sort_by_key(|f| std::cmp::Reverse(f.preference));
+    // A one-tensor reading of a tensor the best fit reads with others (YOLOX taking the scores
+    // of a boxes-and-scores model for rows) is no alternative worth naming.
+    let best: Vec<String> = fits[0].tensors.iter().map(|(_, n)| n.clone()).collect();
+    let mut first = true;
+    fits.retain(|f| {
+        let keep = first
+            || f.tensors.len() >= best.len()
+            || !f.tensors.iter().all(|(_, n)| best.contains(n));
+        first = false;
+        keep
+    });
     Ok(fits)
 }
 
@@ -691,6 +702,17 @@ mod tests {
             ]
         );
         assert_eq!(fits[0].num_classes, Some(2));
+        // 80 score columns also read as YOLO rows of 75 classes: not named as an alternative
+        // to the reading of both outputs.
+        let outputs = [
+            float("boxes", &[1, 3549, 4]),
+            float("scores", &[1, 3549, 80]),
+        ];
+        let fits = propose(&outputs, &no_stats(), 416, 416)?;
+        assert_eq!(
+            kinds(&fits),
+            vec![AdapterKind::BoxesScores, AdapterKind::Detr]
+        );
         Ok(())
     }
 
