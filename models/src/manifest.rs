@@ -903,6 +903,25 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_manifest_is_valid() -> TestResult {
+        let readme = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+        )?;
+        let start = readme
+            .find("An example, an SSD-style face detector")
+            .ok_or("the README example is gone")?;
+        let block = readme[start..]
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .ok_or("no toml block after the example's title")?;
+        let m = ModelManifest::from_toml_str(block, Path::new("README.md"))?;
+        assert_eq!(m.output.adapter, AdapterKind::BoxesScores);
+        assert_eq!(m.output.background_class, Some(0));
+        Ok(())
+    }
+
+    #[test]
     fn a_background_class_needs_its_label_line() -> TestResult {
         let text =
             detector("adapter = \"detr\"\nboxes = \"b\"\nscores = \"s\"\nbackground_class = 2");

@@ -404,7 +404,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Err(none) => {
                     eprintln!("error: {none}");
                     eprintln!(
-                        "The adapters' layouts are described in README.md (Bring your own model)."
+                        "The adapters' layouts are described in README.md (Models, Output layouts)."
                     );
                     return Ok(ExitCode::FAILURE);
                 }
