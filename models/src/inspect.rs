@@ -225,14 +225,20 @@ impl Proposal {
             let _ = writeln!(t, "box_format = \"{}\"", best.encoding.format.as_str());
             let _ = writeln!(t, "boxes_normalized = {}", best.encoding.normalized);
             let _ = writeln!(t, "activation = \"{}\"", best.activation.as_str());
-            if matches!(
-                kind,
-                AdapterKind::BoxesScores | AdapterKind::Detr | AdapterKind::NmsOutputs
-            ) {
-                let _ = writeln!(
-                    t,
-                    "# background_class = 0  # CHECK: the score column (or class id) meaning background, if any"
-                );
+            match best.background_class {
+                Some(class) => {
+                    let _ = writeln!(
+                        t,
+                        "background_class = {class}  # CHECK: the score column meaning background"
+                    );
+                }
+                None if kind != AdapterKind::Yolov5 => {
+                    let _ = writeln!(
+                        t,
+                        "# background_class = 0  # CHECK: the score column (or class id) meaning background, if any"
+                    );
+                }
+                None => {}
             }
         }
         if kind.is_detector() && kind.default_nms_applied() {

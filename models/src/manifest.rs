@@ -904,9 +904,8 @@ mod tests {
 
     #[test]
     fn the_readme_example_manifest_is_valid() -> TestResult {
-        let readme = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
-        )?;
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
         let start = readme
             .find("An example, an SSD-style face detector")
             .ok_or("the README example is gone")?;

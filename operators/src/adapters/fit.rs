@@ -120,6 +120,8 @@ pub struct Fit {
     pub encoding: BoxEncoding,
     /// Suggested score activation.
     pub activation: Activation,
+    /// Suggested background class (a score column that wins every row of a blank image).
+    pub background_class: Option<u32>,
     /// What the suggestion rests on and what the user should check.
     pub notes: Vec<String>,
     /// Preference among fitting adapters (higher first).
@@ -427,6 +429,7 @@ fn suggest(
     let stats_of = |role: Role| tensor(role).and_then(|o| stats.get(&o.name));
     let mut encoding = kind.default_encoding();
     let mut activation = kind.default_activation();
+    let mut background_class = None;
     let mut notes = Vec::new();
     let mut preference = match kind {
         AdapterKind::NmsOutputs => 100,
@@ -537,6 +540,15 @@ fn suggest(
                 Some(false) => {
                     activation = Activation::None;
                     notes.push("scores within [0, 1]: probabilities".into());
+                    // On a blank grey image nothing is there: a column scoring at least 0.5 on
+                    // every row is the background class (SSD, face detectors).
+                    if scores.is_some_and(|s| s.columns.len() >= 2 && s.columns[0].0 >= 0.5) {
+                        background_class = Some(0);
+                        notes.push(
+                            "score column 0 wins every row of the grey probe image: background_class = 0"
+                                .into(),
+                        );
+                    }
                 }
                 None => {}
             }
@@ -570,6 +582,7 @@ fn suggest(
         num_classes,
         encoding,
         activation,
+        background_class,
         notes,
         preference,
     }
@@ -702,6 +715,20 @@ mod tests {
             ]
         );
         assert_eq!(fits[0].num_classes, Some(2));
+        assert_eq!(fits[0].background_class, None, "no probe values");
+        // A probe where column 0 wins every row: the background.
+        let mut stats = BTreeMap::new();
+        stats.insert(
+            "scores".to_string(),
+            ValueStats {
+                min: 0.0,
+                max: 1.0,
+                columns: vec![(0.62, 1.0), (0.0, 0.38)],
+                unit_fraction: 1.0,
+            },
+        );
+        let fits = propose(&outputs, &stats, 320, 240)?;
+        assert_eq!(fits[0].background_class, Some(0));
         // 80 score columns also read as YOLO rows of 75 classes: not named as an alternative
         // to the reading of both outputs.
         let outputs = [
