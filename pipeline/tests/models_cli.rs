@@ -3,8 +3,12 @@
 //! `tessera replay verify` holds it to a golden. Uses the tiny generated models of
 //! `models/testdata` (no assets needed); the ONNX Runtime library comes from `make setup`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::describe;
 
 fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,15 +28,6 @@ fn tessera(args: &[&str]) -> anyhow::Result<Output> {
     Ok(command.args(args).output()?)
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[test]
 fn inspect_then_detect_then_verify_a_model_of_another_layout() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -46,29 +41,20 @@ fn inspect_then_detect_then_verify_a_model_of_another_layout() -> anyhow::Result
     let onnx = model_dir.join("tiny_yolov5.onnx");
 
     // 1. inspect: the adapter, and a draft written where asked.
-    let out = tessera(&[
-        "models",
-        "inspect",
-        &onnx.to_string_lossy(),
-        "-o",
-        &manifest.to_string_lossy(),
-    ])?;
+    let onnx_arg = onnx.to_string_lossy();
+    let manifest_arg = manifest.to_string_lossy();
+    let inspect = ["models", "inspect", &onnx_arg, "-o", &manifest_arg];
+    let out = tessera(&inspect)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(stdout.contains("adapter: yolov5"), "{}", text(&out));
-    assert!(stdout.contains("draft model.toml:"), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout.contains("adapter: yolov5"), "{}", describe(&out));
+    assert!(stdout.contains("draft model.toml:"), "{}", describe(&out));
     let draft = std::fs::read_to_string(&manifest)?;
     assert!(draft.contains("adapter = \"yolov5\""), "{draft}");
     assert!(draft.contains("# CHECK: 2 lines"), "{draft}");
     // A second run does not overwrite the (possibly edited) manifest.
-    let again = tessera(&[
-        "models",
-        "inspect",
-        &onnx.to_string_lossy(),
-        "-o",
-        &manifest.to_string_lossy(),
-    ])?;
-    assert!(!again.status.success(), "{}", text(&again));
+    let again = tessera(&inspect)?;
+    assert!(!again.status.success(), "{}", describe(&again));
 
     // 2. The user completes it: labels, and the thresholds they want.
     std::fs::write(model_dir.join("labels.txt"), "cat\ndog\n")?;
@@ -90,7 +76,7 @@ fn inspect_then_detect_then_verify_a_model_of_another_layout() -> anyhow::Result
         "--set",
         "tiling.enabled=false",
     ])?;
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let result: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json)?.trim())?;
     let detections = result["detections"]
         .as_array()
@@ -111,7 +97,7 @@ fn inspect_then_detect_then_verify_a_model_of_another_layout() -> anyhow::Result
         "--out",
         &recording.to_string_lossy(),
     ])?;
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     for write in [true, false] {
         let mut args = vec![
             "replay".to_string(),
@@ -129,7 +115,7 @@ fn inspect_then_detect_then_verify_a_model_of_another_layout() -> anyhow::Result
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = tessera(&args)?;
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", describe(&out));
     }
     Ok(())
 }
@@ -142,11 +128,11 @@ fn inspect_of_an_unknown_layout_lists_every_adapter_and_why() -> anyhow::Result<
         &testdata("tiny_unknown.onnx").to_string_lossy(),
     ])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         stderr.contains("no output adapter fits this model's outputs; tried:"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     for adapter in [
         "nms_outputs",

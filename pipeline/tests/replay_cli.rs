@@ -7,22 +7,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::assets_dir;
+use common::{assets_dir, describe};
 
 fn tessera(args: &[&str], assets: &Path) -> anyhow::Result<Output> {
     Ok(Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(args)
         .env("TESSERA_ASSETS", assets)
         .output()?)
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn workspace() -> PathBuf {
@@ -57,7 +48,7 @@ fn verify_exits_zero_on_a_match_and_one_with_a_diff_on_a_mismatch() -> anyhow::R
         ],
         &assets,
     )?;
-    assert!(made.status.success(), "{}", text(&made));
+    assert!(made.status.success(), "{}", describe(&made));
 
     let golden = workspace().join("tests/golden/replay/shared-images.mcap");
     let config = workspace().join("tests/golden/replay/verify.toml");
@@ -72,11 +63,11 @@ fn verify_exits_zero_on_a_match_and_one_with_a_diff_on_a_mismatch() -> anyhow::R
         &config,
     ];
     let matched = tessera(&verify, &assets)?;
-    assert_eq!(matched.status.code(), Some(0), "{}", text(&matched));
+    assert_eq!(matched.status.code(), Some(0), "{}", describe(&matched));
     assert!(
         String::from_utf8_lossy(&matched.stdout).contains("4 frame(s) compared: 4 identical"),
         "{}",
-        text(&matched)
+        describe(&matched)
     );
 
     // Tiling on, where the golden was made on full frames: more tiles, other boxes.
@@ -84,7 +75,12 @@ fn verify_exits_zero_on_a_match_and_one_with_a_diff_on_a_mismatch() -> anyhow::R
     tiled.extend(["--set", "tiling.enabled=true"]);
     let mismatched = tessera(&tiled, &assets)?;
     let stdout = String::from_utf8_lossy(&mismatched.stdout);
-    assert_eq!(mismatched.status.code(), Some(1), "{}", text(&mismatched));
+    assert_eq!(
+        mismatched.status.code(),
+        Some(1),
+        "{}",
+        describe(&mismatched)
+    );
     assert!(stdout.contains("frame cam-a / dog.jpg:"), "{stdout}");
     assert!(stdout.contains("~ tile_count: 1 -> "), "{stdout}");
     assert!(stdout.contains("verify: MISMATCH"), "{stdout}");
@@ -95,7 +91,7 @@ fn verify_exits_zero_on_a_match_and_one_with_a_diff_on_a_mismatch() -> anyhow::R
     std::fs::write(&cut, &bytes[..bytes.len() / 2])?;
     let info = tessera(&["replay", "info", &cut.to_string_lossy()], &assets)?;
     let stdout = String::from_utf8_lossy(&info.stdout);
-    assert_eq!(info.status.code(), Some(1), "{}", text(&info));
+    assert_eq!(info.status.code(), Some(1), "{}", describe(&info));
     assert!(
         stdout.contains("DAMAGED: damaged recording: after "),
         "{stdout}"
@@ -127,7 +123,7 @@ fn detect_names_a_bad_image_and_answers_the_others() -> anyhow::Result<()> {
         &assets,
     )?;
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{}", text(&run));
+    assert_eq!(run.status.code(), Some(1), "{}", describe(&run));
     assert!(
         stderr.contains("failed: ") && stderr.contains("broken.jpg: corrupt_image"),
         "{stderr}"

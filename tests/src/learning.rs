@@ -20,7 +20,7 @@ use crate::harness::{DLQ, FRAMES, Harness, RESULTS, eventually};
 
 /// The labels topic of the learning tests.
 pub const LABELS: &str = "labels";
-use crate::{manifest, workspace_root};
+use crate::manifest;
 
 /// A class of test images: a region of a shared image, cropped and varied.
 #[derive(Debug, Clone, Copy)]
@@ -121,12 +121,7 @@ pub fn jpeg(image: &RgbImage) -> anyhow::Result<Vec<u8>> {
 /// The shipped MobileNetV2 (its derived 1280-d embedding) as an embedder.
 pub fn mobilenet_embedder(assets: &Path) -> anyhow::Result<Embedder> {
     let model = Model::load(&manifest("mobilenetv2"), None, Some(assets))?;
-    let fallback = workspace_root().join(".tessera/onnxruntime/lib/libonnxruntime.so.1.31.1");
-    let dylib = match std::env::var_os(tessera_models::ORT_DYLIB_PATH_ENV) {
-        Some(v) if !v.is_empty() => None,
-        _ => Some(fallback.as_path()),
-    };
-    let env = tessera_models::init_runtime(dylib)?;
+    let env = crate::ort_env()?;
     let session = ModelSession::load(&env, Arc::new(model), &SessionConfig::default())?;
     Ok(Embedder::new(session)?)
 }

@@ -26,6 +26,18 @@ pub fn assets_dir() -> Option<PathBuf> {
     delivery::assets_beside(&workspace_root())
 }
 
+/// The ONNX Runtime environment from `$ORT_DYLIB_PATH`, else the library `make setup` installs
+/// into `.tessera/onnxruntime` (a build prerequisite: a missing library fails with the fix).
+pub fn ort_env() -> Result<std::sync::Arc<tessera_models::Environment>, tessera_models::ModelError>
+{
+    let fallback = workspace_root().join(".tessera/onnxruntime/lib/libonnxruntime.so.1.31.1");
+    let dylib = match std::env::var_os(tessera_models::ORT_DYLIB_PATH_ENV) {
+        Some(v) if !v.is_empty() => None,
+        _ => Some(fallback.as_path()),
+    };
+    tessera_models::init_runtime(dylib)
+}
+
 /// A shipped model manifest by model folder name.
 pub fn manifest(model: &str) -> PathBuf {
     workspace_root()

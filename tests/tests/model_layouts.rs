@@ -28,12 +28,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 type Reference = BTreeMap<String, Vec<(u32, f32, f32, f32, f32, f32)>>;
 
 fn env() -> Result<Arc<tessera_models::Environment>, tessera_models::ModelError> {
-    let fallback = workspace_root().join(".tessera/onnxruntime/lib/libonnxruntime.so.1.31.1");
-    let dylib = match std::env::var_os(tessera_models::ORT_DYLIB_PATH_ENV) {
-        Some(v) if !v.is_empty() => None,
-        _ => Some(fallback.as_path()),
-    };
-    tessera_models::init_runtime(dylib)
+    tessera_tests::ort_env()
 }
 
 /// The `[output]` table of each derived layout.

@@ -42,12 +42,7 @@ const DOG: u32 = 16;
 const MALAMUTE: u32 = 249;
 
 fn env() -> Result<Arc<tessera_models::Environment>, tessera_models::ModelError> {
-    let fallback = workspace_root().join(".tessera/onnxruntime/lib/libonnxruntime.so.1.31.1");
-    let dylib = match std::env::var_os(tessera_models::ORT_DYLIB_PATH_ENV) {
-        Some(v) if !v.is_empty() => None,
-        _ => Some(fallback.as_path()),
-    };
-    tessera_models::init_runtime(dylib)
+    tessera_tests::ort_env()
 }
 
 /// Errors are turned into their messages, so a failing test prints the fix (`make setup`, ...)
