@@ -49,8 +49,8 @@ pub fn inspect(env: &Environment, path: &Path) -> Result<ModelInfo, ModelError> 
 pub struct Proposal {
     /// Inputs and outputs.
     pub info: ModelInfo,
-    /// The image input: `(name, width, height)`, with 640 for dynamic sides; `None` when no
-    /// input is an `f32 [N, 3, H, W]` image.
+    /// The image input: `(name, width, height, a side is dynamic)`, with 640 for dynamic
+    /// sides; `None` when no input is an `f32 [N, 3, H, W]` image.
     pub image_input: Option<(String, u32, u32, bool)>,
     /// Fitting adapters, best first, or why none fits.
     pub fits: Result<Vec<Fit>, NoAdapterFits>,

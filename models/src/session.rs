@@ -90,6 +90,15 @@ impl ModelSession {
                     names(session.inputs().iter().map(|o| o.name()))
                 ))
             })?;
+        if session.inputs().len() > 1 {
+            // Exports with an extra input (an original image size for in-graph rescaling, as
+            // some RT-DETR exports have) need it fed on every run; tessera feeds one image.
+            return Err(load_err(format!(
+                "the graph has {} inputs ({}); tessera feeds a model one image tensor: re-export it without the others",
+                session.inputs().len(),
+                names(session.inputs().iter().map(|o| o.name()))
+            )));
+        }
         let (ty, shape) = tensor_type(input.dtype())
             .ok_or_else(|| load_err(format!("input `{}` is not a tensor", m.input.name)))?;
         if ty != TensorElementType::Float32 {
@@ -1051,6 +1060,27 @@ mod tests {
         let found = s.run(&input, 1)?.remove(0).detections;
         let classes: Vec<u32> = found.iter().map(|d| d.class_id).collect();
         assert_eq!(classes, vec![1, 0]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_model_with_a_second_input_is_refused_with_the_reason() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let manifest = "name = \"m\"\nversion = \"1\"\ntask = \"classify\"\nfile = \"m.onnx\"\n\
+             [input]\nname = \"images\"\nwidth = 32\nheight = 32\nchannel_order = \"rgb\"\n\
+             resize = \"stretch\"\n[output]\nadapter = \"classifier\"\nname = \"output\"\n\
+             [labels]\nfile = \"l.txt\"\n";
+        std::fs::write(dir.path().join("m.toml"), manifest)?;
+        std::fs::write(dir.path().join("l.txt"), "r\ng\nb\n")?;
+        let onnx = crate::test_support::testdata("tiny_two_inputs.onnx");
+        let model = Model::load(&dir.path().join("m.toml"), Some(&onnx), None)?;
+        let err = ModelSession::load(&env(), Arc::new(model), &SessionConfig::default())
+            .expect_err("two inputs");
+        assert!(
+            err.to_string()
+                .contains("the graph has 2 inputs (`images`, `orig_target_sizes`)"),
+            "{err}"
+        );
         Ok(())
     }
 }

@@ -32,6 +32,8 @@ tiny_nms.onnx          "det_boxes" [1, 4, 4] pixel corners, "det_scores" [1, 4],
                        "num_dets" [1] int64 = 1: row 0 is (8, 8, 16, 16), class 1, score m; row 1 is
                        (0, 0, 4, 4), class 0, score 0.99 but beyond the count (padding that must be ignored).
 tiny_unknown.onnx      "features" [1, 3, 8, 8] (a 4x4 average pool): a layout no adapter reads.
+tiny_two_inputs.onnx   "images" and "orig_target_sizes" [1, 2] int64 in (as some RT-DETR exports), "output"
+                       [1, 3] (the per-channel mean) out: a model tessera cannot feed.
 """
 
 import os
@@ -192,6 +194,24 @@ def tiny_unknown():
     graph_model("tiny_unknown", nodes, [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 3, 8, 8])], {})
 
 
+def tiny_two_inputs():
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["output"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_two_inputs",
+        [
+            helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32]),
+            helper.make_tensor_value_info("orig_target_sizes", TensorProto.INT64, [1, 2]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tessera")
+    save(model, "tiny_two_inputs.onnx")
+
+
 def check_layouts():
     import onnxruntime as ort
 
@@ -237,5 +257,6 @@ if __name__ == "__main__":
     tiny_detr()
     tiny_nms()
     tiny_unknown()
+    tiny_two_inputs()
     check()
     check_layouts()
