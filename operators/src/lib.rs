@@ -11,6 +11,7 @@ pub mod batching;
 pub mod crops;
 pub mod decode;
 pub mod detection;
+pub mod gate;
 pub mod geometry;
 pub mod labels;
 pub mod learning;
