@@ -18,6 +18,8 @@ pub mod learning;
 pub mod merge;
 pub mod preprocess;
 pub mod sampling;
+#[cfg(any(test, feature = "test-images"))]
+pub mod scene;
 pub mod scopes;
 #[cfg(any(test, feature = "test-images"))]
 pub mod test_images;
