@@ -22,8 +22,10 @@ The steps follow tessera exactly (sources in parentheses):
   merge       boxes mapped to frame pixels, clamped, empty ones dropped, then greedy NMM with IoS
               (intersection over the smaller box) > 0.5, per class (operators/src/merge.rs)
 
-Kafka mode prints ONE JSON summary line on stdout when done; --image mode prints one result.
-Everything else (progress, warnings) goes to stderr.
+Kafka mode prints ONE JSON summary line on stdout when done; --image mode prints one result; --lean
+mode (the leanest loop a Python user could write: the JPEG files already in memory, decode and
+recognize one after the other, no Kafka) prints one JSON summary line. Everything else (progress,
+warnings) goes to stderr.
 """
 
 import argparse
@@ -80,6 +82,10 @@ class Model:
         if self.adapter not in ("yolox", "classifier"):
             raise SystemExit(f"adapter {self.adapter!r} is not implemented in the baseline")
         self.softmax = bool(out.get("softmax", False))
+        # tessera's default for classifiers: one whole-frame pass (`aggregate = "full_frame"`).
+        self.aggregate = out.get("aggregate", "full_frame") if self.adapter == "classifier" else None
+        if self.aggregate not in (None, "full_frame", "max"):
+            raise SystemExit(f"aggregate {self.aggregate!r} is not implemented in the baseline")
         self.score_threshold = float(thr.get("score", 0.25))
         self.nms_iou = thr.get("nms_iou")
         self.top_k = int(thr.get("top_k", 5))
@@ -388,6 +394,46 @@ def run_image(args, recognizer):
     )
 
 
+def run_lean(args, recognizer):
+    """Frames from files already in memory, decoded and recognized in a plain loop: the upper bound
+    of what a Python user gets from the same model, tiles and onnxruntime defaults."""
+    paths = sorted(
+        os.path.join(args.lean, name)
+        for name in os.listdir(args.lean)
+        if name.lower().endswith((".jpg", ".jpeg", ".png"))
+    )
+    if not paths:
+        raise SystemExit(f"no images in {args.lean}")
+    frames = []
+    for path in paths:
+        with open(path, "rb") as f:
+            frames.append(f.read())
+    total = max(1, args.frames)
+    # One untimed warm-up frame (session initialisation, allocator growth).
+    recognizer.recognize(decode_image(frames[0]))
+    started, cpu_started = time.perf_counter(), time.process_time()
+    tiles = detections = 0
+    for i in range(total):
+        count, found, _ = recognizer.recognize(decode_image(frames[i % len(frames)]))
+        tiles += count
+        detections += len(found)
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    print(
+        json.dumps(
+            {
+                "mode": "lean",
+                "frames": total,
+                "tiles": tiles,
+                "detections": detections,
+                "seconds": seconds,
+                "frames_per_s": total / seconds,
+                "cpu_percent": 100.0 * cpu / seconds,
+            }
+        )
+    )
+
+
 def run_kafka(args, recognizer):
     from confluent_kafka import Consumer, KafkaError, Producer
 
@@ -519,13 +565,18 @@ def main():
     parser.add_argument("--no-tiling", action="store_true", help="full frame only (tessera's tiling.enabled = false)")
     parser.add_argument("--image", help="process this image file instead of Kafka and print its result")
     parser.add_argument("--repeat", type=int, default=1, help="--image mode: process the image this many times (timing)")
+    parser.add_argument("--lean", metavar="DIR", help="the lean loop over the images of DIR (--frames of them, cycling), no Kafka")
     args = parser.parse_args()
 
     model = Model(args.manifest, args.model, args.labels, args.batch)
-    recognizer = Recognizer(model, overlap=args.overlap, tiling=not args.no_tiling)
+    tiling = not args.no_tiling and model.aggregate != "full_frame"
+    recognizer = Recognizer(model, overlap=args.overlap, tiling=tiling)
     log(f"model {model.name} {model.version} ({model.model_path}), batch {model.batch}, onnxruntime {onnxruntime.__version__}")
     if args.image:
         run_image(args, recognizer)
+        return
+    if args.lean:
+        run_lean(args, recognizer)
         return
     missing = [n for n in ("brokers", "input_topic", "results_topic") if not getattr(args, n)]
     if missing:
