@@ -188,6 +188,7 @@ impl Proposal {
         };
         let _ = writeln!(t, "width = {width}{side_note}");
         let _ = writeln!(t, "height = {height}{side_note}");
+        let _ = writeln!(t, "layout = \"nchw\"");
         let _ = writeln!(
             t,
             "channel_order = \"rgb\"  # CHECK: models trained with OpenCV (YOLOX) take \"bgr\""
