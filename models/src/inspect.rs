@@ -36,11 +36,14 @@ pub struct ModelInfo {
 
 /// Loads `path` (CPU provider, no optimisation) and lists its inputs and outputs.
 pub fn inspect(env: &Environment, path: &Path) -> Result<ModelInfo, ModelError> {
-    let session = open(env, path)?;
-    Ok(ModelInfo {
+    Ok(model_info(&open(env, path)?))
+}
+
+fn model_info(session: &Session) -> ModelInfo {
+    ModelInfo {
         inputs: session.inputs().iter().map(info).collect(),
         outputs: session.outputs().iter().map(info).collect(),
-    })
+    }
 }
 
 /// What `models inspect` makes of a model: its tensors, the adapters that fit (best first) and
@@ -65,10 +68,7 @@ const DYNAMIC_SIDE: u32 = 640;
 /// outputs against every adapter.
 pub fn propose(env: &Environment, path: &Path, probe: bool) -> Result<Proposal, ModelError> {
     let mut session = open(env, path)?;
-    let info = ModelInfo {
-        inputs: session.inputs().iter().map(info).collect(),
-        outputs: session.outputs().iter().map(info).collect(),
-    };
+    let info = model_info(&session);
     let outputs: Vec<OutputInfo> = session.outputs().iter().map(output_info).collect();
     let image_input = info.inputs.iter().find_map(|t| match t.shape.as_slice() {
         [_, 3, h, w] if t.element_type == "f32" => {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::classifier::softmax_stable;
+use crate::adapters::classifier::softmax_into;
 use crate::adapters::passes;
 use crate::detection::Detection;
 use crate::geometry::BBox;
@@ -136,7 +136,7 @@ impl DetectionParams {
     pub fn best_class(&self, row: &[f32], scratch: &mut Vec<f32>) -> Option<(u32, f32)> {
         let scores: &[f32] = match self.activation {
             Activation::Softmax => {
-                *scratch = softmax_stable(row);
+                softmax_into(row, scratch);
                 scratch
             }
             // The sigmoid is monotonic: pick on the raw values, activate only the winner.

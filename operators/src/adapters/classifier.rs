@@ -46,22 +46,34 @@ pub fn top_k(logits: &[f32], k: usize, softmax: bool) -> Vec<Classification> {
 
 /// Softmax over the finite logits; non-finite logits get 0.
 pub(crate) fn softmax_stable(logits: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(logits.len());
+    softmax_into(logits, &mut out);
+    out
+}
+
+/// [`softmax_stable`] into `out` (cleared first), so per-row callers reuse one buffer.
+pub(crate) fn softmax_into(logits: &[f32], out: &mut Vec<f32>) {
+    out.clear();
     let max = logits
         .iter()
         .copied()
         .filter(|v| v.is_finite())
         .fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
-        return vec![0.0; logits.len()];
+        out.resize(logits.len(), 0.0);
+        return;
     }
-    let exps: Vec<f32> = logits
-        .iter()
-        .map(|&v| if v.is_finite() { (v - max).exp() } else { 0.0 })
-        .collect();
+    out.extend(
+        logits
+            .iter()
+            .map(|&v| if v.is_finite() { (v - max).exp() } else { 0.0 }),
+    );
     // Accumulate in f64: thousands of classes sum without visible rounding.
-    let sum: f64 = exps.iter().map(|&e| f64::from(e)).sum();
+    let sum: f64 = out.iter().map(|&e| f64::from(e)).sum();
     // sum >= 1 because the max term is exp(0) = 1.
-    exps.iter().map(|&e| (f64::from(e) / sum) as f32).collect()
+    for e in out.iter_mut() {
+        *e = (f64::from(*e) / sum) as f32;
+    }
 }
 
 #[cfg(test)]
