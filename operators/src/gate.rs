@@ -157,7 +157,9 @@ struct Reference<T> {
 }
 
 #[derive(Debug)]
-struct CameraState<T> {
+struct CameraState<T, E> {
+    /// What the references depend on besides the pixels; another epoch resets the camera.
+    epoch: E,
     /// The tile rectangles the references belong to; another layout resets the camera.
     layout: Vec<PixelRect>,
     references: Vec<Reference<T>>,
@@ -169,15 +171,39 @@ struct CameraState<T> {
     seen: u64,
 }
 
-/// Per-camera tile references, bounded to `max_cameras` cameras.
+/// Which frame of which camera is planned.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameStamp<'a, E> {
+    pub camera: &'a str,
+    /// What the camera's results depend on besides its pixels (the partition assignment the
+    /// frame came from, the head applied to its tiles): a camera seen under another epoch
+    /// starts afresh, so a rebalance or a new head is a full refresh.
+    pub epoch: &'a E,
+    /// The frame's position in the camera's stream (increasing).
+    pub seq: u64,
+    /// Capture time on the camera's clock, in milliseconds.
+    pub now_ms: u64,
+}
+
+/// The signatures of `tiles` of `frame`, in tile order: the costly part of planning, done
+/// before taking the gate (see [`ChangeGate::plan`]).
+pub fn signatures(frame: &RgbImage, tiles: &[Tile]) -> Vec<TileSignature> {
+    tiles
+        .iter()
+        .map(|tile| TileSignature::of(frame, tile.rect))
+        .collect()
+}
+
+/// Per-camera tile references, bounded to `max_cameras` cameras. `T` is a tile's result, `E`
+/// the epoch a camera's references belong to (see [`FrameStamp::epoch`]).
 #[derive(Debug)]
-pub struct ChangeGate<T> {
-    cameras: HashMap<String, CameraState<T>>,
+pub struct ChangeGate<T, E = ()> {
+    cameras: HashMap<String, CameraState<T, E>>,
     max_cameras: usize,
     tick: u64,
 }
 
-impl<T: Clone> ChangeGate<T> {
+impl<T: Clone, E: Clone + PartialEq> ChangeGate<T, E> {
     /// An empty gate keeping state for at most `max_cameras` cameras (at least 1).
     pub fn new(max_cameras: usize) -> Self {
         Self {
@@ -192,28 +218,29 @@ impl<T: Clone> ChangeGate<T> {
         self.cameras.len()
     }
 
-    /// Plans frame `frame` (increasing per camera) of `camera`, captured at `now_ms` on the
-    /// camera's clock, cut into `tiles`. Tiles to infer become the camera's new references,
-    /// pending until [`ChangeGate::complete`] gives their results; a tile whose reference is
-    /// still pending is inferred again rather than waited for.
+    /// Plans frame `stamp` cut into `tiles`, whose [`signatures`] are given. Tiles to infer
+    /// become the camera's new references, pending until [`ChangeGate::complete`] gives their
+    /// results; a tile whose reference is still pending is inferred again rather than waited
+    /// for.
     pub fn plan(
         &mut self,
-        camera: &str,
-        frame: u64,
-        now_ms: u64,
-        image: &RgbImage,
+        stamp: FrameStamp<'_, E>,
+        signatures: Vec<TileSignature>,
         tiles: &[Tile],
         settings: &GateSettings,
     ) -> GatePlan<T> {
+        debug_assert_eq!(signatures.len(), tiles.len(), "one signature per tile");
         self.tick += 1;
+        let now_ms = stamp.now_ms;
         let layout: Vec<PixelRect> = tiles.iter().map(|t| t.rect).collect();
-        if !self.cameras.contains_key(camera) {
+        if !self.cameras.contains_key(stamp.camera) {
             self.make_room();
         }
         let state = self
             .cameras
-            .entry(camera.to_string())
+            .entry(stamp.camera.to_string())
             .or_insert_with(|| CameraState {
+                epoch: stamp.epoch.clone(),
                 layout: Vec::new(),
                 references: Vec::new(),
                 since_refresh: 0,
@@ -221,11 +248,15 @@ impl<T: Clone> ChangeGate<T> {
                 seen: 0,
             });
         state.seen = self.tick;
+        // Frames of one camera may be planned slightly out of order (several prepare lanes):
+        // only a clock that goes back by more than a period (a restarted camera) refreshes.
         let refresh = state.layout != layout
+            || state.epoch != *stamp.epoch
             || state.since_refresh.saturating_add(1) >= settings.refresh_frames
             || now_ms.saturating_sub(state.refreshed_at_ms) >= settings.refresh_ms
-            || now_ms < state.refreshed_at_ms;
+            || now_ms.saturating_add(settings.refresh_ms) < state.refreshed_at_ms;
         if refresh {
+            state.epoch = stamp.epoch.clone();
             state.layout = layout;
             state.references.clear();
             state.since_refresh = 0;
@@ -234,8 +265,8 @@ impl<T: Clone> ChangeGate<T> {
             state.since_refresh += 1;
         }
 
-        let mut decisions = Vec::with_capacity(tiles.len());
         let mut any_grid_tile_inferred = false;
+        let mut signatures: Vec<Option<TileSignature>> = signatures.into_iter().map(Some).collect();
         // Grid tiles first, the full-frame pass after (it depends on them).
         let order = tiles
             .iter()
@@ -244,7 +275,10 @@ impl<T: Clone> ChangeGate<T> {
             .chain(tiles.iter().enumerate().filter(|(_, t)| t.full_frame));
         let mut planned: Vec<Option<TileDecision<T>>> = vec![None; tiles.len()];
         for (i, tile) in order {
-            let signature = TileSignature::of(image, tile.rect);
+            let signature = signatures
+                .get_mut(i)
+                .and_then(Option::take)
+                .unwrap_or(TileSignature { cells: Vec::new() });
             let reusable = state.references.get(i).and_then(|r| {
                 let unchanged = signature.distance(&r.signature) <= settings.threshold;
                 r.result.clone().filter(|_| unchanged)
@@ -257,7 +291,7 @@ impl<T: Clone> ChangeGate<T> {
                     any_grid_tile_inferred |= !tile.full_frame;
                     let reference = Reference {
                         signature,
-                        frame,
+                        frame: stamp.seq,
                         result: None,
                     };
                     if i < state.references.len() {
@@ -267,7 +301,7 @@ impl<T: Clone> ChangeGate<T> {
                         // missing one can only be the next index.
                         state.references.resize_with(i, || Reference {
                             signature: TileSignature { cells: Vec::new() },
-                            frame,
+                            frame: stamp.seq,
                             result: None,
                         });
                         state.references.push(reference);
@@ -277,22 +311,21 @@ impl<T: Clone> ChangeGate<T> {
             };
             planned[i] = Some(decision);
         }
-        decisions.extend(
-            planned
-                .into_iter()
-                .map(|d| d.unwrap_or(TileDecision::Infer)),
-        );
+        let decisions = planned
+            .into_iter()
+            .map(|d| d.unwrap_or(TileDecision::Infer))
+            .collect();
         GatePlan { decisions, refresh }
     }
 
-    /// The result of tile `index` of frame `frame` of `camera`, inferred as planned. Ignored
+    /// The result of tile `index` of frame `seq` of `camera`, inferred as planned. Ignored
     /// when a later frame has inferred that tile again since, or the camera was dropped.
-    pub fn complete(&mut self, camera: &str, frame: u64, index: usize, result: T) {
+    pub fn complete(&mut self, camera: &str, seq: u64, index: usize, result: T) {
         if let Some(reference) = self
             .cameras
             .get_mut(camera)
             .and_then(|s| s.references.get_mut(index))
-            .filter(|r| r.frame == frame)
+            .filter(|r| r.frame == seq)
         {
             reference.result = Some(result);
         }
@@ -303,9 +336,14 @@ impl<T: Clone> ChangeGate<T> {
         self.cameras.remove(camera);
     }
 
-    /// Drops every camera's state (a rebalance or restart).
+    /// Drops every camera's state (a restart).
     pub fn clear(&mut self) {
         self.cameras.clear();
+    }
+
+    /// Keeps the cameras whose epoch is still current (drops those of revoked partitions).
+    pub fn retain(&mut self, mut current: impl FnMut(&E) -> bool) {
+        self.cameras.retain(|_, state| current(&state.epoch));
     }
 
     fn make_room(&mut self) {
@@ -378,16 +416,37 @@ mod tests {
             .collect()
     }
 
+    type Gate = ChangeGate<&'static str, u32>;
+
+    /// Plans frame `frame` of `camera` (epoch 0).
+    fn plan(
+        gate: &mut Gate,
+        camera: &str,
+        frame: u64,
+        now_ms: u64,
+        image: &RgbImage,
+        tiles: &[Tile],
+        settings: &GateSettings,
+    ) -> GatePlan<&'static str> {
+        let stamp = FrameStamp {
+            camera,
+            epoch: &0,
+            seq: frame,
+            now_ms,
+        };
+        gate.plan(stamp, signatures(image, tiles), tiles, settings)
+    }
+
     /// Plans frame `frame` and completes every inferred tile with `result`.
     fn step(
-        gate: &mut ChangeGate<&'static str>,
+        gate: &mut Gate,
         camera: &str,
         frame: u64,
         now_ms: u64,
         image: &RgbImage,
         result: &'static str,
     ) -> GatePlan<&'static str> {
-        let plan = gate.plan(camera, frame, now_ms, image, &tiles(), &SETTINGS);
+        let plan = plan(gate, camera, frame, now_ms, image, &tiles(), &SETTINGS);
         for (i, d) in plan.decisions.iter().enumerate() {
             if matches!(d, TileDecision::Infer) {
                 gate.complete(camera, frame, i, result);
@@ -398,7 +457,7 @@ mod tests {
 
     #[test]
     fn unchanged_tiles_are_reused_and_changed_ones_inferred() {
-        let mut gate = ChangeGate::new(8);
+        let mut gate: Gate = ChangeGate::new(8);
         let first = step(&mut gate, "cam", 1, 0, &scene(1, 3), "f1");
         assert!(
             first.refresh,
@@ -426,17 +485,17 @@ mod tests {
 
     #[test]
     fn a_reference_still_in_flight_is_not_waited_for() {
-        let mut gate: ChangeGate<&str> = ChangeGate::new(8);
+        let mut gate: Gate = ChangeGate::new(8);
         let image = scene(1, 0);
-        let first = gate.plan("cam", 1, 0, &image, &tiles(), &SETTINGS);
+        let first = plan(&mut gate, "cam", 1, 0, &image, &tiles(), &SETTINGS);
         assert_eq!(first.inferred(), 3);
         // Frame 2 is planned before frame 1's results arrive: inferred again.
-        let second = gate.plan("cam", 2, 100, &image, &tiles(), &SETTINGS);
+        let second = plan(&mut gate, "cam", 2, 100, &image, &tiles(), &SETTINGS);
         assert_eq!(kinds(&second), vec!["infer"; 3]);
         // Frame 1's late results do not overwrite frame 2's references.
         gate.complete("cam", 1, 0, "f1");
         gate.complete("cam", 2, 0, "f2");
-        let third = gate.plan("cam", 3, 200, &image, &tiles(), &SETTINGS);
+        let third = plan(&mut gate, "cam", 3, 200, &image, &tiles(), &SETTINGS);
         assert_eq!(kinds(&third)[0], "f2");
         assert_eq!(
             kinds(&third)[1],
@@ -452,10 +511,18 @@ mod tests {
             refresh_frames: 3,
             ..SETTINGS
         };
-        let mut gate = ChangeGate::new(8);
+        let mut gate: Gate = ChangeGate::new(8);
         let mut refreshes = Vec::new();
         for frame in 1..=7 {
-            let plan = gate.plan("cam", frame, frame * 100, &image, &tiles(), &settings);
+            let plan = plan(
+                &mut gate,
+                "cam",
+                frame,
+                frame * 100,
+                &image,
+                &tiles(),
+                &settings,
+            );
             for i in 0..3 {
                 gate.complete("cam", frame, i, "r");
             }
@@ -468,21 +535,23 @@ mod tests {
         }
         assert_eq!(refreshes, vec![1, 4, 7]);
 
-        let mut gate = ChangeGate::new(8);
+        let mut gate: Gate = ChangeGate::new(8);
         assert!(step(&mut gate, "cam", 1, 1_000, &image, "a").refresh);
         assert!(!step(&mut gate, "cam", 2, 60_999, &image, "b").refresh);
         assert!(
             step(&mut gate, "cam", 3, 61_000, &image, "c").refresh,
             "60 s after frame 1"
         );
-        // A clock that goes back refreshes too.
-        assert!(step(&mut gate, "cam", 4, 500, &image, "d").refresh);
+        // A clock that goes back by more than a period refreshes too; a little (frames
+        // planned out of order) does not.
+        assert!(!step(&mut gate, "cam", 4, 60_900, &image, "d").refresh);
+        assert!(step(&mut gate, "cam", 5, 500, &image, "e").refresh);
     }
 
     #[test]
     fn state_is_per_camera_bounded_and_dropped_on_demand() {
         let image = scene(1, 0);
-        let mut gate = ChangeGate::new(2);
+        let mut gate: Gate = ChangeGate::new(2);
         step(&mut gate, "a", 1, 0, &image, "a1");
         step(&mut gate, "b", 1, 0, &image, "b1");
         assert_eq!(
@@ -505,8 +574,38 @@ mod tests {
             rect: PixelRect::new(0, 0, 256, 128),
             full_frame: true,
         }];
-        let plan = gate.plan("c", 3, 200, &image, &other, &SETTINGS);
-        assert!(plan.refresh);
+        assert!(plan(&mut gate, "c", 3, 200, &image, &other, &SETTINGS).refresh);
+    }
+
+    #[test]
+    fn another_epoch_resets_the_camera_and_retain_drops_old_epochs() {
+        let image = scene(1, 0);
+        let mut gate: Gate = ChangeGate::new(8);
+        let run = |gate: &mut Gate, camera, epoch: &u32, seq| {
+            let stamp = FrameStamp {
+                camera,
+                epoch,
+                seq,
+                now_ms: seq * 100,
+            };
+            let plan = gate.plan(stamp, signatures(&image, &tiles()), &tiles(), &SETTINGS);
+            for i in 0..3 {
+                gate.complete(camera, seq, i, "r");
+            }
+            plan
+        };
+        assert!(run(&mut gate, "a", &1, 1).refresh);
+        assert!(run(&mut gate, "b", &1, 1).refresh);
+        assert_eq!(run(&mut gate, "a", &1, 2).reused(), 3);
+        // The partition was assigned again (a rebalance): a full refresh, then reuse again.
+        let after = run(&mut gate, "a", &2, 3);
+        assert!(after.refresh);
+        assert_eq!(after.inferred(), 3);
+        assert_eq!(run(&mut gate, "a", &2, 4).reused(), 3);
+        // Epoch 1 is revoked: its cameras are dropped.
+        gate.retain(|epoch| *epoch != 1);
+        assert_eq!(gate.cameras(), 1);
+        assert!(run(&mut gate, "b", &1, 2).refresh);
     }
 
     #[test]
