@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tessera_models::{ExecutionProviderConfig, SessionConfig};
 use tessera_operators::decode::DecodeLimits;
+use tessera_operators::gate::GateSettings;
 use tessera_operators::merge::MergeConfig;
 use tessera_operators::scopes::{CameraGroup, Scopes};
 use tessera_operators::tiling::TilingConfig;
@@ -67,6 +68,8 @@ pub struct PipelineConfig {
     pub second_stage: SecondStageConfig,
     /// Label requests: frames and boxes worth labelling, for a labelling tool.
     pub label_requests: LabelRequestsConfig,
+    /// Change-gated tiles: static cameras reuse the results of tiles that did not change.
+    pub gate: GateConfig,
 }
 
 impl PipelineConfig {
@@ -140,6 +143,7 @@ impl PipelineConfig {
                 "must be at least 1",
             ));
         }
+        self.gate.validate(self.flow.max_age)?;
         if self.supervision.max_restarts == 0 {
             return Err(ConfigError::invalid(
                 "supervision.max_restarts",
@@ -383,6 +387,114 @@ impl SecondStageConfig {
             classes: self.classes.clone(),
             max_crops: self.max_crops,
         }
+    }
+}
+
+/// Change-gated tiles, for static cameras: per camera, each tile's signature (the mean luma of
+/// a 16x16 grid over it) is kept with the tile's result; a tile whose signature has not moved
+/// beyond `threshold` reuses that result instead of running the model, and the full-frame pass
+/// runs only when a tile ran or it changed itself. Every camera runs in full every
+/// `refresh_frames` frames or `refresh_interval`, and after a rebalance, a restart, a new head
+/// or another frame size. Under sustained lag the settings move towards their `relaxed_`
+/// bounds before frames are skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// Reuse the results of unchanged tiles. Off: every tile of every frame runs.
+    pub enabled: bool,
+    /// A tile runs again when a cell of its signature moved by more than this many luma levels
+    /// (0-255) since it last ran; sensor noise and JPEG re-encoding move cells by about 1.
+    pub threshold: f32,
+    /// Every camera runs in full at least every this many frames (1: every frame).
+    pub refresh_frames: u32,
+    /// Every camera runs in full at least this often, on its own clock (capture times).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Cameras whose tiles are kept (the least recently seen is dropped first; a dropped
+    /// camera's next frame runs in full).
+    pub max_cameras: usize,
+    /// Frames' age (smoothed over about 20 frames, measured like `flow.max_age`) beyond which
+    /// the settings relax; they reach the `relaxed_` bounds at `flow.max_age`.
+    #[serde(with = "humantime_serde")]
+    pub relax_after: Duration,
+    /// `threshold` at full relaxation (at least `threshold`).
+    pub relaxed_threshold: f32,
+    /// `refresh_frames` at full relaxation (at least `refresh_frames`).
+    pub relaxed_refresh_frames: u32,
+    /// `refresh_interval` at full relaxation (at least `refresh_interval`).
+    #[serde(with = "humantime_serde")]
+    pub relaxed_refresh_interval: Duration,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            threshold: 6.0,
+            refresh_frames: 50,
+            refresh_interval: Duration::from_secs(10),
+            max_cameras: 1024,
+            relax_after: Duration::from_secs(2),
+            relaxed_threshold: 12.0,
+            relaxed_refresh_frames: 200,
+            relaxed_refresh_interval: Duration::from_secs(40),
+        }
+    }
+}
+
+impl GateConfig {
+    pub fn validate(&self, max_age: Duration) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| {
+            Err(ConfigError::invalid(format!("gate.{field}"), message))
+        };
+        if !(self.threshold.is_finite() && self.threshold >= 0.0) {
+            return invalid("threshold", "must be a number of luma levels, 0 or more");
+        }
+        if !(self.relaxed_threshold.is_finite() && self.relaxed_threshold >= self.threshold) {
+            return invalid("relaxed_threshold", "must be at least gate.threshold");
+        }
+        if self.refresh_frames == 0 {
+            return invalid("refresh_frames", "must be at least 1");
+        }
+        if self.relaxed_refresh_frames < self.refresh_frames {
+            return invalid(
+                "relaxed_refresh_frames",
+                "must be at least gate.refresh_frames",
+            );
+        }
+        if self.refresh_interval.is_zero() {
+            return invalid("refresh_interval", "must be more than 0s");
+        }
+        if self.relaxed_refresh_interval < self.refresh_interval {
+            return invalid(
+                "relaxed_refresh_interval",
+                "must be at least gate.refresh_interval",
+            );
+        }
+        if self.max_cameras == 0 {
+            return invalid("max_cameras", "must be at least 1");
+        }
+        if self.relax_after >= max_age {
+            return invalid("relax_after", "must be below flow.max_age");
+        }
+        Ok(())
+    }
+
+    /// The gate's settings, and their bounds at full relaxation.
+    pub fn settings(&self) -> (GateSettings, GateSettings) {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        (
+            GateSettings {
+                threshold: self.threshold,
+                refresh_frames: self.refresh_frames,
+                refresh_ms: millis(self.refresh_interval),
+            },
+            GateSettings {
+                threshold: self.relaxed_threshold,
+                refresh_frames: self.relaxed_refresh_frames,
+                refresh_ms: millis(self.relaxed_refresh_interval),
+            },
+        )
     }
 }
 

@@ -7,17 +7,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Which top-level modules each top-level module may use (besides itself).
-const ALLOWED: [(&str, &[&str]); 10] = [
+const ALLOWED: [(&str, &[&str]); 11] = [
     ("config", &[]),
     ("protocol", &["config"]),
     ("delivery", &["protocol"]),
     ("learn", &["protocol", "config"]),
     ("observe", &["protocol", "learn"]),
     ("stage", &["protocol", "config", "observe"]),
+    ("gate", &["protocol", "config", "observe"]),
     (
         "stages",
         &[
-            "protocol", "config", "delivery", "learn", "observe", "stage",
+            "protocol", "config", "delivery", "learn", "observe", "stage", "gate",
         ],
     ),
     ("error", &["protocol", "config"]),
@@ -37,6 +38,7 @@ const ALLOWED: [(&str, &[&str]); 10] = [
             "observe",
             "stage",
             "stages",
+            "gate",
             "error",
             "supervisor",
         ],

@@ -5,6 +5,7 @@
 //! delivery    ledger of frames in flight, ack handles, watermarks, sequencer (no actors, no Kafka)
 //! observe     metrics, monitor, rate-limited logs (label sets from protocol's enums)
 //! stage       the stage kit: FrameStage and its actor, edges, child specs, Kafka settings
+//! gate        the change gate: per-camera tile results prepare and merge share (plain code)
 //! learn       heads per scope, the embedding cache, the trainer's state, one round (plain code)
 //! stages      ingest -> prepare -> recognize -> merge -> [second stage] -> [label requests]
 //!             -> sequencer -> publish; heads, labels, finetune beside them (never each other)
@@ -20,6 +21,7 @@
 pub mod config;
 pub(crate) mod delivery;
 pub mod error;
+pub(crate) mod gate;
 pub mod learn;
 pub mod observe;
 pub mod protocol;
@@ -419,6 +421,14 @@ fn wire(
     // the boxes' crops instead of the model's tiles.
     let second_stage = config.second_stage.enabled && learning.is_some();
     let sequenced = Edge::new(StageId::Publish);
+    // Prepare plans each frame through the change gate; merge hands it the tiles that ran.
+    let gate = config.gate.enabled.then(|| {
+        Arc::new(gate::TileGate::new(
+            &config.gate,
+            config.flow.max_age,
+            monitor.clone(),
+        ))
+    });
 
     let publish = publish::PublishSettings {
         kafka: config.kafka.clone(),
@@ -432,6 +442,7 @@ fn wire(
         ledger: ledger.clone(),
         monitor: monitor.clone(),
         learning: learning.clone(),
+        gate: gate.clone(),
     };
     let recognize = recognize::RecognizeSettings {
         env,
@@ -469,6 +480,7 @@ fn wire(
             tiles: TensorPool::preallocated_up_to(tiles_at_start, tile_credits, tile_len),
             keep_image: second_stage,
             heads_on_tiles: !second_stage,
+            gate,
         }),
         lanes: config.prepare.workers,
         monitor: monitor.clone(),

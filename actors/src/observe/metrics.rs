@@ -46,9 +46,13 @@ pub mod names {
     pub const SECOND_STAGE_BOXES: &str = "tessera_second_stage_boxes_total";
     pub const LABEL_REQUESTS: &str = "tessera_label_requests_total";
     pub const LABEL_REQUESTS_DROPPED: &str = "tessera_label_requests_dropped_total";
+    pub const GATE_TILES: &str = "tessera_gate_tiles_total";
+    pub const GATE_REFRESHES: &str = "tessera_gate_refreshes_total";
+    pub const GATE_RELAXATION: &str = "tessera_gate_relaxation";
+    pub const GATE_CAMERAS: &str = "tessera_gate_cameras";
 
     /// Every tessera metric family, in exposition order of this list.
-    pub const ALL: [&str; 32] = [
+    pub const ALL: [&str; 36] = [
         FRAMES_CONSUMED,
         PARTITIONS_ASSIGNED,
         PARTITIONS_PAUSED,
@@ -81,6 +85,10 @@ pub mod names {
         SECOND_STAGE_BOXES,
         LABEL_REQUESTS,
         LABEL_REQUESTS_DROPPED,
+        GATE_TILES,
+        GATE_REFRESHES,
+        GATE_RELAXATION,
+        GATE_CAMERAS,
     ];
 
     /// The process metrics (Linux) registered beside tessera's own.
@@ -112,6 +120,7 @@ pub mod labels {
     pub const SCOPE: &str = "scope";
     pub const VERDICT: &str = "verdict";
     pub const STRATEGY: &str = "strategy";
+    pub const DECISION: &str = "decision";
     pub const REASON: &str = "reason";
 }
 
@@ -249,10 +258,21 @@ pub struct Metrics {
     label_requests: IntCounterVec,
     /// Label requests not published (too many pending, or Kafka refused them).
     pub label_requests_dropped: IntCounter,
+    /// Tiles the change gate planned, by decision (`inferred`, `reused`).
+    gate_tiles: IntCounterVec,
+    /// Frames the change gate ran in full by rule.
+    pub gate_refreshes: IntCounter,
+    /// How far the gate's settings are relaxed under lag (0 to 1).
+    pub gate_relaxation: prometheus::Gauge,
+    /// Cameras whose tiles the gate keeps.
+    pub gate_cameras: IntGauge,
 }
 
 /// What the second stage's head made of a box.
 pub const VERDICTS: [&str; 3] = ["kept", "relabelled", "rejected"];
+
+/// What the change gate did with a tile: ran it through the model, or reused its result.
+pub const GATE_DECISIONS: [&str; 2] = ["inferred", "reused"];
 
 /// How a label found its embedding: the recent-frames cache, the frame read back from Kafka, or
 /// the image inside the label.
@@ -494,6 +514,29 @@ impl Metrics {
                 "Label requests not published: too many pending, or Kafka refused them",
             )
             .expect("valid metric"),
+            gate_tiles: IntCounterVec::new(
+                Opts::new(
+                    names::GATE_TILES,
+                    "Tiles the change gate planned: run through the model, or reused from an earlier frame",
+                ),
+                &[labels::DECISION],
+            )
+            .expect("valid metric"),
+            gate_refreshes: IntCounter::new(
+                names::GATE_REFRESHES,
+                "Frames the change gate ran in full by rule (first frame, refresh period, rebalance, new head)",
+            )
+            .expect("valid metric"),
+            gate_relaxation: prometheus::Gauge::new(
+                names::GATE_RELAXATION,
+                "How far the change gate's settings are relaxed under sustained lag (0 to 1)",
+            )
+            .expect("valid metric"),
+            gate_cameras: IntGauge::new(
+                names::GATE_CAMERAS,
+                "Cameras whose tiles the change gate keeps",
+            )
+            .expect("valid metric"),
             frames_dead_lettered,
             actor_restarts,
             delivery_failures,
@@ -509,6 +552,9 @@ impl Metrics {
             metrics
                 .label_requests
                 .with_label_values(&[strategy.as_str()]);
+        }
+        for decision in GATE_DECISIONS {
+            metrics.gate_tiles.with_label_values(&[decision]);
         }
         for via in JOINED_VIA {
             metrics.labels_joined.with_label_values(&[via]);
@@ -536,7 +582,7 @@ impl Metrics {
                 .delivery_failures
                 .with_label_values(&[domain.as_str()]);
         }
-        let collectors: [Box<dyn Collector>; 34] = [
+        let collectors: [Box<dyn Collector>; 38] = [
             Box::new(metrics.frames_consumed.clone()),
             Box::new(metrics.partitions_assigned.clone()),
             Box::new(metrics.partitions_paused.clone()),
@@ -571,6 +617,10 @@ impl Metrics {
             Box::new(metrics.second_stage_boxes.clone()),
             Box::new(metrics.label_requests.clone()),
             Box::new(metrics.label_requests_dropped.clone()),
+            Box::new(metrics.gate_tiles.clone()),
+            Box::new(metrics.gate_refreshes.clone()),
+            Box::new(metrics.gate_relaxation.clone()),
+            Box::new(metrics.gate_cameras.clone()),
         ];
         for collector in collectors {
             metrics
@@ -609,6 +659,17 @@ impl Metrics {
     /// Counts a box the second stage classified (`verdict` from [`VERDICTS`]).
     pub fn second_stage_box(&self, verdict: &str) {
         self.second_stage_boxes.with_label_values(&[verdict]).inc();
+    }
+
+    /// Counts tiles the change gate planned: `inferred` run, `reused` not.
+    pub fn gate_tiles(&self, inferred: usize, reused: usize) {
+        let [run, kept] = GATE_DECISIONS;
+        self.gate_tiles
+            .with_label_values(&[run])
+            .inc_by(inferred as u64);
+        self.gate_tiles
+            .with_label_values(&[kept])
+            .inc_by(reused as u64);
     }
 
     /// Counts a label request published for `strategy`.

@@ -57,6 +57,20 @@ pub struct FrameLayout {
     pub decode: Duration,
     /// The decoded frame, kept for the second stage (`None` without one).
     pub image: Option<Arc<image::RgbImage>>,
+    /// The change gate's plan for the frame (`None`: the gate is off, every tile runs).
+    pub gate: Option<GatedFrame>,
+}
+
+/// The change gate's plan for one frame, as merge needs it.
+#[derive(Debug)]
+pub struct GatedFrame {
+    /// Per tile index: the result reused from an earlier frame, or `None` for a tile that
+    /// runs through the model (only those are sent on).
+    pub reused: Vec<Option<TileOutput>>,
+    /// Whether the frame is a full refresh.
+    pub refresh: bool,
+    /// How far the settings were relaxed under lag (0 to 1).
+    pub relaxation: f32,
 }
 
 /// One preprocessed tile: the model input of one slot of a batch.

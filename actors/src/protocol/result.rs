@@ -34,8 +34,12 @@ pub struct FrameResult {
     /// Scope of that head: `global`, or the camera's group. Absent when no head served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_scope: Option<String>,
-    /// Number of tiles run through the model (including the full-frame pass).
+    /// Number of tiles of the frame (including the full-frame pass); all of them ran through
+    /// the model unless `gate` says some reused an earlier frame's result.
     pub tile_count: usize,
+    /// What the change gate did with this frame's tiles; absent when the gate is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateReport>,
     /// `ok`, or `skipped` when the lag policy dropped the frame unprocessed.
     pub status: FrameStatus,
     /// Detections in frame pixels, merged across tiles, best first.
@@ -73,6 +77,7 @@ impl FrameResult {
             head_version: None,
             head_scope: None,
             tile_count: 0,
+            gate: None,
             status: FrameStatus::Skipped,
             detections: Vec::new(),
             classifications: Vec::new(),
@@ -82,6 +87,21 @@ impl FrameResult {
             },
         }
     }
+}
+
+/// What the change gate did with a frame's tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GateReport {
+    /// Tiles run through the model for this frame.
+    pub inferred: usize,
+    /// Tiles whose result was reused from an earlier frame of the camera (unchanged).
+    pub reused: usize,
+    /// Whether the frame was a full refresh (every tile ran by rule: the first frame of a
+    /// camera, its refresh period, a rebalance, a new head).
+    pub refresh: bool,
+    /// How far the gate's settings were relaxed because of sustained lag: 0 (not at all) to 1
+    /// (the `gate.relaxed_` bounds).
+    pub relaxation: f32,
 }
 
 /// Kafka coordinates of the input record.

@@ -325,6 +325,7 @@ mod tests {
             head_version: Some(3),
             head_scope: Some("lot".into()),
             tile_count: 1,
+            gate: None,
             status: FrameStatus::Ok,
             detections: vec![
                 DetectionOut {

@@ -11,12 +11,13 @@ use tessera_operators::merge::MergeConfig;
 use tessera_operators::preprocess::InputTransform;
 
 use crate::delivery::Ledger;
+use crate::gate::TileGate;
 use crate::learn::{Cached, Learning};
 use crate::observe::{Monitor, Step};
 use crate::protocol::messages::{FrameLayout, Recognized, Unprocessed};
 use crate::protocol::result::{
-    BoxOut, ClassificationOut, DetectionOut, FrameResult, FrameStatus, ImageSize, Latencies,
-    ModelRef,
+    BoxOut, ClassificationOut, DetectionOut, FrameResult, FrameStatus, GateReport, ImageSize,
+    Latencies, ModelRef,
 };
 use crate::protocol::{FrameKey, Outcome, Rejection, StageFailure, StageId};
 use crate::stage::{ChildSpec, Edge, FrameStage, frame_stage};
@@ -34,6 +35,8 @@ pub struct MergeSettings {
     /// Where a single-tile frame's embedding is kept for joining labels (`None`: the model
     /// has no embedding).
     pub learning: Option<Arc<Learning>>,
+    /// The change gate, given the outputs of the tiles that ran (`None`: the gate is off).
+    pub gate: Option<Arc<TileGate>>,
 }
 
 /// The supervisor's entry for merge.
@@ -51,8 +54,10 @@ pub fn child(settings: MergeSettings, input: Edge<Recognized>, out: Edge<Outcome
 #[derive(Debug)]
 struct Pending {
     frame: Box<FrameLayout>,
-    /// Tile outputs by tile index.
+    /// Tile outputs by tile index (reused ones filled in from the start).
     outputs: Vec<Option<TileOutput>>,
+    /// Which tiles ran through the model (their outputs go to the gate).
+    ran: Vec<bool>,
     remaining: usize,
     preprocess: Duration,
     inference: Duration,
@@ -126,16 +131,22 @@ impl FrameStage for Merge {
         out: &Edge<Outcome>,
     ) -> Result<(), StageFailure> {
         let finished = match input {
-            Recognized::Expect(frame) => {
+            Recognized::Expect(mut frame) => {
                 // A re-dispatched frame keeps the progress of earlier attempts: tiling is
                 // deterministic, so any attempt's tile output fills the same slot, and a slow
-                // frame is never reset by its own re-dispatch.
+                // frame is never reset by its own re-dispatch (a retried frame is not gated:
+                // every tile of it runs).
                 let tiles = frame.transforms.len();
                 let key = frame.meta.key.clone();
+                let outputs: Vec<Option<TileOutput>> = match frame.gate.as_mut() {
+                    Some(gated) => std::mem::take(&mut gated.reused),
+                    None => (0..tiles).map(|_| None).collect(),
+                };
                 self.pending.entry(key.clone()).or_insert_with(|| Pending {
+                    remaining: outputs.iter().filter(|o| o.is_none()).count(),
+                    outputs,
+                    ran: vec![false; tiles],
                     frame,
-                    outputs: (0..tiles).map(|_| None).collect(),
-                    remaining: tiles,
                     preprocess: Duration::ZERO,
                     inference: Duration::ZERO,
                     failure: None,
@@ -153,6 +164,9 @@ impl FrameStage for Merge {
                             && slot.replace(output).is_none()
                         {
                             pending.remaining -= 1;
+                        }
+                        if let Some(ran) = pending.ran.get_mut(index) {
+                            *ran = true;
                         }
                     }
                 }
@@ -187,6 +201,9 @@ impl FrameStage for Merge {
         // bounded by the frames in flight.
         let ledger = &self.settings.ledger;
         self.pending.retain(|key, _| ledger.in_flight(key));
+        if let Some(gate) = &self.settings.gate {
+            gate.retain_live(|stream| ledger.is_live(stream));
+        }
         Ok(())
     }
 }
@@ -196,12 +213,17 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
     let Pending {
         frame,
         outputs,
+        ran,
         preprocess,
         inference,
         failure,
         ..
     } = pending;
     if let Some(rejection) = failure {
+        // Its tiles' references never complete: the camera starts afresh.
+        if let Some(gate) = &settings.gate {
+            gate.forget(&frame.meta);
+        }
         return Outcome::DeadLetter {
             meta: frame.meta,
             payload: frame.payload,
@@ -210,6 +232,22 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
     }
     let started = Instant::now();
     let mut outputs = outputs;
+    let gate_report = frame.gate.as_ref().map(|gated| {
+        let inferred = ran.iter().filter(|ran| **ran).count();
+        GateReport {
+            inferred,
+            reused: ran.len() - inferred,
+            refresh: gated.refresh,
+            relaxation: gated.relaxation,
+        }
+    });
+    if let (Some(gate), Some(_)) = (&settings.gate, &frame.gate) {
+        for (index, output) in outputs.iter().enumerate() {
+            if let (true, Some(output)) = (ran[index], output) {
+                gate.complete(&frame.meta, index, output.clone());
+            }
+        }
+    }
     if let (Some(learning), [Some(only)]) = (&settings.learning, outputs.as_mut_slice())
         && !only.embedding.is_empty()
     {
@@ -258,6 +296,7 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
             height: frame.height,
         },
         tile_count: tiles.len(),
+        gate: gate_report,
         status: FrameStatus::Ok,
         detections: detections
             .iter()

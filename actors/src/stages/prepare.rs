@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use tessera_operators::decode::{DecodeLimits, decode_image_reusing};
 use tessera_operators::preprocess::{PreprocessSpec, Preprocessor};
-use tessera_operators::tiling::TileGrid;
+use tessera_operators::tiling::{Tile, TileGrid};
 use tokio::sync::Semaphore;
 
 use crate::config::LagPolicy;
+use crate::gate::TileGate;
 use crate::observe::{Monitor, Queue, Step};
 use crate::protocol::messages::{FrameLayout, Prepared, PreparedTile, TileChunk, Unprocessed};
 use crate::protocol::tensor::TensorPool;
@@ -45,6 +46,8 @@ pub struct PreparePlan {
     /// Whether the frame's head applies to the model's tiles (the model has the embedding);
     /// with a second stage it applies to the boxes' crops instead.
     pub heads_on_tiles: bool,
+    /// The change gate: only the tiles that changed run (`None`: every tile runs).
+    pub gate: Option<Arc<TileGate>>,
 }
 
 impl PreparePlan {
@@ -130,17 +133,36 @@ impl Prepare {
         validate_record(&frame.meta)?;
         let mut buffers = self.take_buffers();
         let (plan, payload) = (self.plan.clone(), frame.payload.clone());
+        // What the gate needs to plan the frame: the head applied to its tiles (their outputs
+        // depend on it), its attempt and its age (the gate relaxes under sustained lag).
+        let gating = self.plan.gate.is_some().then(|| {
+            let meta = &frame.meta;
+            let head = meta
+                .head
+                .as_ref()
+                .filter(|_| self.plan.heads_on_tiles)
+                .map(|head| (head.version(), head.scope().to_owned()));
+            let age = meta.capture_ms().map(|ts| self.plan.clock.age_ms(ts));
+            (meta.clone(), head, frame.attempt, age)
+        });
         let started = Instant::now();
         let (mut buffers, decoded) = on_blocking_thread(move || {
             let pixels = std::mem::take(&mut buffers.pixels);
             let decoded = decode_image_reusing(&payload, &plan.limits, pixels).map(|image| {
                 let tiles = plan.grid.tiles(image.width(), image.height());
-                (image, tiles)
+                let gated =
+                    plan.gate
+                        .as_ref()
+                        .zip(gating)
+                        .map(|(gate, (meta, head, attempt, age))| {
+                            gate.plan(&meta, head, attempt, age, &image, &tiles)
+                        });
+                (image, tiles, gated)
             });
             (buffers, decoded)
         })
         .await?;
-        let (image, tiles) = match decoded {
+        let (image, tiles, gated) = match decoded {
             Ok(decoded) => decoded,
             Err(error) => {
                 self.buffers = Some(buffers);
@@ -166,6 +188,17 @@ impl Prepare {
             transforms,
             decode,
             image: self.plan.keep_image.then(|| image.clone()),
+            gate: gated,
+        };
+        // Only the tiles the gate did not reuse run.
+        let tiles: Vec<Tile> = match &layout.gate {
+            Some(gated) => tiles
+                .into_iter()
+                .zip(&gated.reused)
+                .filter(|(_, reused)| reused.is_none())
+                .map(|(tile, _)| tile)
+                .collect(),
+            None => tiles,
         };
         out.send(Prepared::Layout(Box::new(layout)))?;
 

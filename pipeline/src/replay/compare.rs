@@ -524,6 +524,7 @@ mod tests {
             head_version: None,
             head_scope: None,
             tile_count: 4,
+            gate: None,
             status: FrameStatus::Ok,
             detections,
             classifications: vec![ClassificationOut {
