@@ -417,11 +417,11 @@ pub struct GateConfig {
     /// the settings relax; they reach the `relaxed_` bounds at `flow.max_age`.
     #[serde(with = "humantime_serde")]
     pub relax_after: Duration,
-    /// `threshold` at full relaxation (at least `threshold`).
+    /// `threshold` at full relaxation (never below `threshold`).
     pub relaxed_threshold: f32,
-    /// `refresh_frames` at full relaxation (at least `refresh_frames`).
+    /// `refresh_frames` at full relaxation (never below `refresh_frames`).
     pub relaxed_refresh_frames: u32,
-    /// `refresh_interval` at full relaxation (at least `refresh_interval`).
+    /// `refresh_interval` at full relaxation (never below `refresh_interval`).
     #[serde(with = "humantime_serde")]
     pub relaxed_refresh_interval: Duration,
 }
@@ -450,8 +450,11 @@ impl GateConfig {
         if !(self.threshold.is_finite() && self.threshold >= 0.0) {
             return invalid("threshold", "must be a number of luma levels, 0 or more");
         }
-        if !(self.relaxed_threshold.is_finite() && self.relaxed_threshold >= self.threshold) {
-            return invalid("relaxed_threshold", "must be at least gate.threshold");
+        if !(self.relaxed_threshold.is_finite() && self.relaxed_threshold >= 0.0) {
+            return invalid(
+                "relaxed_threshold",
+                "must be a number of luma levels, 0 or more",
+            );
         }
         if self.refresh_frames == 0 {
             return invalid("refresh_frames", "must be at least 1");
@@ -465,12 +468,6 @@ impl GateConfig {
         if self.refresh_interval.is_zero() {
             return invalid("refresh_interval", "must be more than 0s");
         }
-        if self.relaxed_refresh_interval < self.refresh_interval {
-            return invalid(
-                "relaxed_refresh_interval",
-                "must be at least gate.refresh_interval",
-            );
-        }
         if self.max_cameras == 0 {
             return invalid("max_cameras", "must be at least 1");
         }
@@ -480,7 +477,8 @@ impl GateConfig {
         Ok(())
     }
 
-    /// The gate's settings, and their bounds at full relaxation.
+    /// The gate's settings, and their bounds at full relaxation (a relaxed bound below its
+    /// setting is the setting: relaxing never makes the gate stricter).
     pub fn settings(&self) -> (GateSettings, GateSettings) {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         (
@@ -490,9 +488,9 @@ impl GateConfig {
                 refresh_ms: millis(self.refresh_interval),
             },
             GateSettings {
-                threshold: self.relaxed_threshold,
-                refresh_frames: self.relaxed_refresh_frames,
-                refresh_ms: millis(self.relaxed_refresh_interval),
+                threshold: self.relaxed_threshold.max(self.threshold),
+                refresh_frames: self.relaxed_refresh_frames.max(self.refresh_frames),
+                refresh_ms: millis(self.relaxed_refresh_interval.max(self.refresh_interval)),
             },
         )
     }

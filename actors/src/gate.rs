@@ -3,18 +3,19 @@
 //! results of the tiles that ran). Plain code over [`tessera_operators::gate`]; the gate's
 //! state lives only in memory and is dropped with a partition's assignment.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use image::RgbImage;
 use tessera_models::TileOutput;
-use tessera_operators::gate::{ChangeGate, FrameStamp, GateSettings, TileDecision, signatures};
+use tessera_operators::gate::{ChangeGate, FrameStamp, GateSettings, signatures};
 use tessera_operators::tiling::Tile;
 
 use crate::config::GateConfig;
 use crate::observe::Monitor;
 use crate::protocol::messages::GatedFrame;
-use crate::protocol::{FrameMeta, StreamId};
+use crate::protocol::{FrameKey, FrameMeta, StreamId};
 
 /// Weight of the newest frame in the smoothed lag: about 20 frames make "sustained".
 const LAG_SMOOTHING: f64 = 0.05;
@@ -122,14 +123,7 @@ impl TileGate {
         GatedFrame {
             refresh: plan.refresh,
             relaxation,
-            reused: plan
-                .decisions
-                .into_iter()
-                .map(|decision| match decision {
-                    TileDecision::Infer => None,
-                    TileDecision::Reuse(output) => Some(output),
-                })
-                .collect(),
+            tiles: plan.decisions,
         }
     }
 
@@ -148,6 +142,12 @@ impl TileGate {
         self.lock()
             .references
             .complete(&meta.camera(), frame_seq(meta), index, output);
+    }
+
+    /// The output of tile `index` of frame `seq` of `camera`, if it is known (for a frame
+    /// that follows it).
+    pub fn result(&self, camera: &str, seq: u64, index: usize) -> Option<TileOutput> {
+        self.lock().references.result(camera, seq, index)
     }
 
     /// Drops a camera whose frame failed: its next frame runs in full.
@@ -169,8 +169,46 @@ impl TileGate {
 
 /// A frame's position in its camera's stream: its offset (a camera's frames share a
 /// partition, so offsets increase per camera).
-fn frame_seq(meta: &FrameMeta) -> u64 {
+pub fn frame_seq(meta: &FrameMeta) -> u64 {
     meta.key.offset.max(0) as u64
+}
+
+/// A tile of a frame: camera, frame (see [`frame_seq`]) and tile index.
+pub type TileOf = (String, u64, usize);
+
+/// Frames waiting (in merge) for a tile output of an earlier frame of their camera, which they
+/// follow (see [`tessera_operators::gate::TileDecision::Follow`]).
+#[derive(Debug, Default)]
+pub struct Followers {
+    waiting: HashMap<TileOf, Vec<FrameKey>>,
+}
+
+impl Followers {
+    /// `follower` waits for `tile`.
+    pub fn wait(&mut self, tile: TileOf, follower: FrameKey) {
+        self.waiting.entry(tile).or_default().push(follower);
+    }
+
+    /// The frames waiting for `tile`, which has arrived.
+    pub fn take(&mut self, tile: &TileOf) -> Vec<FrameKey> {
+        self.waiting.remove(tile).unwrap_or_default()
+    }
+
+    /// The frames waiting for any tile of frame `seq` of `camera` (which failed).
+    pub fn take_frame(&mut self, camera: &str, seq: u64) -> Vec<FrameKey> {
+        let tiles: Vec<TileOf> = self
+            .waiting
+            .keys()
+            .filter(|(c, s, _)| c == camera && *s == seq)
+            .cloned()
+            .collect();
+        tiles.iter().flat_map(|tile| self.take(tile)).collect()
+    }
+
+    /// Everything waiting, emptied.
+    pub fn take_all(&mut self) -> Vec<(TileOf, Vec<FrameKey>)> {
+        self.waiting.drain().collect()
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +217,7 @@ mod tests {
     use crate::protocol::{FrameKey, PartitionId};
     use image::Rgb;
     use tessera_operators::detection::Detection;
+    use tessera_operators::gate::TileDecision;
     use tessera_operators::geometry::{BBox, PixelRect};
 
     fn meta(camera: &str, generation: u64, offset: i64, capture_ms: i64) -> FrameMeta {
@@ -240,8 +279,8 @@ mod tests {
     /// Plans a frame and completes the tiles that ran with `score`; returns the plan.
     fn frame(gate: &TileGate, meta: &FrameMeta, image: &RgbImage, score: f32) -> GatedFrame {
         let planned = gate.plan(meta, None, 0, None, image, &tiles());
-        for (i, reused) in planned.reused.iter().enumerate() {
-            if reused.is_none() {
+        for (i, decision) in planned.tiles.iter().enumerate() {
+            if matches!(decision, TileDecision::Infer) {
                 gate.complete(meta, i, output(score));
             }
         }
@@ -250,9 +289,12 @@ mod tests {
 
     fn reused(planned: &GatedFrame) -> Vec<Option<f32>> {
         planned
-            .reused
+            .tiles
             .iter()
-            .map(|o| o.as_ref().map(|o| o.detections[0].score))
+            .map(|d| match d {
+                TileDecision::Reuse(o) => Some(o.detections[0].score),
+                _ => None,
+            })
             .collect()
     }
 

@@ -120,6 +120,10 @@ pub enum TileDecision<T> {
     Infer,
     /// Use this result of an earlier frame.
     Reuse(T),
+    /// Use the result of this tile in frame `frame` (an earlier frame of the camera whose run
+    /// of the tile is still under way): frames of a stream are prepared ahead of their
+    /// results, so the newest reference is often in flight.
+    Follow { frame: u64 },
 }
 
 /// The gate's plan for one frame: a decision per tile, in tile order.
@@ -146,14 +150,29 @@ impl<T> GatePlan<T> {
     }
 }
 
-/// One tile's reference: the signature it was last inferred on, and that result once known.
+/// Results kept per tile: the reference's, and a few before it for frames that follow a
+/// reference replaced since they were planned.
+const RESULTS_KEPT: usize = 4;
+
+/// One tile's reference: the signature it was last inferred on, and the results of its latest
+/// runs.
 #[derive(Debug, Clone)]
 struct Reference<T> {
     signature: TileSignature,
     /// The frame whose inference set this reference.
     frame: u64,
-    /// `None` while that inference is in flight.
-    result: Option<T>,
+    /// Results of the tile by frame, oldest first (at most [`RESULTS_KEPT`]); the
+    /// reference's own is missing while its run is in flight.
+    results: Vec<(u64, T)>,
+}
+
+impl<T: Clone> Reference<T> {
+    fn result(&self, frame: u64) -> Option<&T> {
+        self.results
+            .iter()
+            .find(|(f, _)| *f == frame)
+            .map(|(_, result)| result)
+    }
 }
 
 #[derive(Debug)]
@@ -279,32 +298,34 @@ impl<T: Clone, E: Clone + PartialEq> ChangeGate<T, E> {
                 .get_mut(i)
                 .and_then(Option::take)
                 .unwrap_or(TileSignature { cells: Vec::new() });
-            let reusable = state.references.get(i).and_then(|r| {
-                let unchanged = signature.distance(&r.signature) <= settings.threshold;
-                r.result.clone().filter(|_| unchanged)
-            });
+            let reusable = state
+                .references
+                .get(i)
+                .filter(|r| signature.distance(&r.signature) <= settings.threshold)
+                .map(|r| match r.result(r.frame) {
+                    Some(result) => TileDecision::Reuse(result.clone()),
+                    None => TileDecision::Follow { frame: r.frame },
+                });
             let decision = match reusable {
-                Some(result) if !(tile.full_frame && any_grid_tile_inferred) => {
-                    TileDecision::Reuse(result)
-                }
+                Some(reuse) if !(tile.full_frame && any_grid_tile_inferred) => reuse,
                 _ => {
                     any_grid_tile_inferred |= !tile.full_frame;
-                    let reference = Reference {
-                        signature,
-                        frame: stamp.seq,
-                        result: None,
-                    };
-                    if i < state.references.len() {
-                        state.references[i] = reference;
+                    if let Some(reference) = state.references.get_mut(i) {
+                        reference.signature = signature;
+                        reference.frame = stamp.seq;
                     } else {
                         // References are made in refresh order (every tile inferred), so a
                         // missing one can only be the next index.
                         state.references.resize_with(i, || Reference {
                             signature: TileSignature { cells: Vec::new() },
                             frame: stamp.seq,
-                            result: None,
+                            results: Vec::new(),
                         });
-                        state.references.push(reference);
+                        state.references.push(Reference {
+                            signature,
+                            frame: stamp.seq,
+                            results: Vec::new(),
+                        });
                     }
                     TileDecision::Infer
                 }
@@ -318,17 +339,38 @@ impl<T: Clone, E: Clone + PartialEq> ChangeGate<T, E> {
         GatePlan { decisions, refresh }
     }
 
-    /// The result of tile `index` of frame `seq` of `camera`, inferred as planned. Ignored
-    /// when a later frame has inferred that tile again since, or the camera was dropped.
+    /// The result of tile `index` of frame `seq` of `camera`, inferred as planned: frames
+    /// planned later reuse it, and those that follow it find it with [`ChangeGate::result`].
+    /// Ignored when the camera was dropped since.
     pub fn complete(&mut self, camera: &str, seq: u64, index: usize, result: T) {
-        if let Some(reference) = self
+        let Some(reference) = self
             .cameras
             .get_mut(camera)
             .and_then(|s| s.references.get_mut(index))
-            .filter(|r| r.frame == seq)
-        {
-            reference.result = Some(result);
+        else {
+            return;
+        };
+        let at = reference.results.partition_point(|(f, _)| *f < seq);
+        if reference.results.get(at).is_some_and(|(f, _)| *f == seq) {
+            reference.results[at].1 = result;
+        } else {
+            reference.results.insert(at, (seq, result));
         }
+        if reference.results.len() > RESULTS_KEPT {
+            // The oldest goes, unless it is the reference's own.
+            let oldest = usize::from(reference.results[0].0 == reference.frame);
+            reference.results.remove(oldest);
+        }
+    }
+
+    /// The result of tile `index` of frame `seq` of `camera`, if it was completed and is still
+    /// kept (for a frame that follows it).
+    pub fn result(&self, camera: &str, seq: u64, index: usize) -> Option<T> {
+        self.cameras
+            .get(camera)
+            .and_then(|s| s.references.get(index))
+            .and_then(|r| r.result(seq))
+            .cloned()
     }
 
     /// Drops a camera's state (a frame of it failed): its next frame is a full refresh.
@@ -412,6 +454,7 @@ mod tests {
             .map(|d| match d {
                 TileDecision::Infer => "infer",
                 TileDecision::Reuse(r) => r,
+                TileDecision::Follow { .. } => "follow",
             })
             .collect()
     }
@@ -484,23 +527,45 @@ mod tests {
     }
 
     #[test]
-    fn a_reference_still_in_flight_is_not_waited_for() {
+    fn a_reference_still_in_flight_is_followed() {
         let mut gate: Gate = ChangeGate::new(8);
         let image = scene(1, 0);
         let first = plan(&mut gate, "cam", 1, 0, &image, &tiles(), &SETTINGS);
         assert_eq!(first.inferred(), 3);
-        // Frame 2 is planned before frame 1's results arrive: inferred again.
+        // Frame 2 is planned before frame 1's results arrive: it follows frame 1.
         let second = plan(&mut gate, "cam", 2, 100, &image, &tiles(), &SETTINGS);
-        assert_eq!(kinds(&second), vec!["infer"; 3]);
-        // Frame 1's late results do not overwrite frame 2's references.
-        gate.complete("cam", 1, 0, "f1");
-        gate.complete("cam", 2, 0, "f2");
+        assert_eq!(second.decisions, vec![TileDecision::Follow { frame: 1 }; 3]);
+        assert_eq!((second.inferred(), second.reused()), (0, 3));
+        assert_eq!(gate.result("cam", 1, 0), None);
+        // Frame 1's results arrive; frame 3 reuses them, frame 2 finds them.
+        for i in 0..3 {
+            gate.complete("cam", 1, i, "f1");
+        }
+        assert_eq!(gate.result("cam", 1, 2), Some("f1"));
         let third = plan(&mut gate, "cam", 3, 200, &image, &tiles(), &SETTINGS);
-        assert_eq!(kinds(&third)[0], "f2");
+        assert_eq!(kinds(&third), vec!["f1"; 3]);
+        // A tile changes (frame 4 runs it), then changes back before frame 4's result: frame 5
+        // follows frame 4, and frame 1's result is still there for any frame following it.
+        let mut changed = scene(1, 0);
+        for y in 40..80 {
+            for x in 20..60 {
+                changed.put_pixel(x, y, Rgb([0, 0, 0]));
+            }
+        }
+        let fourth = plan(&mut gate, "cam", 4, 300, &changed, &tiles(), &SETTINGS);
+        assert_eq!(kinds(&fourth), vec!["infer", "f1", "infer"]);
+        let fifth = plan(&mut gate, "cam", 5, 400, &changed, &tiles(), &SETTINGS);
+        assert_eq!(fifth.decisions[0], TileDecision::Follow { frame: 4 });
+        assert_eq!(gate.result("cam", 1, 0), Some("f1"));
+        // Results are kept for a few runs of a tile only.
+        for frame in 10..10 + RESULTS_KEPT as u64 {
+            gate.complete("cam", frame, 0, "later");
+        }
+        assert_eq!(gate.result("cam", 1, 0), None);
         assert_eq!(
-            kinds(&third)[1],
-            "infer",
-            "tile 1 of frame 2 never completed"
+            gate.result("cam", 4, 0),
+            None,
+            "frame 4's run never completed"
         );
     }
 

@@ -6,6 +6,7 @@ pub mod golden;
 pub mod harness;
 pub mod http;
 pub mod learning;
+pub mod scene;
 
 pub use tessera_operators::test_images as hostile;
 

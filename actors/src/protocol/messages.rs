@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_models::{Head, TileOutput};
+use tessera_operators::gate::TileDecision;
 use tessera_operators::preprocess::InputTransform;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -64,9 +65,9 @@ pub struct FrameLayout {
 /// The change gate's plan for one frame, as merge needs it.
 #[derive(Debug)]
 pub struct GatedFrame {
-    /// Per tile index: the result reused from an earlier frame, or `None` for a tile that
-    /// runs through the model (only those are sent on).
-    pub reused: Vec<Option<TileOutput>>,
+    /// Per tile index: run it (only those tiles are sent on), reuse an earlier frame's result,
+    /// or follow an earlier frame whose run of the tile is under way.
+    pub tiles: Vec<TileDecision<TileOutput>>,
     /// Whether the frame is a full refresh.
     pub refresh: bool,
     /// How far the settings were relaxed under lag (0 to 1).

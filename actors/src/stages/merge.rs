@@ -7,19 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_models::{Model, TileOutput, finish_frame};
+use tessera_operators::gate::TileDecision;
 use tessera_operators::merge::MergeConfig;
 use tessera_operators::preprocess::InputTransform;
 
 use crate::delivery::Ledger;
-use crate::gate::TileGate;
+use crate::gate::{Followers, TileGate, frame_seq};
 use crate::learn::{Cached, Learning};
 use crate::observe::{Monitor, Step};
-use crate::protocol::messages::{FrameLayout, Recognized, Unprocessed};
+use crate::protocol::messages::{FrameLayout, Recognized, TileOutputs, Unprocessed};
 use crate::protocol::result::{
     BoxOut, ClassificationOut, DetectionOut, FrameResult, FrameStatus, GateReport, ImageSize,
     Latencies, ModelRef,
 };
-use crate::protocol::{FrameKey, Outcome, Rejection, StageFailure, StageId};
+use crate::protocol::{FrameKey, FrameMeta, Outcome, Rejection, StageFailure, StageId};
 use crate::stage::{ChildSpec, Edge, FrameStage, frame_stage};
 
 /// How often the frames of revoked partitions are dropped.
@@ -70,6 +71,8 @@ struct Pending {
 pub struct Merge {
     settings: MergeSettings,
     pending: HashMap<FrameKey, Pending>,
+    /// Frames waiting for the tile outputs of an earlier frame (change gate).
+    followers: Followers,
     /// Frames skipped by the lag policy since start.
     skipped: u64,
 }
@@ -79,6 +82,7 @@ impl Merge {
         Self {
             settings,
             pending: HashMap::new(),
+            followers: Followers::default(),
             skipped: 0,
         }
     }
@@ -121,6 +125,165 @@ impl Merge {
     }
 }
 
+impl Merge {
+    /// A frame's tiles are on their way: its slots start with the outputs the gate reused
+    /// (or found for the frames it follows), the others wait.
+    fn expect(&mut self, mut frame: Box<FrameLayout>) -> Vec<Outcome> {
+        // A re-dispatched frame keeps the progress of earlier attempts: tiling is
+        // deterministic, so any attempt's tile output fills the same slot, and a slow frame is
+        // never reset by its own re-dispatch (a retried frame is not gated: all its tiles run).
+        let key = frame.meta.key.clone();
+        if self.pending.contains_key(&key) {
+            return Vec::new();
+        }
+        let tiles = frame.transforms.len();
+        let outputs: Vec<Option<TileOutput>> = match (frame.gate.as_mut(), &self.settings.gate) {
+            (Some(gated), Some(gate)) => {
+                let camera = frame.meta.camera();
+                let decisions = std::mem::take(&mut gated.tiles);
+                let mut outputs = Vec::with_capacity(tiles);
+                for (index, decision) in decisions.into_iter().enumerate() {
+                    outputs.push(match decision {
+                        TileDecision::Infer => None,
+                        TileDecision::Reuse(output) => Some(output),
+                        TileDecision::Follow { frame: seq } => {
+                            let found = gate.result(&camera, seq, index);
+                            if found.is_none() {
+                                self.followers
+                                    .wait((camera.clone(), seq, index), key.clone());
+                            }
+                            found
+                        }
+                    });
+                }
+                outputs
+            }
+            _ => (0..tiles).map(|_| None).collect(),
+        };
+        self.pending.insert(
+            key.clone(),
+            Pending {
+                remaining: outputs.iter().filter(|o| o.is_none()).count(),
+                outputs,
+                ran: vec![false; tiles],
+                frame,
+                preprocess: Duration::ZERO,
+                inference: Duration::ZERO,
+                failure: None,
+            },
+        );
+        // A frame without tiles to wait for is complete at once.
+        self.take_finished(&key).into_iter().collect()
+    }
+
+    /// Tile outputs of a frame arrived: they fill its slots, go to the gate, and fill the
+    /// slots of the frames that follow them.
+    fn tiles(&mut self, share: TileOutputs) -> Vec<Outcome> {
+        // None: the frame already finished (a re-dispatched duplicate's late output).
+        let Some(pending) = self.pending.get_mut(&share.frame) else {
+            return Vec::new();
+        };
+        pending.preprocess += share.preprocess;
+        pending.inference += share.inference;
+        let gated = pending.frame.gate.is_some();
+        let meta = pending.frame.meta.clone();
+        let mut arrived = Vec::new();
+        for (index, output) in share.tiles.into_iter().zip(share.outputs) {
+            if gated {
+                arrived.push((index, output.clone()));
+            }
+            if let Some(slot) = pending.outputs.get_mut(index)
+                && slot.replace(output).is_none()
+            {
+                pending.remaining -= 1;
+            }
+            if let Some(ran) = pending.ran.get_mut(index) {
+                *ran = true;
+            }
+        }
+        let mut finished: Vec<Outcome> = self.take_finished(&share.frame).into_iter().collect();
+        if let (Some(gate), false) = (self.settings.gate.clone(), arrived.is_empty()) {
+            let (camera, seq) = (meta.camera(), frame_seq(&meta));
+            for (index, output) in arrived {
+                for follower in self.followers.take(&(camera.clone(), seq, index)) {
+                    finished.extend(self.fill(&follower, index, output.clone()));
+                }
+                gate.complete(&meta, index, output);
+            }
+        }
+        finished
+    }
+
+    /// Fills slot `index` of `key` with an output another frame's run produced.
+    fn fill(&mut self, key: &FrameKey, index: usize, output: TileOutput) -> Option<Outcome> {
+        let pending = self.pending.get_mut(key)?;
+        if let Some(slot) = pending.outputs.get_mut(index)
+            && slot.is_none()
+        {
+            *slot = Some(output);
+            pending.remaining -= 1;
+        }
+        self.take_finished(key)
+    }
+
+    /// Frames that followed a frame whose tiles will never arrive run again, in full.
+    fn retry_followers(&mut self, followers: Vec<FrameKey>) {
+        for key in followers {
+            if let Some(pending) = self.pending.get(&key) {
+                tracing::debug!(
+                    offset = key.offset,
+                    "Frame followed a frame that failed; running it again"
+                );
+                pending.frame.meta.ack.retry();
+            }
+        }
+    }
+
+    /// The gate forgets a camera whose frame failed after it was planned; the frames that
+    /// follow it run again.
+    fn forget(&mut self, meta: &FrameMeta) {
+        if let Some(gate) = &self.settings.gate {
+            gate.forget(meta);
+            let followers = self.followers.take_frame(&meta.camera(), frame_seq(meta));
+            self.retry_followers(followers);
+        }
+    }
+
+    /// Followers whose output has arrived meanwhile get it; those following a frame that is
+    /// no longer on its way run again (it was dropped before merge saw its tiles).
+    fn settle_followers(&mut self) -> Vec<Outcome> {
+        let Some(gate) = self.settings.gate.clone() else {
+            return Vec::new();
+        };
+        let mut finished = Vec::new();
+        for (tile, followers) in self.followers.take_all() {
+            let followers: Vec<FrameKey> = followers
+                .into_iter()
+                .filter(|key| self.pending.contains_key(key))
+                .collect();
+            let (camera, seq, index) = &tile;
+            if let Some(output) = gate.result(camera, *seq, *index) {
+                for follower in followers {
+                    finished.extend(self.fill(&follower, *index, output.clone()));
+                }
+                continue;
+            }
+            let on_its_way = self
+                .pending
+                .values()
+                .any(|p| frame_seq(&p.frame.meta) == *seq && p.frame.meta.camera() == *camera);
+            if on_its_way {
+                for follower in followers {
+                    self.followers.wait(tile.clone(), follower);
+                }
+            } else {
+                self.retry_followers(followers);
+            }
+        }
+        finished
+    }
+}
+
 impl FrameStage for Merge {
     type In = Recognized;
     type Out = Outcome;
@@ -131,63 +294,27 @@ impl FrameStage for Merge {
         out: &Edge<Outcome>,
     ) -> Result<(), StageFailure> {
         let finished = match input {
-            Recognized::Expect(mut frame) => {
-                // A re-dispatched frame keeps the progress of earlier attempts: tiling is
-                // deterministic, so any attempt's tile output fills the same slot, and a slow
-                // frame is never reset by its own re-dispatch (a retried frame is not gated:
-                // every tile of it runs).
-                let tiles = frame.transforms.len();
-                let key = frame.meta.key.clone();
-                let outputs: Vec<Option<TileOutput>> = match frame.gate.as_mut() {
-                    Some(gated) => std::mem::take(&mut gated.reused),
-                    None => (0..tiles).map(|_| None).collect(),
-                };
-                self.pending.entry(key.clone()).or_insert_with(|| Pending {
-                    remaining: outputs.iter().filter(|o| o.is_none()).count(),
-                    outputs,
-                    ran: vec![false; tiles],
-                    frame,
-                    preprocess: Duration::ZERO,
-                    inference: Duration::ZERO,
-                    failure: None,
-                });
-                // A frame without tiles (an empty grid) is complete at once.
-                self.take_finished(&key)
-            }
-            Recognized::Tiles(share) => {
-                // None: the frame already finished (a re-dispatched duplicate's late output).
-                if let Some(pending) = self.pending.get_mut(&share.frame) {
-                    pending.preprocess += share.preprocess;
-                    pending.inference += share.inference;
-                    for (index, output) in share.tiles.into_iter().zip(share.outputs) {
-                        if let Some(slot) = pending.outputs.get_mut(index)
-                            && slot.replace(output).is_none()
-                        {
-                            pending.remaining -= 1;
-                        }
-                        if let Some(ran) = pending.ran.get_mut(index) {
-                            *ran = true;
-                        }
-                    }
-                }
-                self.take_finished(&share.frame)
-            }
+            Recognized::Expect(frame) => self.expect(frame),
+            Recognized::Tiles(share) => self.tiles(share),
             Recognized::TilesFailed { frame, rejection } => {
                 // The frame goes to the DLQ at once; later outputs of its other tiles are ignored.
                 if let Some(pending) = self.pending.get_mut(&frame) {
                     pending.failure = Some(rejection);
+                    let meta = pending.frame.meta.clone();
+                    self.forget(&meta);
                 }
-                self.take_finished(&frame)
+                self.take_finished(&frame).into_iter().collect()
             }
-            Recognized::Unprocessed(frame) => Some(self.unprocessed(frame)),
+            Recognized::Unprocessed(frame) => {
+                if matches!(frame, Unprocessed::Rejected { .. }) {
+                    // It may have been planned by the gate before it failed.
+                    let meta = frame.meta().clone();
+                    self.forget(&meta);
+                }
+                vec![self.unprocessed(frame)]
+            }
         };
-        if let Some(outcome) = finished {
-            let offset = outcome.meta().key.offset;
-            if let Err(error) = out.send(outcome) {
-                // The frame stays in flight: it is dispatched again once the sequencer is back.
-                tracing::debug!(%error, offset, "Outcome not handed on");
-            }
-        }
+        send(out, finished);
         Ok(())
     }
 
@@ -195,16 +322,29 @@ impl FrameStage for Merge {
         Some(PURGE_EVERY)
     }
 
-    async fn on_tick(&mut self, _out: &Edge<Outcome>) -> Result<(), StageFailure> {
+    async fn on_tick(&mut self, out: &Edge<Outcome>) -> Result<(), StageFailure> {
         // Frames no longer in flight never finish here (their partition was revoked, or another
         // attempt finished them): let them, and their credits, go. Merge's state is thereby
         // bounded by the frames in flight.
-        let ledger = &self.settings.ledger;
+        let ledger = self.settings.ledger.clone();
         self.pending.retain(|key, _| ledger.in_flight(key));
         if let Some(gate) = &self.settings.gate {
             gate.retain_live(|stream| ledger.is_live(stream));
         }
+        let finished = self.settle_followers();
+        send(out, finished);
         Ok(())
+    }
+}
+
+/// Hands finished frames on.
+fn send(out: &Edge<Outcome>, finished: Vec<Outcome>) {
+    for outcome in finished {
+        let offset = outcome.meta().key.offset;
+        if let Err(error) = out.send(outcome) {
+            // The frame stays in flight: it is dispatched again once the sequencer is back.
+            tracing::debug!(%error, offset, "Outcome not handed on");
+        }
     }
 }
 
@@ -220,10 +360,6 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
         ..
     } = pending;
     if let Some(rejection) = failure {
-        // Its tiles' references never complete: the camera starts afresh.
-        if let Some(gate) = &settings.gate {
-            gate.forget(&frame.meta);
-        }
         return Outcome::DeadLetter {
             meta: frame.meta,
             payload: frame.payload,
@@ -241,13 +377,6 @@ fn finish(settings: &MergeSettings, pending: Pending) -> Outcome {
             relaxation: gated.relaxation,
         }
     });
-    if let (Some(gate), Some(_)) = (&settings.gate, &frame.gate) {
-        for (index, output) in outputs.iter().enumerate() {
-            if let (true, Some(output)) = (ran[index], output) {
-                gate.complete(&frame.meta, index, output.clone());
-            }
-        }
-    }
     if let (Some(learning), [Some(only)]) = (&settings.learning, outputs.as_mut_slice())
         && !only.embedding.is_empty()
     {

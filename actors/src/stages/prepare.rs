@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use tessera_operators::decode::{DecodeLimits, decode_image_reusing};
+use tessera_operators::gate::TileDecision;
 use tessera_operators::preprocess::{PreprocessSpec, Preprocessor};
 use tessera_operators::tiling::{Tile, TileGrid};
 use tokio::sync::Semaphore;
@@ -194,8 +195,8 @@ impl Prepare {
         let tiles: Vec<Tile> = match &layout.gate {
             Some(gated) => tiles
                 .into_iter()
-                .zip(&gated.reused)
-                .filter(|(_, reused)| reused.is_none())
+                .zip(&gated.tiles)
+                .filter(|(_, decision)| matches!(decision, TileDecision::Infer))
                 .map(|(tile, _)| tile)
                 .collect(),
             None => tiles,
