@@ -15,7 +15,7 @@ endif
 
 CARGO ?= cargo
 
-.PHONY: setup pytools ep-plugins tansu demo test lint bench bench-e2e baseline-setup reference replay-golden clean-setup
+.PHONY: setup pytools ep-plugins tansu demo test lint bench bench-e2e baseline-setup reference quantize replay-golden clean-setup
 
 ## Install the ONNX Runtime library into .tessera/ (idempotent).
 setup: $(ORT_LIB)
@@ -80,6 +80,16 @@ reference:
 	.tessera/venv/bin/python scripts/reference/yolox_reference.py
 	.tessera/venv/bin/python scripts/reference/mobilenet_reference.py
 	.tessera/venv/bin/python scripts/reference/embedding_reference.py
+
+## The int8 YOLOX-Nano experiment (scripts/quantize/, BENCHMARKS.md "compressed detector"):
+## quantise the float model with ONNX Runtime's tools, then measure it against the float one.
+QUANTIZE_ARGS ?=
+quantize: setup
+	python3 -m venv .tessera/venv
+	.tessera/venv/bin/pip install --quiet -r scripts/reference/requirements.txt
+	.tessera/venv/bin/python scripts/quantize/yolox_int8.py $(QUANTIZE_ARGS)
+	$(CARGO) build --release -p tessera-benches
+	target/release/int8-bench
 
 ## Remake the replay golden (tests/golden/replay/) from the shared images; check the diff.
 replay-golden: setup

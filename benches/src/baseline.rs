@@ -79,3 +79,57 @@ pub async fn run(run: &Run<'_>) -> anyhow::Result<BaselineReport> {
     );
     Ok(report)
 }
+
+/// What the lean loop reports (`pipeline.py --lean`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeanReport {
+    pub frames: usize,
+    pub tiles: usize,
+    pub seconds: f64,
+    pub frames_per_s: f64,
+    pub cpu_percent: f64,
+}
+
+/// The leanest Python loop (`pipeline.py --lean DIR`): the images of `dir` already in memory,
+/// Pillow decode, the same tiles, onnxruntime with default options, no Kafka; `frames` of them.
+pub async fn lean(
+    python: &Path,
+    dir: &Path,
+    model: &Path,
+    manifest: &Path,
+    frames: usize,
+    log: &Path,
+) -> anyhow::Result<LeanReport> {
+    anyhow::ensure!(
+        python.is_file(),
+        "{} not found: run benches/baseline/setup.sh (or pass --no-baseline)",
+        python.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("baseline/pipeline.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .arg("--lean")
+        .arg(dir)
+        .arg("--model")
+        .arg(model)
+        .arg("--manifest")
+        .arg(manifest)
+        .args(["--frames", &frames.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the lean loop failed ({}); see {}",
+        output.status,
+        log.display()
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("the lean loop printed no report: {stdout}"))?;
+    Ok(serde_json::from_str(line)?)
+}

@@ -6,6 +6,7 @@ pub mod baseline;
 pub mod ceiling;
 pub mod frames;
 pub mod publish;
+pub mod static_camera;
 pub mod stats;
 pub mod tessera_run;
 

@@ -27,7 +27,17 @@ pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
-/// Publishes `frame` to partition `partition`, stamped with the time of sending.
+/// The frame's capture time: its own when it has one (a camera's clock), else now.
+fn capture_ms(frame: &CameraFrame) -> i64 {
+    if frame.capture_ms > 0 {
+        frame.capture_ms
+    } else {
+        now_ms()
+    }
+}
+
+/// Publishes `frame` to partition `partition`, stamped with its capture time (the time of
+/// sending, unless it has its own).
 pub async fn send(
     producer: &FutureProducer,
     topic: &str,
@@ -41,7 +51,7 @@ pub async fn send(
         })
         .insert(Header {
             key: headers::CAPTURE_TS,
-            value: Some(now_ms().to_string().as_str()),
+            value: Some(capture_ms(frame).to_string().as_str()),
         });
     let record = FutureRecord::to(topic)
         .partition(partition)

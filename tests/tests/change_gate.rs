@@ -119,6 +119,7 @@ async fn unchanged_tiles_are_reused_and_full_tiling_is_matched() -> anyhow::Resu
         height: 720,
         movers: 2,
         seed: 11,
+        ..SceneSpec::default()
     };
     let scene = static_camera(&assets, spec)?;
     let (total, first_run) = (20, 16);

@@ -9,6 +9,10 @@
 //! 5. optionally a soak: frames continuously for `--soak`, resident memory and consumer lag
 //!    per minute (`--soak-rate` runs the soak alone, at a given rate).
 //!
+//! The `static` workload is the change gate's: static 1080p cameras (`static_camera`), through
+//! tessera with full tiling and with the gate, against the full-tiling ceiling, the lean Python
+//! loop and the Kafka Python baseline, and the gate's recall of full tiling's detections.
+//!
 //! Build both binaries first: `cargo build --release -p tessera -p tessera-benches`.
 
 use std::path::PathBuf;
@@ -71,12 +75,29 @@ struct Args {
     /// Where the JSON reports and logs go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Static workload: cameras (one partition each).
+    #[arg(long, default_value_t = 8)]
+    static_cameras: usize,
+    /// Static workload: frames in all (spread over the cameras).
+    #[arg(long, default_value_t = 240)]
+    static_frames: usize,
+    /// Static workload: the shared image the cameras see.
+    #[arg(long, default_value = "small-vehicles1.jpeg")]
+    static_background: String,
+    /// Static workload: vehicles moving across it.
+    #[arg(long, default_value_t = 3)]
+    static_movers: usize,
+    /// Static workload: sensor noise, +- levels per channel and pixel, fresh every frame.
+    #[arg(long, default_value_t = 3)]
+    static_noise: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum WorkloadName {
     Yolox,
     Mobilenet,
+    /// YOLOX-Nano on static cameras, with and without the change gate.
+    Static,
     All,
 }
 
@@ -107,6 +128,7 @@ fn workloads(which: WorkloadName, extra: &[String]) -> Vec<Workload> {
     let mut chosen = match which {
         WorkloadName::Yolox => vec![yolox],
         WorkloadName::Mobilenet => vec![mobilenet],
+        WorkloadName::Static => Vec::new(),
         WorkloadName::All => vec![yolox, mobilenet],
     };
     for workload in &mut chosen {
@@ -206,7 +228,19 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("Report written to {}", path.display());
         reports.push(report);
     }
-    print_summary(&reports);
+    if reports.is_empty() && args.workload == WorkloadName::Static {
+        // The static workload alone.
+    } else {
+        print_summary(&reports);
+    }
+    if matches!(args.workload, WorkloadName::Static | WorkloadName::All) && args.soak_rate.is_none()
+    {
+        let report = run_static(&args, cores).await?;
+        let path = args.out.join("report-static.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("Report written to {}", path.display());
+        print_static_summary(&report);
+    }
     Ok(())
 }
 
@@ -751,4 +785,274 @@ fn print_summary(reports: &[Report]) {
             ),
         );
     }
+}
+
+/// The static workload's figures (see the module comment).
+#[derive(Debug, Clone, Serialize)]
+struct StaticReport {
+    scene: tessera_benches::static_camera::Scene,
+    cameras: usize,
+    frames: usize,
+    /// Tiles of a 1080p frame, the full-frame pass included.
+    tiles_per_frame: f64,
+    full_tiling: PipelineFigures,
+    gated: PipelineFigures,
+    /// Tiles the gated run inferred and reused, in all.
+    gated_tiles_inferred: usize,
+    gated_tiles_reused: usize,
+    gated_refreshes: usize,
+    /// Mean of the results' `gate.relaxation`.
+    gated_mean_relaxation: f64,
+    /// Full tiling's detections the gated run found (same class, IoU >= 0.5), of all.
+    recall: f64,
+    recall_detail: tessera_benches::static_camera::Recall,
+    /// ONNX Runtime alone over every tile of a frame (best layout), in frames/s.
+    ceiling_frames_per_s: f64,
+    ceiling: Ceiling,
+    full_over_ceiling: f64,
+    gated_over_ceiling: f64,
+    lean: Option<baseline::LeanReport>,
+    full_over_lean: Option<f64>,
+    gated_over_lean: Option<f64>,
+    baseline: Option<BaselineReport>,
+    full_over_baseline: Option<f64>,
+    gated_over_baseline: Option<f64>,
+}
+
+/// Frames ahead of the results in the static workload's feed: more than tessera holds in
+/// flight, so it always has frames waiting, and few enough per partition for the broker.
+const STATIC_WINDOW: usize = 24;
+
+async fn run_static(args: &Args, cores: usize) -> anyhow::Result<StaticReport> {
+    let cameras = args.static_cameras.max(1);
+    let per_camera = args.static_frames.div_ceil(cameras).max(1);
+    let scene = tessera_benches::static_camera::Scene {
+        background: args.static_background.clone(),
+        movers: args.static_movers,
+        noise: args.static_noise,
+    };
+    eprintln!(
+        "== workload static (yolox-nano, {cameras} static cameras, {per_camera} frames each; {scene:?})"
+    );
+    let frames = tessera_benches::static_camera::frames(&args.assets, &scene, cameras, per_camera)?;
+    let count = frames.len();
+    eprintln!(
+        "{count} frames ({} KiB on average)",
+        frames.iter().map(|f| f.payload.len()).sum::<usize>() / count / 1024
+    );
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    let workload = Workload {
+        name: "static",
+        model: "yolox-nano",
+        // The frames are fed as a replay: their age is measured on the stream's clock, so
+        // the gate runs at its configured settings (no relaxing for the benchmark's backlog).
+        settings: [vec!["flow.clock=stream".to_owned()], args.settings.clone()].concat(),
+        batch: 1,
+    };
+    let topics = Topics::new(workload.name);
+    kafka.create_topic(&topics.dlq, 1)?;
+
+    let mut runs = Vec::new();
+    for (run, gate) in [("full", false), ("gated", true)] {
+        let input = format!("static-{run}-frames");
+        kafka.create_topic(&input, cameras as i32)?;
+        kafka.create_topic(&topics.results_for(run), cameras as i32)?;
+        let mut settings = pipeline_settings(&workload, &brokers, &input, &topics, run)?;
+        settings.push(format!("gate.enabled={gate}"));
+        let log = args.out.join(format!("tessera-static-{run}.log"));
+        let process = TesseraProcess::start(&settings, &args.assets, &log)?;
+        let feeding = {
+            let (brokers, input, results, frames) = (
+                brokers.clone(),
+                input.clone(),
+                topics.results_for(run),
+                frames.clone(),
+            );
+            tokio::spawn(async move {
+                tessera_benches::static_camera::publish_ahead(
+                    &brokers,
+                    &input,
+                    cameras,
+                    &frames,
+                    &results,
+                    STATIC_WINDOW,
+                )
+                .await
+            })
+        };
+        let results = read_results(
+            &brokers,
+            &topics.results_for(run),
+            &topics.dlq,
+            count,
+            Duration::from_secs(3600),
+        )
+        .await?;
+        feeding.await??;
+        let samples = process.samples();
+        let peak_rss_mib = process.peak_rss_mib();
+        let stages = process.metrics().await.map(|text| stage_means(&text)).ok();
+        process.stop()?;
+        let mut figures = figures(&results, &samples, peak_rss_mib, cores);
+        figures.stages = stages;
+        eprintln!(
+            "tessera ({run}): {:.2} frames/s, CPU {:.0}%",
+            figures.frames_per_s,
+            figures.cpu_utilisation.unwrap_or(f64::NAN) * 100.0
+        );
+        runs.push((figures, results));
+    }
+    let (gated, gated_results) = runs.pop().expect("two runs");
+    let (full, full_results) = runs.pop().expect("two runs");
+    let reports: Vec<_> = gated_results.iter().filter_map(|r| r.gate).collect();
+    let gated_tiles_inferred: usize = reports.iter().map(|g| g.inferred).sum();
+    let gated_tiles_reused: usize = reports.iter().map(|g| g.reused).sum();
+    let gated_refreshes = reports.iter().filter(|g| g.refresh).count();
+    let gated_mean_relaxation =
+        reports.iter().map(|g| f64::from(g.relaxation)).sum::<f64>() / reports.len().max(1) as f64;
+    let recall_detail = tessera_benches::static_camera::recall(&full_results, &gated_results);
+    let recall = recall_detail.ratio();
+    let (found, wanted) = (recall_detail.found, recall_detail.wanted);
+    let tiles_per_frame = full.tiles as f64 / full.frames.max(1) as f64;
+    eprintln!(
+        "gate: {gated_tiles_inferred} tiles inferred, {gated_tiles_reused} reused, {gated_refreshes} refreshes; recall {recall:.4} ({found} of {wanted}; missed by score <0.35 / 0.35-0.5 / >=0.5: {:?})",
+        recall_detail.missed_by_score
+    );
+
+    // The ceiling: every tile of a frame through ONNX Runtime alone.
+    let env = tessera_models::init_runtime(None)?;
+    let manifest = tessera_benches::workload_manifest(workload.model)?;
+    let model = ceiling::load_model(&manifest, &args.assets)?;
+    let sample: Vec<Vec<u8>> = frames.iter().take(4).map(|f| f.payload.clone()).collect();
+    let tiles = ceiling::real_tiles(&model, &sample)?;
+    let ceiling = ceiling::measure(&env, &model, &tiles, 8 * tiles.len(), 1, cores)?;
+    let ceiling_frames_per_s = ceiling.best.images_per_s / tiles_per_frame;
+    drop(tiles);
+
+    // The Python side: the lean loop on the same frames (files in memory), and the Kafka
+    // baseline fed as tessera was.
+    let (mut lean, mut python) = (None, None);
+    if !args.no_baseline {
+        let dir = args.out.join("static-frames");
+        std::fs::create_dir_all(&dir)?;
+        for frame in &frames {
+            std::fs::write(dir.join(format!("{}.jpg", frame.frame_id)), &frame.payload)?;
+        }
+        let report = baseline::lean(
+            &args.python,
+            &dir,
+            &model.onnx_path,
+            &manifest,
+            count,
+            &args.out.join("lean-static.log"),
+        )
+        .await?;
+        eprintln!("lean Python loop: {:.2} frames/s", report.frames_per_s);
+        lean = Some(report);
+
+        let input = "static-baseline-frames";
+        let results = topics.baseline_results_for(0);
+        kafka.create_topic(input, cameras as i32)?;
+        kafka.create_topic(&results, cameras as i32)?;
+        let feeding = {
+            let (brokers, results, frames) = (brokers.clone(), results.clone(), frames.clone());
+            tokio::spawn(async move {
+                tessera_benches::static_camera::publish_ahead(
+                    &brokers,
+                    input,
+                    cameras,
+                    &frames,
+                    &results,
+                    STATIC_WINDOW,
+                )
+                .await
+            })
+        };
+        let run = baseline::Run {
+            python: &args.python,
+            brokers: &brokers,
+            input_topic: input,
+            results_topic: &results,
+            group: "baseline-static",
+            model: &model.onnx_path,
+            manifest: &manifest,
+            frames: count,
+            batch: 1,
+            log: &args.out.join("baseline-static.log"),
+        };
+        let report = baseline::run(&run).await?;
+        feeding.await??;
+        eprintln!("Kafka Python baseline: {:.2} frames/s", report.frames_per_s);
+        python = Some(report);
+    }
+    let over = |a: f64, b: Option<f64>| b.map(|b| a / b);
+    Ok(StaticReport {
+        scene,
+        cameras,
+        frames: count,
+        tiles_per_frame,
+        full_over_ceiling: full.frames_per_s / ceiling_frames_per_s,
+        gated_over_ceiling: gated.frames_per_s / ceiling_frames_per_s,
+        full_over_lean: over(full.frames_per_s, lean.as_ref().map(|l| l.frames_per_s)),
+        gated_over_lean: over(gated.frames_per_s, lean.as_ref().map(|l| l.frames_per_s)),
+        full_over_baseline: over(full.frames_per_s, python.as_ref().map(|b| b.frames_per_s)),
+        gated_over_baseline: over(gated.frames_per_s, python.as_ref().map(|b| b.frames_per_s)),
+        full_tiling: full,
+        gated,
+        gated_tiles_inferred,
+        gated_tiles_reused,
+        gated_refreshes,
+        gated_mean_relaxation,
+        recall,
+        recall_detail,
+        ceiling_frames_per_s,
+        ceiling,
+        lean,
+        baseline: python,
+    })
+}
+
+fn print_static_summary(r: &StaticReport) {
+    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    println!();
+    println!(
+        "static: {} cameras ({} with {} moving vehicles), {} frames of {:.0} tiles; ceiling (full tiling, ONNX Runtime alone) {:.2} frames/s",
+        r.cameras,
+        r.scene.background,
+        r.scene.movers,
+        r.frames,
+        r.tiles_per_frame,
+        r.ceiling_frames_per_s
+    );
+    println!(
+        "| run | frames/s | / ceiling | / lean Python loop | / Kafka Python baseline | tiles inferred | recall |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| tessera, full tiling | {:.2} | {:.2} | {} | {} | {} | 1 |",
+        r.full_tiling.frames_per_s,
+        r.full_over_ceiling,
+        opt(r.full_over_lean),
+        opt(r.full_over_baseline),
+        r.full_tiling.tiles,
+    );
+    println!(
+        "| tessera, change gate | {:.2} | **{:.2}** | {} | {} | {} ({} reused) | **{:.4}** |",
+        r.gated.frames_per_s,
+        r.gated_over_ceiling,
+        opt(r.gated_over_lean),
+        opt(r.gated_over_baseline),
+        r.gated_tiles_inferred,
+        r.gated_tiles_reused,
+        r.recall,
+    );
+    println!(
+        "| lean Python loop | {} | | | | | |",
+        opt(r.lean.as_ref().map(|l| l.frames_per_s))
+    );
+    println!(
+        "| Kafka Python baseline | {} | | | | | |",
+        opt(r.baseline.as_ref().map(|b| b.frames_per_s))
+    );
 }
