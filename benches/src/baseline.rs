@@ -64,13 +64,7 @@ pub async fn run(run: &Run<'_>) -> anyhow::Result<BaselineReport> {
         output.status,
         run.log.display()
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .ok_or_else(|| anyhow::anyhow!("the baseline printed no report: {stdout}"))?;
-    let report: BaselineReport = serde_json::from_str(line)?;
+    let report: BaselineReport = last_json_line(&output.stdout, "the baseline")?;
     anyhow::ensure!(
         report.frames == run.frames,
         "the baseline processed {} of {} frames",
@@ -125,11 +119,16 @@ pub async fn lean(
         output.status,
         log.display()
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    last_json_line(&output.stdout, "the lean loop")
+}
+
+/// The report a baseline prints: its last line that is a JSON object.
+fn last_json_line<T: serde::de::DeserializeOwned>(stdout: &[u8], who: &str) -> anyhow::Result<T> {
+    let stdout = String::from_utf8_lossy(stdout);
     let line = stdout
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
-        .ok_or_else(|| anyhow::anyhow!("the lean loop printed no report: {stdout}"))?;
+        .ok_or_else(|| anyhow::anyhow!("{who} printed no report: {stdout}"))?;
     Ok(serde_json::from_str(line)?)
 }

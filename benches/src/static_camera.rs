@@ -11,6 +11,8 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tessera::embedded::CameraFrame;
 use tessera_actors::FrameResult;
+use tessera_actors::protocol::result::BoxOut;
+use tessera_operators::geometry::BBox;
 use tessera_tests::scene::{SceneSpec, static_camera};
 
 use crate::frames::{HEIGHT, WIDTH};
@@ -167,13 +169,8 @@ pub fn recall(full: &[FrameResult], gated: &[FrameResult]) -> Recall {
     recall
 }
 
-fn iou(
-    a: &tessera_actors::protocol::result::BoxOut,
-    b: &tessera_actors::protocol::result::BoxOut,
-) -> f32 {
-    let w = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
-    let h = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
-    let inter = w * h;
-    let union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
+/// The IoU of two result boxes.
+fn iou(a: &BoxOut, b: &BoxOut) -> f32 {
+    let bbox = |b: &BoxOut| BBox::new(b.x1, b.y1, b.x2, b.y2);
+    bbox(a).iou(&bbox(b))
 }

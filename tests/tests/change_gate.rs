@@ -83,21 +83,8 @@ async fn run(
     Ok((results, metrics))
 }
 
-fn iou(a: &BBox, b: &BBox) -> f32 {
-    let w = (a.x2.min(b.x2) - a.x1.max(b.x1)).max(0.0);
-    let h = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
-    let inter = w * h;
-    let union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
-}
-
 fn bbox(d: &DetectionOut) -> BBox {
-    BBox {
-        x1: d.bbox.x1,
-        y1: d.bbox.y1,
-        x2: d.bbox.x2,
-        y2: d.bbox.y2,
-    }
+    BBox::new(d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2)
 }
 
 /// The counter of `decision` in a metrics exposition.
@@ -153,7 +140,7 @@ async fn unchanged_tiles_are_reused_and_full_tiling_is_matched() -> anyhow::Resu
         for (got, want) in result.detections.iter().zip(&alone.detections) {
             assert_eq!(got.class_id, want.class_id, "{}", result.frame_id);
             assert!((got.score - want.score).abs() < 1e-5, "{}", result.frame_id);
-            assert!(iou(&bbox(got), &want.bbox) > 0.999, "{}", result.frame_id);
+            assert!(bbox(got).iou(&want.bbox) > 0.999, "{}", result.frame_id);
         }
     }
     let tiles = full[0].tile_count;
@@ -210,7 +197,7 @@ async fn unchanged_tiles_are_reused_and_full_tiling_is_matched() -> anyhow::Resu
             if with_gate
                 .detections
                 .iter()
-                .any(|got| got.class_id == want.class_id && iou(&bbox(got), &bbox(want)) >= 0.5)
+                .any(|got| got.class_id == want.class_id && bbox(got).iou(&bbox(want)) >= 0.5)
             {
                 found += 1;
             }
