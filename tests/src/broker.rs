@@ -21,6 +21,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tessera::embedded::EmbeddedKafka;
 
 /// Environment variable choosing the broker: `mock` (default) or `tansu`.
@@ -228,14 +229,33 @@ impl Tansu {
             .set("bootstrap.servers", self.bootstrap_servers())
             .create()?;
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        // The admin client's own thread completes the request, so blocking here is safe
-        // inside a test's runtime.
-        let results = block_on(admin.create_topics(
-            [&topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))?;
-        for result in results {
-            result.map_err(|(topic, e)| anyhow::anyhow!("creating topic {topic}: {e}"))?;
+        // A broker starting beside many others on a loaded machine may not answer the first
+        // request in time: ask again (a topic the lost request did create is fine). The admin
+        // client's own thread completes the request, so blocking here is safe inside a test's
+        // runtime.
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(20)));
+        let mut attempt = 1;
+        loop {
+            let outcome = block_on(admin.create_topics([&topic], &options)).and_then(|results| {
+                results
+                    .into_iter()
+                    .map(|result| match result {
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) if attempt > 1 => Ok(()),
+                        Err((_, code)) => Err(KafkaError::AdminOp(code)),
+                        Ok(_) => Ok(()),
+                    })
+                    .collect::<Result<(), KafkaError>>()
+            });
+            match outcome {
+                Ok(()) => break,
+                Err(error) if attempt < 3 => {
+                    eprintln!("creating topic {name} (attempt {attempt}): {error}; again");
+                    attempt += 1;
+                }
+                Err(error) => anyhow::bail!("creating topic {name}: {error}"),
+            }
         }
         let client: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap_servers())
