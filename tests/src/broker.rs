@@ -239,14 +239,11 @@ impl Tansu {
         let mut attempt = 1;
         loop {
             let outcome = block_on(admin.create_topics([&topic], &options)).and_then(|results| {
-                results
-                    .into_iter()
-                    .map(|result| match result {
-                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) if attempt > 1 => Ok(()),
-                        Err((_, code)) => Err(KafkaError::AdminOp(code)),
-                        Ok(_) => Ok(()),
-                    })
-                    .collect::<Result<(), KafkaError>>()
+                results.into_iter().try_for_each(|result| match result {
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) if attempt > 1 => Ok(()),
+                    Err((_, code)) => Err(KafkaError::AdminOp(code)),
+                    Ok(_) => Ok(()),
+                })
             });
             match outcome {
                 Ok(()) => break,
