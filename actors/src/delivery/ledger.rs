@@ -188,8 +188,9 @@ impl Ledger {
         frame
     }
 
-    /// Records an acknowledged frame. Returns the partition's committable offset when the
-    /// frame belongs to the current assignment and was still in flight.
+    /// Records an acknowledged frame and queues its partition's committable offset for
+    /// storing. Returns that offset when the frame belongs to the current assignment and was
+    /// still in flight.
     pub fn acknowledge(&self, key: &FrameKey) -> Option<Committable> {
         let mut state = self.lock();
         let partition = state.partitions.get_mut(&key.partition)?;
@@ -203,6 +204,11 @@ impl Ledger {
             partition: key.partition.clone(),
             offset,
         });
+        // Queued under the same lock: a revoke waiting for this frame must not see it settled
+        // before its offset is queued, or the offset would be stored after the revoke.
+        if let Some(c) = &committable {
+            state.to_store.insert(c.partition.clone(), c.offset);
+        }
         drop(state);
         self.changed.notify_all();
         self.settled.notify_waiters();
@@ -424,10 +430,7 @@ impl Ledger {
     fn settle(&self, key: &FrameKey, settlement: Settlement) {
         match settlement {
             Settlement::Delivered => {
-                if let Some(committable) = self.acknowledge(key) {
-                    self.lock()
-                        .to_store
-                        .insert(committable.partition, committable.offset);
+                if self.acknowledge(key).is_some() {
                     self.work.notify_one();
                 }
             }
