@@ -137,11 +137,13 @@ impl TileGate {
         ((lag - self.relax_from_ms) / span).clamp(0.0, 1.0) as f32
     }
 
-    /// The output of tile `index` of the frame, which ran through the model as planned.
-    pub fn complete(&self, meta: &FrameMeta, index: usize, output: TileOutput) {
-        self.lock()
-            .references
-            .complete(&meta.camera(), frame_seq(meta), index, output);
+    /// Outputs of tiles of the frame (by tile index), which ran through the model as planned.
+    pub fn complete(&self, meta: &FrameMeta, outputs: Vec<(usize, TileOutput)>) {
+        let (camera, seq) = (meta.camera(), frame_seq(meta));
+        let mut state = self.lock();
+        for (index, output) in outputs {
+            state.references.complete(&camera, seq, index, output);
+        }
     }
 
     /// The output of tile `index` of frame `seq` of `camera`, if it is known (for a frame
@@ -279,11 +281,14 @@ mod tests {
     /// Plans a frame and completes the tiles that ran with `score`; returns the plan.
     fn frame(gate: &TileGate, meta: &FrameMeta, image: &RgbImage, score: f32) -> GatedFrame {
         let planned = gate.plan(meta, None, 0, None, image, &tiles());
-        for (i, decision) in planned.tiles.iter().enumerate() {
-            if matches!(decision, TileDecision::Infer) {
-                gate.complete(meta, i, output(score));
-            }
-        }
+        let ran = planned
+            .tiles
+            .iter()
+            .enumerate()
+            .filter(|(_, decision)| matches!(decision, TileDecision::Infer))
+            .map(|(i, _)| (i, output(score)))
+            .collect();
+        gate.complete(meta, ran);
         planned
     }
 
@@ -345,9 +350,10 @@ mod tests {
         frame(&gate, &meta("cam", 1, 1, 0), &grey, 0.1);
         let retried = gate.plan(&meta("cam", 1, 2, 100), None, 1, None, &grey, &tiles());
         assert!(retried.refresh);
-        for i in 0..2 {
-            gate.complete(&meta("cam", 1, 2, 100), i, output(0.2));
-        }
+        gate.complete(
+            &meta("cam", 1, 2, 100),
+            vec![(0, output(0.2)), (1, output(0.2))],
+        );
         let head = Some((3, "global".to_owned()));
         let with_head = gate.plan(&meta("cam", 1, 3, 200), head, 0, None, &grey, &tiles());
         assert!(with_head.refresh, "another head's outputs differ");

@@ -4,8 +4,9 @@
 //! whose signature has not moved beyond a threshold reuses the result instead of running the
 //! model. The full-frame pass runs when any tile runs or its own signature moved. Every camera
 //! is refreshed in full every N frames or T milliseconds of its stream clock, so nothing stays
-//! stale for long. State is bounded (least recently seen cameras are dropped first) and meant to
-//! be dropped on rebalance or restart: a camera without state gets a full refresh.
+//! stale for long. State is bounded (least recently seen cameras are dropped first) and is reset
+//! on rebalance (another epoch) or restart (a new gate): a camera without state gets a full
+//! refresh.
 //!
 //! The gate is generic over the cached per-tile result, so it knows nothing of models.
 
@@ -378,11 +379,6 @@ impl<T: Clone, E: Clone + PartialEq> ChangeGate<T, E> {
         self.cameras.remove(camera);
     }
 
-    /// Drops every camera's state (a restart).
-    pub fn clear(&mut self) {
-        self.cameras.clear();
-    }
-
     /// Keeps the cameras whose epoch is still current (drops those of revoked partitions).
     pub fn retain(&mut self, mut current: impl FnMut(&E) -> bool) {
         self.cameras.retain(|_, state| current(&state.epoch));
@@ -627,12 +623,10 @@ mod tests {
         step(&mut gate, "c", 1, 0, &image, "c1");
         assert_eq!(gate.cameras(), 2);
         assert!(step(&mut gate, "b", 2, 100, &image, "b2").refresh);
-        // forget: that camera only; clear: all.
+        // forget: that camera only.
         gate.forget("b");
         assert!(step(&mut gate, "b", 3, 200, &image, "b3").refresh);
-        gate.clear();
-        assert_eq!(gate.cameras(), 0);
-        assert!(step(&mut gate, "c", 2, 100, &image, "c2").refresh);
+        assert!(!step(&mut gate, "c", 2, 100, &image, "c2").refresh);
         // Another frame size (another tile layout) is a refresh.
         let other = vec![Tile {
             index: 0,

@@ -204,12 +204,12 @@ impl Merge {
         let mut finished: Vec<Outcome> = self.take_finished(&share.frame).into_iter().collect();
         if let (Some(gate), false) = (self.settings.gate.clone(), arrived.is_empty()) {
             let (camera, seq) = (meta.camera(), frame_seq(&meta));
-            for (index, output) in arrived {
-                for follower in self.followers.take(&(camera.clone(), seq, index)) {
-                    finished.extend(self.fill(&follower, index, output.clone()));
+            for (index, output) in &arrived {
+                for follower in self.followers.take(&(camera.clone(), seq, *index)) {
+                    finished.extend(self.fill(&follower, *index, output.clone()));
                 }
-                gate.complete(&meta, index, output);
             }
+            gate.complete(&meta, arrived);
         }
         finished
     }
